@@ -1,0 +1,341 @@
+// pybind11 layer: type and layout checks on the numpy arrays, output
+// allocation, and the GIL released around every kernel.  All argument
+// semantics (int-or-tuple, 'same', defaults) live in python/convcore; all
+// shape validity rules live in common/geometry.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <omp.h>
+
+#include <string>
+#include <vector>
+
+#include "common/cpu.h"
+#include "common/geometry.h"
+#include "common/runtime.h"
+#include "ops/ops.h"
+
+#if defined(CONVCORE_WITH_CUDA)
+#include "bindings/cuda_bindings.h"
+#endif
+
+namespace py = pybind11;
+using convcore::ArgumentError;
+
+namespace {
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// Accepts only C-contiguous, aligned, native float32 arrays of the given ndim:
+// convcore never converts or copies silently.
+const float* float_input(const py::array& a, const char* name, int ndim) {
+  if (!a.dtype().equal(py::dtype::of<float>()))
+    throw py::type_error(std::string(name) + ": expected a float32 array, got dtype " + dtype_name(a) +
+                         " (convert with .astype(numpy.float32))");
+  if (a.ndim() != ndim)
+    throw ArgumentError(std::string(name) + ": expected a " + std::to_string(ndim) +
+                        "-D array, got " + std::to_string(a.ndim()) + "-D");
+  if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw ArgumentError(std::string(name) +
+                        ": expected a C-contiguous array (use numpy.ascontiguousarray)");
+  return static_cast<const float*>(a.data());
+}
+
+const int64_t* index_input(const py::array& a, const char* name, int ndim) {
+  if (!a.dtype().equal(py::dtype::of<int64_t>()))
+    throw py::type_error(std::string(name) + ": expected an int64 array, got dtype " + dtype_name(a));
+  if (a.ndim() != ndim)
+    throw ArgumentError(std::string(name) + ": expected a " + std::to_string(ndim) +
+                        "-D array, got " + std::to_string(a.ndim()) + "-D");
+  if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw ArgumentError(std::string(name) +
+                        ": expected a C-contiguous array (use numpy.ascontiguousarray)");
+  return static_cast<const int64_t*>(a.data());
+}
+
+void shape_of(const py::array& a, int64_t* out) {
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) out[i] = a.shape(i);
+}
+
+std::string shape_str(const int64_t* s, int n) {
+  std::string r = "(";
+  for (int i = 0; i < n; ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + ")";
+}
+
+void require_shape(const py::array& a, const char* name, const int64_t* expected, int n) {
+  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
+  bool same = int(got.size()) == n;
+  for (int i = 0; same && i < n; ++i) same = got[i] == expected[i];
+  if (!same)
+    throw ArgumentError(std::string(name) + ": expected shape " + shape_str(expected, n) + ", got " +
+                        shape_str(got.data(), int(got.size())));
+}
+
+py::array_t<float> new_float(std::vector<py::ssize_t> shape) { return py::array_t<float>(shape); }
+
+convcore::Conv2dGeometry conv_geometry(const py::array& input, const py::array& weight,
+                                       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                                       int64_t pr, int64_t dh, int64_t dw, int64_t groups) {
+  float_input(input, "input", 4);
+  float_input(weight, "weight", 4);
+  int64_t in[4], wt[4];
+  shape_of(input, in);
+  shape_of(weight, wt);
+  return convcore::make_conv2d_geometry(in, wt, sh, sw, pt, pb, pl, pr, dh, dw, groups);
+}
+
+py::array_t<float> conv2d_forward(const py::array& input, const py::array& weight,
+                                  const std::optional<py::array>& bias, int64_t sh, int64_t sw,
+                                  int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
+                                  int64_t dw, int64_t groups) {
+  const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dh, dw, groups);
+  const float* b = nullptr;
+  if (bias) {
+    b = float_input(*bias, "bias", 1);
+    if (bias->shape(0) != g.K)
+      throw ArgumentError("bias: expected shape (" + std::to_string(g.K) +
+                          ",) to match out_channels, got (" + std::to_string(bias->shape(0)) + ",)");
+  }
+  auto out = new_float({g.N, g.K, g.P, g.Q});
+  const float* x = static_cast<const float*>(input.data());
+  const float* w = static_cast<const float*>(weight.data());
+  float* y = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::conv2d_forward(g, x, w, b, y);
+  }
+  return out;
+}
+
+py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
+                          const py::array& weight, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                          int64_t pl, int64_t pr, int64_t dh, int64_t dw, int64_t groups,
+                          bool need_input, bool need_weight, bool need_bias) {
+  const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dh, dw, groups);
+  const float* dy = float_input(grad_output, "grad_output", 4);
+  const int64_t out_shape[4] = {g.N, g.K, g.P, g.Q};
+  require_shape(grad_output, "grad_output", out_shape, 4);
+  const float* x = static_cast<const float*>(input.data());
+  const float* w = static_cast<const float*>(weight.data());
+  py::object gi = py::none(), gw = py::none(), gb = py::none();
+  float *dx = nullptr, *dwp = nullptr, *db = nullptr;
+  if (need_input) {
+    auto a = new_float({g.N, g.C, g.H, g.W});
+    dx = a.mutable_data();
+    gi = a;
+  }
+  if (need_weight) {
+    auto a = new_float({g.K, g.Cg(), g.R, g.S});
+    dwp = a.mutable_data();
+    gw = a;
+  }
+  if (need_bias) {
+    auto a = new_float({g.K});
+    db = a.mutable_data();
+    gb = a;
+  }
+  {
+    py::gil_scoped_release release;
+    if (dx) convcore::conv2d_backward_data(g, dy, w, dx);
+    if (dwp) convcore::conv2d_backward_weight(g, dy, x, dwp);
+    if (db) convcore::conv2d_backward_bias(g, dy, db);
+  }
+  return py::make_tuple(gi, gw, gb);
+}
+
+convcore::Pool2dGeometry pool_geometry(const int64_t in[4], int64_t kh, int64_t kw, int64_t sh,
+                                       int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                                       bool ceil_mode) {
+  return convcore::make_pool2d_geometry(in, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode);
+}
+
+py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh,
+                             int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                             bool ceil_mode) {
+  const float* x = float_input(input, "input", 4);
+  int64_t in[4];
+  shape_of(input, in);
+  const auto g = pool_geometry(in, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode);
+  auto out = new_float({g.N, g.C, g.P, g.Q});
+  py::array_t<int64_t> idx(std::vector<py::ssize_t>{g.N, g.C, g.P, g.Q});
+  float* y = out.mutable_data();
+  int64_t* ip = idx.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::maxpool2d_forward(g, x, y, ip);
+  }
+  return py::make_tuple(out, idx);
+}
+
+std::vector<int64_t> shape_arg(const std::vector<int64_t>& s, const char* name, size_t n) {
+  if (s.size() != n)
+    throw ArgumentError(std::string(name) + ": expected " + std::to_string(n) + " sizes, got " +
+                        std::to_string(s.size()));
+  for (int64_t v : s)
+    if (v < 0) throw ArgumentError(std::string(name) + ": sizes must be non-negative");
+  return s;
+}
+
+py::array_t<float> max_pool2d_backward(const py::array& grad_output, const py::array& indices,
+                                       const std::vector<int64_t>& input_shape) {
+  const auto in = shape_arg(input_shape, "input_shape", 4);
+  const float* dy = float_input(grad_output, "grad_output", 4);
+  const int64_t* ip = index_input(indices, "indices", 4);
+  if (in[1] < 1 || in[2] < 1 || in[3] < 1)
+    throw ArgumentError("input_shape: expected (N, C, H, W) with C, H, W >= 1, got " + shape_str(in.data(), 4));
+  convcore::checked_numel(in.data(), 4, "input_shape");
+  int64_t go[4];
+  shape_of(grad_output, go);
+  if (go[0] != in[0] || go[1] != in[1] || go[2] < 1 || go[3] < 1)
+    throw ArgumentError("grad_output: expected shape (" + std::to_string(in[0]) + ", " +
+                        std::to_string(in[1]) + ", P, Q) matching input_shape " +
+                        shape_str(in.data(), 4) + ", got " + shape_str(go, 4));
+  require_shape(indices, "indices", go, 4);
+  // Only the sizes matter for the backward pass: a geometry with the
+  // output size of grad_output (any kernel that produced it).
+  convcore::Pool2dGeometry g;
+  g.N = in[0];
+  g.C = in[1];
+  g.H = in[2];
+  g.W = in[3];
+  g.P = go[2];
+  g.Q = go[3];
+  auto out = new_float({g.N, g.C, g.H, g.W});
+  float* dx = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::maxpool2d_backward(g, dy, ip, dx);
+  }
+  return out;
+}
+
+// pad works on the last two dimensions; leading dimensions are flattened.
+convcore::Pad2dGeometry pad_geometry(const std::vector<int64_t>& shape, int64_t l, int64_t r,
+                                     int64_t t, int64_t b, const std::string& mode) {
+  const auto m = convcore::parse_pad_mode(mode);
+  int64_t planes = 1;
+  for (size_t i = 0; i + 2 < shape.size(); ++i) planes = convcore::checked_mul(planes, shape[i], "input");
+  return convcore::make_pad2d_geometry(planes, shape[shape.size() - 2], shape.back(), l, r, t, b, m);
+}
+
+py::array_t<float> pad_forward(const py::array& input, int64_t l, int64_t r, int64_t t, int64_t b,
+                               const std::string& mode, float value) {
+  if (input.ndim() < 2)
+    throw ArgumentError("input: expected an array with at least 2 dimensions (..., H, W), got " +
+                        std::to_string(input.ndim()) + "-D");
+  const float* x = float_input(input, "input", int(input.ndim()));
+  std::vector<int64_t> shape(input.shape(), input.shape() + input.ndim());
+  const auto g = pad_geometry(shape, l, r, t, b, mode);
+  std::vector<py::ssize_t> out_shape(shape.begin(), shape.end());
+  out_shape[out_shape.size() - 2] = g.OH;
+  out_shape.back() = g.OW;
+  auto out = new_float(out_shape);
+  float* y = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::pad2d_forward(g, x, y, value);
+  }
+  return out;
+}
+
+py::array_t<float> pad_backward(const py::array& grad_output, const std::vector<int64_t>& input_shape,
+                                int64_t l, int64_t r, int64_t t, int64_t b, const std::string& mode) {
+  if (input_shape.size() < 2)
+    throw ArgumentError("input_shape: expected at least 2 sizes (..., H, W), got " +
+                        std::to_string(input_shape.size()));
+  const auto shape = shape_arg(input_shape, "input_shape", input_shape.size());
+  const float* dy = float_input(grad_output, "grad_output", int(shape.size()));
+  const auto g = pad_geometry(shape, l, r, t, b, mode);
+  std::vector<int64_t> expected(shape);
+  expected[expected.size() - 2] = g.OH;
+  expected.back() = g.OW;
+  require_shape(grad_output, "grad_output", expected.data(), int(expected.size()));
+  auto out = new_float(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  float* dx = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::pad2d_backward(g, dy, dx);
+  }
+  return out;
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["version"] = CONVCORE_VERSION;
+  d["compiler"] = CONVCORE_COMPILER;
+  std::vector<std::string> isas = {"scalar", "portable"};
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+  isas.push_back("avx2");
+#endif
+  d["isa_compiled"] = isas;
+  d["isa_detected"] = convcore::isa_name(convcore::detected_isa());
+  d["isa_active"] = convcore::isa_name(convcore::active_isa());
+  d["openmp"] = std::to_string(_OPENMP);
+  d["num_threads"] = convcore::get_num_threads();
+#if defined(CONVCORE_WITH_CUDA)
+  d["cuda"] = true;
+  d["cuda_architectures"] = std::string(CONVCORE_CUDA_ARCHS);
+  d["cuda_version"] = std::string(CONVCORE_CUDA_VERSION);
+#else
+  d["cuda"] = false;
+  d["cuda_architectures"] = std::string();
+  d["cuda_version"] = std::string();
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "convcore compiled core: NCHW float32 convolution, padding and max-pooling kernels";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ArgumentError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.def("conv2d_forward", &conv2d_forward, py::arg("input"), py::arg("weight"), py::arg("bias"),
+        py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"), py::arg("pad_bottom"),
+        py::arg("pad_left"), py::arg("pad_right"), py::arg("dilation_h"), py::arg("dilation_w"),
+        py::arg("groups"));
+  m.def("conv2d_backward", &conv2d_backward, py::arg("grad_output"), py::arg("input"),
+        py::arg("weight"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
+        py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dilation_h"),
+        py::arg("dilation_w"), py::arg("groups"), py::arg("need_input"), py::arg("need_weight"),
+        py::arg("need_bias"));
+  m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("input"), py::arg("kernel_h"),
+        py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"));
+  m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_output"), py::arg("indices"),
+        py::arg("input_shape"));
+  m.def("pad_forward", &pad_forward, py::arg("input"), py::arg("left"), py::arg("right"),
+        py::arg("top"), py::arg("bottom"), py::arg("mode"), py::arg("value"));
+  m.def("pad_backward", &pad_backward, py::arg("grad_output"), py::arg("input_shape"),
+        py::arg("left"), py::arg("right"), py::arg("top"), py::arg("bottom"), py::arg("mode"));
+
+  m.def(
+      "same_padding",
+      [](int64_t kernel, int64_t dilation, int64_t stride, const std::string& dim) {
+        int64_t before = 0, after = 0;
+        convcore::same_padding(kernel, dilation, stride, dim.c_str(), &before, &after);
+        return py::make_tuple(before, after);
+      },
+      py::arg("kernel"), py::arg("dilation"), py::arg("stride"), py::arg("dim"));
+  m.def("set_num_threads", &convcore::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &convcore::get_num_threads);
+  m.def("set_max_isa", [](const std::string& name) { convcore::set_max_isa(name.c_str()); },
+        py::arg("name"));
+  m.def("active_isa", [] { return std::string(convcore::isa_name(convcore::active_isa())); });
+  m.def("detected_isa", [] { return std::string(convcore::isa_name(convcore::detected_isa())); });
+  m.def("last_kernel", &convcore::last_kernel, py::arg("op"));
+  m.def("implementations", &convcore::list_implementations, py::arg("op"));
+  m.def("build_info", &build_info);
+
+#if defined(CONVCORE_WITH_CUDA)
+  convcore::bind_cuda(m.def_submodule("cuda", "CUDA kernels"));
+#endif
+}

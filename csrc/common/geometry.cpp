@@ -1,0 +1,274 @@
+#include "common/geometry.h"
+
+#include <algorithm>
+#include <sstream>
+
+namespace convcore {
+namespace {
+
+// Largest element count convcore accepts: keeps every index computation
+// (including byte offsets) comfortably inside int64.
+constexpr int64_t kMaxElements = int64_t(1) << 56;
+
+template <class... Args>
+[[noreturn]] void fail(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  throw ArgumentError(os.str());
+}
+
+std::string shape_str(const int64_t* s, int n) {
+  std::ostringstream os;
+  os << "(";
+  for (int i = 0; i < n; ++i) os << (i ? ", " : "") << s[i];
+  os << ")";
+  return os.str();
+}
+
+void require_positive(int64_t v, const char* arg, const char* dim) {
+  if (v < 1) fail(arg, " must be positive, got ", v, " for ", dim);
+}
+
+}  // namespace
+
+int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r) || r > kMaxElements)
+    fail(what, ": size overflow (", a, " * ", b, " exceeds the largest supported array of 2^56 elements)");
+  return r;
+}
+
+int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r) || r > kMaxElements || r < -kMaxElements)
+    fail(what, ": size overflow (", a, " + ", b, ")");
+  return r;
+}
+
+int64_t checked_numel(const int64_t* dims, int ndim, const char* what) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n = checked_mul(n, dims[i], what);
+  return n;
+}
+
+std::string Conv2dGeometry::name() const {
+  std::ostringstream os;
+  os << "n" << N << "_c" << C << "_h" << H << "_w" << W << "_k" << K << "_r" << R << "_s" << S;
+  if (G != 1) os << "_g" << G;
+  if (stride_h != 1 || stride_w != 1) os << "_u" << stride_h << "x" << stride_w;
+  if (pad_top || pad_bottom || pad_left || pad_right)
+    os << "_p" << pad_top << "x" << pad_bottom << "x" << pad_left << "x" << pad_right;
+  if (dil_h != 1 || dil_w != 1) os << "_d" << dil_h << "x" << dil_w;
+  return os.str();
+}
+
+Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], int64_t stride_h,
+                                    int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                                    int64_t pad_left, int64_t pad_right, int64_t dil_h,
+                                    int64_t dil_w, int64_t groups) {
+  if (in[0] < 0 || in[1] < 1 || in[2] < 1 || in[3] < 1)
+    fail("input: expected shape (N, C, H, W) with N >= 0 and C, H, W >= 1, got ",
+         shape_str(in, 4));
+  if (wt[0] < 1 || wt[1] < 1 || wt[2] < 1 || wt[3] < 1)
+    fail("weight: expected shape (out_channels, in_channels/groups, kH, kW) with every size >= 1, got ",
+         shape_str(wt, 4));
+  if (groups < 1) fail("groups must be positive, got ", groups);
+  require_positive(stride_h, "stride", "height");
+  require_positive(stride_w, "stride", "width");
+  require_positive(dil_h, "dilation", "height");
+  require_positive(dil_w, "dilation", "width");
+  if (pad_top < 0 || pad_bottom < 0 || pad_left < 0 || pad_right < 0)
+    fail("padding must be non-negative, got (top, bottom, left, right) = (", pad_top, ", ",
+         pad_bottom, ", ", pad_left, ", ", pad_right, ")");
+  if (in[1] % groups != 0)
+    fail("groups=", groups, " must divide the input channels, but input has C=", in[1]);
+  if (wt[0] % groups != 0)
+    fail("groups=", groups, " must divide out_channels, but weight has ", wt[0]);
+  if (wt[1] * groups != in[1])
+    fail("weight: expected in_channels/groups = ", in[1] / groups,
+         " (input C=", in[1], ", groups=", groups, ") in weight.shape[1], got weight of shape ",
+         shape_str(wt, 4));
+
+  checked_numel(in, 4, "input");
+  checked_numel(wt, 4, "weight");
+
+  Conv2dGeometry g;
+  g.N = in[0];
+  g.C = in[1];
+  g.H = in[2];
+  g.W = in[3];
+  g.K = wt[0];
+  g.R = wt[2];
+  g.S = wt[3];
+  g.G = groups;
+  g.stride_h = stride_h;
+  g.stride_w = stride_w;
+  g.pad_top = pad_top;
+  g.pad_bottom = pad_bottom;
+  g.pad_left = pad_left;
+  g.pad_right = pad_right;
+  g.dil_h = dil_h;
+  g.dil_w = dil_w;
+
+  const int64_t padded_h = checked_add(checked_add(g.H, pad_top, "padding"), pad_bottom, "padding");
+  const int64_t padded_w = checked_add(checked_add(g.W, pad_left, "padding"), pad_right, "padding");
+  const int64_t eff_r = checked_add(checked_mul(dil_h, g.R - 1, "dilation"), 1, "dilation");
+  const int64_t eff_s = checked_add(checked_mul(dil_w, g.S - 1, "dilation"), 1, "dilation");
+  if (eff_r > padded_h || eff_s > padded_w)
+    fail("weight: kernel size (", eff_r, " x ", eff_s, ", dilation included) is larger than the padded input (",
+         padded_h, " x ", padded_w, ")");
+  g.P = (padded_h - eff_r) / stride_h + 1;
+  g.Q = (padded_w - eff_s) / stride_w + 1;
+  const int64_t out[4] = {g.N, g.K, g.P, g.Q};
+  checked_numel(out, 4, "output");
+  // The im2col work buffer of one image, (C/G * R * S) x (P * Q), must be indexable too.
+  checked_mul(checked_mul(checked_mul(g.Cg(), g.R, "weight"), g.S, "weight"),
+              checked_mul(g.P, g.Q, "output"), "convolution workspace");
+  return g;
+}
+
+void same_padding(int64_t kernel, int64_t dilation, int64_t stride, const char* dim_name,
+                  int64_t* before, int64_t* after) {
+  if (stride != 1)
+    fail("padding='same' is not supported for strided convolutions (stride must be 1, got ",
+         stride, " for ", dim_name, ")");
+  if (dilation < 1) fail("dilation must be positive, got ", dilation, " for ", dim_name);
+  if (kernel < 1) fail("weight: kernel ", dim_name, " must be positive, got ", kernel);
+  const int64_t total = checked_mul(dilation, kernel - 1, "dilation");
+  *before = total / 2;
+  *after = total - *before;
+}
+
+std::string Pool2dGeometry::name() const {
+  std::ostringstream os;
+  os << "n" << N << "_c" << C << "_h" << H << "_w" << W << "_k" << kernel_h << "x" << kernel_w
+     << "_u" << stride_h << "x" << stride_w << "_p" << pad_h << "x" << pad_w;
+  if (dil_h != 1 || dil_w != 1) os << "_d" << dil_h << "x" << dil_w;
+  if (ceil_mode) os << "_ceil";
+  return os.str();
+}
+
+namespace {
+int64_t pool_out_size(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dil,
+                      bool ceil_mode) {
+  const int64_t span = in + 2 * pad - dil * (k - 1) - 1;
+  if (span < 0) return 0;
+  int64_t out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
+  // With ceil_mode the last window must start inside the input or left padding.
+  if (ceil_mode && (out - 1) * stride >= in + pad) --out;
+  return out;
+}
+}  // namespace
+
+Pool2dGeometry make_pool2d_geometry(const int64_t in[4], int64_t kernel_h, int64_t kernel_w,
+                                    int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                    int64_t pad_w, int64_t dil_h, int64_t dil_w, bool ceil_mode) {
+  if (in[0] < 0 || in[1] < 1 || in[2] < 1 || in[3] < 1)
+    fail("input: expected shape (N, C, H, W) with N >= 0 and C, H, W >= 1, got ",
+         shape_str(in, 4));
+  require_positive(kernel_h, "kernel_size", "height");
+  require_positive(kernel_w, "kernel_size", "width");
+  require_positive(stride_h, "stride", "height");
+  require_positive(stride_w, "stride", "width");
+  require_positive(dil_h, "dilation", "height");
+  require_positive(dil_w, "dilation", "width");
+  if (pad_h < 0 || pad_w < 0)
+    fail("padding must be non-negative, got (", pad_h, ", ", pad_w, ")");
+  if (pad_h > kernel_h / 2 || pad_w > kernel_w / 2)
+    fail("padding should be at most half of kernel_size, but got padding=(", pad_h, ", ", pad_w,
+         ") and kernel_size=(", kernel_h, ", ", kernel_w, ")");
+  checked_numel(in, 4, "input");
+  // Bound every size before arithmetic on it so the output formula cannot overflow.
+  for (int64_t v : {kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w})
+    checked_mul(v, 1, "max_pool2d argument");
+  checked_mul(dil_h, kernel_h, "dilation * kernel_size");
+  checked_mul(dil_w, kernel_w, "dilation * kernel_size");
+
+  Pool2dGeometry g;
+  g.N = in[0];
+  g.C = in[1];
+  g.H = in[2];
+  g.W = in[3];
+  g.kernel_h = kernel_h;
+  g.kernel_w = kernel_w;
+  g.stride_h = stride_h;
+  g.stride_w = stride_w;
+  g.pad_h = pad_h;
+  g.pad_w = pad_w;
+  g.dil_h = dil_h;
+  g.dil_w = dil_w;
+  g.ceil_mode = ceil_mode;
+  g.P = pool_out_size(g.H, kernel_h, pad_h, stride_h, dil_h, ceil_mode);
+  g.Q = pool_out_size(g.W, kernel_w, pad_w, stride_w, dil_w, ceil_mode);
+  if (g.P < 1 || g.Q < 1)
+    fail("max_pool2d: output size is too small: input (", g.H, " x ", g.W, "), kernel_size (",
+         kernel_h, " x ", kernel_w, "), dilation (", dil_h, " x ", dil_w, "), padding (", pad_h,
+         " x ", pad_w, ") give output (", g.P, " x ", g.Q, "); every output size must be >= 1");
+  return g;
+}
+
+PadMode parse_pad_mode(const std::string& mode) {
+  if (mode == "constant") return PadMode::Constant;
+  if (mode == "reflect") return PadMode::Reflect;
+  if (mode == "replicate") return PadMode::Replicate;
+  if (mode == "circular") return PadMode::Circular;
+  fail("mode must be one of 'constant', 'reflect', 'replicate' or 'circular', got '", mode, "'");
+}
+
+const char* pad_mode_name(PadMode mode) {
+  switch (mode) {
+    case PadMode::Constant: return "constant";
+    case PadMode::Reflect: return "reflect";
+    case PadMode::Replicate: return "replicate";
+    case PadMode::Circular: return "circular";
+  }
+  return "?";
+}
+
+Pad2dGeometry make_pad2d_geometry(int64_t planes, int64_t H, int64_t W, int64_t pad_left,
+                                  int64_t pad_right, int64_t pad_top, int64_t pad_bottom,
+                                  PadMode mode) {
+  if (planes < 0 || H < 0 || W < 0) fail("input: sizes must be non-negative");
+  for (int64_t p : {pad_left, pad_right, pad_top, pad_bottom}) checked_add(p, 0, "pad");
+  Pad2dGeometry g;
+  g.planes = planes;
+  g.H = H;
+  g.W = W;
+  g.pad_left = pad_left;
+  g.pad_right = pad_right;
+  g.pad_top = pad_top;
+  g.pad_bottom = pad_bottom;
+  g.mode = mode;
+  g.OH = checked_add(checked_add(H, pad_top, "pad"), pad_bottom, "pad");
+  g.OW = checked_add(checked_add(W, pad_left, "pad"), pad_right, "pad");
+  if (g.OH < 0 || g.OW < 0)
+    fail("pad: input of size (", H, " x ", W, ") padded by (left, right, top, bottom) = (",
+         pad_left, ", ", pad_right, ", ", pad_top, ", ", pad_bottom,
+         ") gives a negative output size (", g.OH, " x ", g.OW, ")");
+  if (mode != PadMode::Constant) {
+    // Non-constant modes read the input, so every padded row/column needs a source.
+    if ((g.OH > 0 && H == 0) || (g.OW > 0 && W == 0))
+      fail("pad: mode '", pad_mode_name(mode), "' needs a non-empty input, got (", H, " x ", W, ")");
+  }
+  if (mode == PadMode::Reflect) {
+    if (pad_left >= W || pad_right >= W || pad_top >= H || pad_bottom >= H)
+      fail("pad: reflect padding must be smaller than the input dimension it pads, got "
+           "(left, right, top, bottom) = (", pad_left, ", ", pad_right, ", ", pad_top, ", ",
+           pad_bottom, ") for input of size (", H, " x ", W, ")");
+  } else if (mode == PadMode::Circular) {
+    // Negative pads crop first; positive pads then wrap around the cropped
+    // extent, at most once (as PyTorch's circular padding does).
+    const int64_t cw = W - std::max<int64_t>(0, -pad_left) - std::max<int64_t>(0, -pad_right);
+    const int64_t ch = H - std::max<int64_t>(0, -pad_top) - std::max<int64_t>(0, -pad_bottom);
+    if (pad_left > cw || pad_right > cw || pad_top > ch || pad_bottom > ch ||
+        ((pad_left > 0 || pad_right > 0) && cw < 1) || ((pad_top > 0 || pad_bottom > 0) && ch < 1))
+      fail("pad: circular padding can wrap around at most once: each pad must be at most the "
+           "(cropped) input dimension it pads, got (left, right, top, bottom) = (", pad_left, ", ",
+           pad_right, ", ", pad_top, ", ", pad_bottom, ") for input of size (", H, " x ", W, ")");
+  }
+  const int64_t out[3] = {planes, g.OH, g.OW};
+  checked_numel(out, 3, "output");
+  return g;
+}
+
+}  // namespace convcore

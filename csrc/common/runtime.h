@@ -1,0 +1,25 @@
+// Process-wide runtime settings: thread count, verbose kernel log, and the
+// record of which implementation each op ran last.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace convcore {
+
+// Threads used by convcore's parallel regions.  Defaults to OpenMP's
+// omp_get_max_threads() (so OMP_NUM_THREADS is honoured) until set.
+int get_num_threads();
+void set_num_threads(int n);  // n >= 1, else ArgumentError
+
+// Work below this many multiply-adds (or bytes for memory-bound ops) runs on
+// one thread: a parallel region costs more than it saves there.
+int threads_for(double work, double min_work_per_thread);
+
+// Records that `impl` ran for `op` on `problem`; prints a line to stderr
+// when CONVCORE_VERBOSE is set.
+void note_kernel(const char* op, const char* impl, const std::string& problem);
+// Name of the implementation `op` ran last ("" if none yet).
+std::string last_kernel(const std::string& op);
+
+}  // namespace convcore

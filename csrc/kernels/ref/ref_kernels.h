@@ -1,0 +1,37 @@
+// Scalar reference kernels: the plainest correct loops, one image or one
+// plane per call, accumulating in double.  They are the last entry of every
+// op's implementation list (always applicable) and the oracle the faster
+// kernels are tested against.  No allocation, no threads, no exceptions.
+#pragma once
+
+#include <cstdint>
+
+#include "common/geometry.h"
+
+namespace convcore {
+
+// y_n (K x P x Q) = conv(x_n (C x H x W), w) + b, one image.  b may be null.
+void conv2d_fwd_f32__ref(const Conv2dGeometry& g, const float* x_n, const float* w, const float* b,
+                         float* y_n);
+// dx_n (C x H x W) = sum over outputs of dy_n * w, one image (overwrites dx_n).
+void conv2d_bwd_data_f32__ref(const Conv2dGeometry& g, const float* dy_n, const float* w,
+                              float* dx_n);
+// dw[k0:k1] (output channels k0..k1-1 of K x C/G x R x S) = dy correlated
+// with x over the whole batch.
+void conv2d_bwd_weight_f32__ref(const Conv2dGeometry& g, const float* dy, const float* x,
+                                int64_t k0, int64_t k1, float* dw);
+
+// One plane: y (P x Q) and flat indices h*W + w (P x Q) of each window's max.
+void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);
+// One plane: dx (H x W) = scatter-add of dy (P x Q) through idx; dx is zeroed first.
+void maxpool2d_bwd_f32__ref(int64_t out_size, int64_t in_size, const float* dy, const int64_t* idx,
+                            float* dx);
+
+// Source index along one dimension for output position o, or -1 (constant fill).
+int64_t pad_source_index(int64_t o, int64_t size, int64_t pad_before, int64_t pad_after, PadMode mode);
+// One plane: y (OH x OW) from x (H x W).
+void pad2d_fwd_f32__ref(const Pad2dGeometry& g, const float* x, float* y, float value);
+// One plane: dx (H x W) = adjoint of pad2d_fwd applied to dy (OH x OW); dx is zeroed first.
+void pad2d_bwd_f32__ref(const Pad2dGeometry& g, const float* dy, float* dx);
+
+}  // namespace convcore

@@ -1,0 +1,37 @@
+// The C++ API of convcore's CPU ops: validated geometry in, raw contiguous
+// float32 NCHW buffers in and out.  Each op walks an ordered list of
+// implementations and runs the first applicable one under the active ISA
+// cap; the scalar reference ends every list.  These functions may run many
+// threads (OpenMP) but never touch Python.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/geometry.h"
+
+namespace convcore {
+
+// y (N x K x P x Q) = conv2d(x, w) + b; b may be null.
+void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
+                    float* y);
+// dx (N x C x H x W) from dy (N x K x P x Q) and w.
+void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
+// dw (K x C/G x R x S) from dy and x.  Bitwise identical for any thread count.
+void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const float* x, float* dw);
+// db (K) = sum of dy over N, P, Q.
+void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db);
+
+void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);
+// dx (N x C x H x W) from dy and idx (both N x C x P x Q).  Throws
+// ArgumentError naming `indices` if an index lies outside [0, H*W).
+void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx);
+
+void pad2d_forward(const Pad2dGeometry& g, const float* x, float* y, float value);
+void pad2d_backward(const Pad2dGeometry& g, const float* dy, float* dx);
+
+// Names of the implementations of an op, in the order they are tried.
+std::vector<std::string> list_implementations(const std::string& op);
+
+}  // namespace convcore

@@ -1,0 +1,46 @@
+// Per-thread scratch memory that lives as long as the thread (OpenMP keeps
+// its worker threads), so repeated calls of the same shape allocate nothing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+namespace convcore {
+
+class ScratchBuffer {
+ public:
+  ScratchBuffer() = default;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() { std::free(data_); }
+
+  // At least n floats, 64-byte aligned; contents are unspecified.
+  float* floats(int64_t n) {
+    const size_t bytes = size_t(n > 0 ? n : 1) * sizeof(float);
+    if (bytes > capacity_) {
+      std::free(data_);
+      const size_t rounded = (bytes + 63) / 64 * 64;
+      data_ = static_cast<float*>(std::aligned_alloc(64, rounded));
+      if (data_ == nullptr) {
+        capacity_ = 0;
+        throw std::bad_alloc();
+      }
+      capacity_ = rounded;
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// Slot 0: GEMM packing, slot 1: im2col columns, slot 2: anything else.
+inline ScratchBuffer& thread_scratch(int slot) {
+  thread_local ScratchBuffer buffers[3];
+  return buffers[slot];
+}
+
+}  // namespace convcore

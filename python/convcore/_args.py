@@ -1,0 +1,79 @@
+"""Argument normalisation shared by the functional API (private).
+
+Turns PyTorch-style arguments (int or pair, strings, None) into plain Python
+ints, and checks array types, with errors that name the argument.  Shape
+validity itself is decided once, by the compiled geometry.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+# Bounds every size the compiled core can represent; larger ints would not
+# fit an int64 and are rejected here with a clear message.
+_INT_LIMIT = 1 << 62
+
+
+def as_int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    v = int(value)
+    if abs(v) > _INT_LIMIT:
+        raise ValueError(f"{name}: {v} is too large (size overflow)")
+    return v
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    """int or a sequence of two ints -> (h, w)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                f"{name}: expected an int or a tuple of 2 ints (h, w), got {len(value)} values"
+            )
+        return as_int(value[0], name), as_int(value[1], name)
+    try:
+        v = as_int(value, name)
+    except TypeError:
+        raise TypeError(
+            f"{name}: expected an int or a tuple of 2 ints (h, w), got {type(value).__name__} {value!r}"
+        ) from None
+    return v, v
+
+
+def float_array(a, name: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray of float32, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(
+            f"{name}: expected a float32 array, got dtype {a.dtype} (convert with .astype(numpy.float32))"
+        )
+    return a
+
+
+def index_array(a, name: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray of int64, got {type(a).__name__}")
+    if a.dtype != np.int64:
+        raise TypeError(f"{name}: expected an int64 array, got dtype {a.dtype}")
+    return a
+
+
+def batched(a: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    """Accept (C, H, W) as an unbatched (1, C, H, W), as PyTorch does."""
+    if a.ndim == 3:
+        return a[None], True
+    if a.ndim != 4:
+        raise ValueError(f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) array, got {a.ndim}-D")
+    return a, False
+
+
+def shape_tuple(shape, name: str, ndim: int | None = None) -> tuple[int, ...]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name}: expected a tuple of ints, got {type(shape).__name__}") from None
+    if ndim is not None and len(dims) != ndim:
+        raise ValueError(f"{name}: expected {ndim} sizes, got {len(dims)}")
+    return tuple(as_int(d, name) for d in dims)

@@ -1,0 +1,278 @@
+"""The functional API: NCHW float32 numpy arrays in, numpy arrays out.
+
+Names, arguments and semantics follow ``torch.nn.functional``.  Arrays must
+be C-contiguous float32 (indices int64); convcore never converts or copies an
+argument silently, so a wrong dtype is a ``TypeError`` and a non-contiguous
+array a ``ValueError``.  Every invalid argument raises ``ValueError`` or
+``TypeError`` with a message that names it.  A 3-D ``(C, H, W)`` input is
+treated as a batch of one and returns 3-D results, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from ._args import as_int, batched, float_array, index_array, pair, shape_tuple
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "pad",
+    "pad_backward",
+]
+
+
+def _conv_padding(padding, weight_shape, stride, dilation) -> tuple[int, int, int, int]:
+    """-> (top, bottom, left, right)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding == "same":
+            top, bottom = _core.same_padding(weight_shape[2], dilation[0], stride[0], "height")
+            left, right = _core.same_padding(weight_shape[3], dilation[1], stride[1], "width")
+            return top, bottom, left, right
+        raise ValueError(f"padding: expected 'valid', 'same', an int or a tuple of 2 ints, got {padding!r}")
+    ph, pw = pair(padding, "padding")
+    return ph, ph, pw, pw
+
+
+def _conv_args(input, weight, stride, padding, dilation, groups):
+    stride = pair(stride, "stride")
+    dilation = pair(dilation, "dilation")
+    groups = as_int(groups, "groups")
+    if weight.ndim != 4:
+        raise ValueError(
+            f"weight: expected a 4-D array (out_channels, in_channels/groups, kH, kW), got {weight.ndim}-D"
+        )
+    pads = _conv_padding(padding, weight.shape, stride, dilation)
+    return (*stride, *pads, *dilation, groups)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    Args:
+        input: float32 array of shape (N, C, H, W) or (C, H, W).
+        weight: float32 array of shape (K, C/groups, kH, kW).
+        bias: optional float32 array of shape (K,).
+        stride: int or (sH, sW), each >= 1.
+        padding: int or (pH, pW) (zeros on both sides), ``'valid'`` (none) or
+            ``'same'`` (output size = input size; stride must be 1; for even
+            kernels the extra element goes right/bottom, as in PyTorch).
+        dilation: int or (dH, dW), each >= 1.
+        groups: number of groups; must divide C and K.
+
+    Returns:
+        float32 array of shape (N, K, P, Q) with
+        ``P = (H + pad_top + pad_bottom - dH*(kH-1) - 1) // sH + 1`` (likewise Q).
+
+    Raises:
+        TypeError: an array is not a float32 numpy array, or an argument has the wrong type.
+        ValueError: wrong number of dimensions, mismatched channels or groups,
+            non-positive stride/dilation, negative padding, a kernel larger than
+            the padded input, a non-contiguous array, or a size overflow.
+    """
+    input = float_array(input, "input")
+    weight = float_array(weight, "weight")
+    if bias is not None:
+        bias = float_array(bias, "bias")
+        if bias.ndim != 1:
+            raise ValueError(f"bias: expected a 1-D array of shape (out_channels,), got {bias.ndim}-D")
+    x, unbatched = batched(input, "input")
+    out = _core.conv2d_forward(x, weight, bias, *_conv_args(x, weight, stride, padding, dilation, groups))
+    return out[0] if unbatched else out
+
+
+def conv2d_backward(
+    grad_output,
+    input,
+    weight,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    output_mask=(True, True, True),
+):
+    """Gradients of :func:`conv2d` with respect to input, weight and bias.
+
+    Args:
+        grad_output: float32 array of shape (N, K, P, Q), the gradient of the
+            loss with respect to ``conv2d(input, weight, ...)``.
+        input, weight, stride, padding, dilation, groups: as given to :func:`conv2d`.
+        output_mask: three bools: which of (grad_input, grad_weight, grad_bias)
+            to compute.
+
+    Returns:
+        ``(grad_input, grad_weight, grad_bias)`` with the shapes of input,
+        weight and (K,); an entry is ``None`` where ``output_mask`` is False.
+        grad_weight is bitwise identical for any thread count.
+
+    Raises:
+        TypeError, ValueError: as :func:`conv2d`; also when grad_output's shape
+            is not the convolution's output shape.
+    """
+    grad_output = float_array(grad_output, "grad_output")
+    input = float_array(input, "input")
+    weight = float_array(weight, "weight")
+    try:
+        mask = tuple(bool(m) for m in output_mask)
+    except TypeError:
+        raise TypeError("output_mask: expected a sequence of 3 bools") from None
+    if len(mask) != 3:
+        raise ValueError(f"output_mask: expected 3 bools (input, weight, bias), got {len(mask)}")
+    x, unbatched = batched(input, "input")
+    if unbatched:
+        if grad_output.ndim != 3:
+            raise ValueError(f"grad_output: expected a 3-D array for a 3-D input, got {grad_output.ndim}-D")
+        grad_output = grad_output[None]
+    gi, gw, gb = _core.conv2d_backward(
+        grad_output, x, weight, *_conv_args(x, weight, stride, padding, dilation, groups), *mask
+    )
+    if unbatched and gi is not None:
+        gi = gi[0]
+    return gi, gw, gb
+
+
+def max_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+):
+    """2-D max pooling, as ``torch.nn.functional.max_pool2d``.
+
+    Padding counts as -inf and may be at most half the kernel size; with
+    ``ceil_mode`` the output rounds up but no window starts in the right or
+    bottom padding.  Within a window the first maximum in scan order wins a
+    tie and NaN propagates.
+
+    Args:
+        input: float32 array of shape (N, C, H, W) or (C, H, W).
+        kernel_size: int or (kH, kW), each >= 1.
+        stride: int or (sH, sW); defaults to kernel_size.
+        padding: int or (pH, pW), 0 <= p <= k // 2.
+        dilation: int or (dH, dW), each >= 1.
+        ceil_mode: round the output size up instead of down.
+        return_indices: also return the int64 indices of the maxima.
+
+    Returns:
+        float32 array (N, C, P, Q); with return_indices, a tuple
+        ``(output, indices)`` where indices are flat ``h * W + w`` positions
+        within each (H, W) plane, identical to PyTorch's.
+
+    Raises:
+        TypeError, ValueError: bad types, ndim, non-contiguous input, sizes
+            below 1, padding above half the kernel, or an output size below 1.
+    """
+    input = float_array(input, "input")
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = (kh, kw) if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else pair(stride, "stride")
+    ph, pw = pair(padding, "padding")
+    dh, dw = pair(dilation, "dilation")
+    x, unbatched = batched(input, "input")
+    out, idx = _core.max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, bool(ceil_mode))
+    if unbatched:
+        out, idx = out[0], idx[0]
+    return (out, idx) if return_indices else out
+
+
+def max_pool2d_backward(grad_output, indices, input_shape):
+    """Gradient of :func:`max_pool2d` with respect to its input.
+
+    Args:
+        grad_output: float32 array (N, C, P, Q) (or (C, P, Q)).
+        indices: int64 array of the same shape, as returned by
+            ``max_pool2d(..., return_indices=True)``.
+        input_shape: shape of the pooled input, (N, C, H, W) (or (C, H, W)).
+
+    Returns:
+        float32 array of ``input_shape``: each grad_output element added at its
+        index (overlapping windows accumulate).
+
+    Raises:
+        TypeError, ValueError: bad types or shapes, or an index outside [0, H*W).
+    """
+    grad_output = float_array(grad_output, "grad_output")
+    indices = index_array(indices, "indices")
+    shape = shape_tuple(input_shape, "input_shape")
+    if len(shape) == 3:
+        if grad_output.ndim != 3 or indices.ndim != 3:
+            raise ValueError("grad_output, indices: expected 3-D arrays for a 3-D input_shape")
+        return _core.max_pool2d_backward(grad_output[None], indices[None], (1, *shape))[0]
+    if len(shape) != 4:
+        raise ValueError(f"input_shape: expected 3 or 4 sizes, got {len(shape)}")
+    return _core.max_pool2d_backward(grad_output, indices, shape)
+
+
+def _pad_args(pad):
+    try:
+        pads = tuple(pad)
+    except TypeError:
+        raise TypeError(f"pad: expected a tuple of 2 or 4 ints, got {type(pad).__name__}") from None
+    if len(pads) not in (2, 4):
+        raise ValueError(
+            f"pad: expected 2 ints (left, right) or 4 ints (left, right, top, bottom), got {len(pads)}"
+        )
+    pads = tuple(as_int(p, "pad") for p in pads)
+    return pads if len(pads) == 4 else (*pads, 0, 0)
+
+
+def _pad_mode(mode) -> str:
+    if not isinstance(mode, str):
+        raise TypeError(f"mode: expected a str, got {type(mode).__name__}")
+    return mode
+
+
+def pad(input, pad, mode="constant", value=0.0):
+    """Pad the last two dimensions, as ``torch.nn.functional.pad``.
+
+    Args:
+        input: float32 array with at least 2 dimensions (..., H, W)
+            (at least 1 when only the width is padded).
+        pad: ``(left, right)`` or ``(left, right, top, bottom)``.  Negative
+            values crop.
+        mode: ``'constant'``, ``'reflect'`` (pads < the size padded),
+            ``'replicate'`` or ``'circular'`` (pads <= the size padded).
+        value: fill value for ``'constant'``; must be 0 for other modes.
+
+    Returns:
+        float32 array of shape (..., H + top + bottom, W + left + right).
+
+    Raises:
+        TypeError, ValueError: bad types, an unknown mode, pads too large for
+            the mode, or a negative output size.
+    """
+    input = float_array(input, "input")
+    left, right, top, bottom = _pad_args(pad)
+    mode = _pad_mode(mode)
+    if mode != "constant" and value not in (None, 0, 0.0):
+        raise ValueError(f"value: padding mode '{mode}' does not take a fill value, got {value!r}")
+    value = 0.0 if value is None else float(value)
+    if input.ndim == 1 and len(tuple(pad)) == 2:
+        return _core.pad_forward(input[None], left, right, 0, 0, mode, value)[0]
+    return _core.pad_forward(input, left, right, top, bottom, mode, value)
+
+
+def pad_backward(grad_output, input_shape, pad, mode="constant"):
+    """Gradient of :func:`pad` with respect to its input.
+
+    Args:
+        grad_output: float32 array of the padded shape.
+        input_shape: shape of the input that was padded.
+        pad, mode: as given to :func:`pad`.
+
+    Returns:
+        float32 array of ``input_shape``: the adjoint of the padding (border
+        values accumulate into the input elements they were copied from).
+    """
+    grad_output = float_array(grad_output, "grad_output")
+    shape = shape_tuple(input_shape, "input_shape")
+    left, right, top, bottom = _pad_args(pad)
+    mode = _pad_mode(mode)
+    if len(shape) == 1:
+        return _core.pad_backward(grad_output[None], (1, *shape), left, right, 0, 0, mode)[0]
+    return _core.pad_backward(grad_output, shape, left, right, top, bottom, mode)

@@ -9,6 +9,7 @@
 
 #include "common/cpu.h"
 #include "common/runtime.h"
+#include "kernels/direct_ukernels.h"
 #include "kernels/gemm_ukernels.h"
 #include "kernels/ref/ref_kernels.h"
 #include "ops/gemm.h"
@@ -28,6 +29,9 @@ constexpr int64_t kColumnTile = 1024;
 constexpr int64_t kMaxWeightChunks = 16;
 // Multiply-adds below which a parallel region costs more than it saves.
 constexpr double kMinMacsPerThread = 2e5;
+// Bytes of padded input and re-laid dy the weight-gradient kernel streams
+// per call: about half of a 1 MiB L2, so both stay resident.
+constexpr int64_t kDotWorkingSetBytes = 512 * 1024;
 
 bool is_pointwise(const Conv2dGeometry& g) {
   return g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_top == 0 &&
@@ -102,45 +106,292 @@ void col2im_channels(const Conv2dGeometry& g, const float* dcols, int64_t c0, in
   }
 }
 
+int conv_threads(const Conv2dGeometry& g) { return threads_for(g.macs(), kMinMacsPerThread); }
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
 // ---------------------------------------------------------------------------
-// Implementation lists
+// Direct path (stride 1): the input is copied once into padded planes of
+// Hp x Wp (negative padding crops), and the micro-kernels read runs of
+// consecutive positions t = p * Wp + q straight from those planes.
 // ---------------------------------------------------------------------------
 
-struct GemmImpl {
-  const char* fwd;
-  const char* bwd_data;
-  const char* bwd_weight;
-  Isa isa;
-  gemm_ukernel_fn ukernel;
+struct PaddedPlanes {
+  int64_t H, W;            // source plane
+  int64_t pad_top, pad_left;  // may be negative (crop)
+  int64_t Hp, Wp;          // padded plane
+  int64_t plane() const { return Hp * Wp; }
 };
 
-const GemmImpl kGemmImpls[] = {
-#if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_fwd_f32_im2col_gemm_6x16__avx2", "conv2d_bwd_data_f32_gemm_col2im_6x16__avx2",
-     "conv2d_bwd_weight_f32_im2col_gemm_6x16__avx2", Isa::Avx2, gemm_ukernel_f32_6x16__avx2},
-#endif
-    {"conv2d_fwd_f32_im2col_gemm_6x16__portable", "conv2d_bwd_data_f32_gemm_col2im_6x16__portable",
-     "conv2d_bwd_weight_f32_im2col_gemm_6x16__portable", Isa::Portable,
-     gemm_ukernel_f32_6x16__portable},
-};
-constexpr const char* kRefFwd = "conv2d_fwd_f32_direct__ref";
-constexpr const char* kRefBwdData = "conv2d_bwd_data_f32_direct__ref";
-constexpr const char* kRefBwdWeight = "conv2d_bwd_weight_f32_direct__ref";
-
-// First GEMM implementation allowed under the active ISA cap, or null for the reference.
-const GemmImpl* select_gemm() {
-  const Isa isa = active_isa();
-  for (const GemmImpl& impl : kGemmImpls)
-    if (int(impl.isa) <= int(isa)) return &impl;
-  return nullptr;
+// dst[c][hp][wp] = src[c][hp - pad_top][wp - pad_left], zero outside the source.
+void pad_planes(const PaddedPlanes& pp, int64_t channels, const float* src, float* dst) {
+  const int64_t w_lo = std::clamp<int64_t>(pp.pad_left, 0, pp.Wp);              // first copied column
+  const int64_t src_w0 = w_lo - pp.pad_left;                                     // its source column
+  const int64_t w_hi = std::clamp<int64_t>(pp.pad_left + pp.W, w_lo, pp.Wp);     // end of copied columns
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* s = src + c * pp.H * pp.W;
+    float* d = dst + c * pp.plane();
+    for (int64_t hp = 0; hp < pp.Hp; ++hp) {
+      float* row = d + hp * pp.Wp;
+      const int64_t h = hp - pp.pad_top;
+      if (h < 0 || h >= pp.H) {
+        std::fill(row, row + pp.Wp, 0.0f);
+        continue;
+      }
+      std::fill(row, row + w_lo, 0.0f);
+      std::memcpy(row + w_lo, s + h * pp.W + src_w0, size_t(w_hi - w_lo) * sizeof(float));
+      std::fill(row + w_hi, row + pp.Wp, 0.0f);
+    }
+  }
 }
 
-int conv_threads(const Conv2dGeometry& g) { return threads_for(g.macs(), kMinMacsPerThread); }
+// A stride-1 convolution as the direct kernels see it.  The forward pass is
+// one; the data gradient of a stride-1 convolution is another (a full
+// convolution of dy with the flipped, transposed weights).
+struct DirectConv {
+  int64_t N, G;
+  int64_t Cin, Kout;  // per group
+  int64_t R, S, dh, dw;
+  PaddedPlanes pp;
+  int64_t P, Q;       // output size
+  const float* in;    // N x (G*Cin) x H x W
+  float* out;         // N x (G*Kout) x P x Q
+  const float* bias;  // G*Kout or null
+};
+
+// wpack[g][panel][c*R*S + r*S + s][i] = weight of output channel panel*6+i.
+// transposed_flip: the weight of output channel k and input channel c is
+// w[g][c][k][R-1-r][S-1-s] of the original (K, C/G, R, S) tensor.
+void pack_direct_weights(const DirectConv& d, int64_t mr, const float* w, bool transposed_flip,
+                         float* wpack) {
+  const int64_t RS = d.R * d.S, steps = d.Cin * RS, panels = (d.Kout + mr - 1) / mr;
+  for (int64_t g = 0; g < d.G; ++g)
+    for (int64_t pn = 0; pn < panels; ++pn) {
+      float* dst = wpack + (g * panels + pn) * steps * mr;
+      for (int64_t c = 0; c < d.Cin; ++c)
+        for (int64_t r = 0; r < d.R; ++r)
+          for (int64_t s = 0; s < d.S; ++s) {
+            float* col = dst + ((c * d.R + r) * d.S + s) * mr;
+            for (int64_t i = 0; i < mr; ++i) {
+              const int64_t k = pn * mr + i;
+              float v = 0.0f;
+              if (k < d.Kout) {
+                v = transposed_flip
+                        ? w[((g * d.Cin + c) * d.Kout + k) * RS + (d.R - 1 - r) * d.S + (d.S - 1 - s)]
+                        : w[((g * d.Kout + k) * d.Cin + c) * RS + r * d.S + s];
+              }
+              col[i] = v;
+            }
+          }
+    }
+}
+
+struct DirectKernel {
+  conv_direct_ukernel_fn fn;
+  int64_t mr, nr;
+};
+
+// The tile shape that computes the fewest padded outputs (channels rounded
+// up to MR times positions rounded up to NR); ties go to 6x16, which loads less.
+DirectKernel pick_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const DirectConv& d) {
+  const int64_t T = d.P * d.pp.Wp;
+  const auto padded = [&](const DirectKernel& k) {
+    return (d.Kout + k.mr - 1) / k.mr * k.mr * ((T + k.nr - 1) / k.nr * k.nr);
+  };
+  return padded(k4x24) < padded(k6x16) ? k4x24 : k6x16;
+}
+
+void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, bool transposed_flip,
+                int nt) {
+  const int64_t RS = d.R * d.S, steps = d.Cin * RS;
+  const int64_t mr = uk.mr, nr = uk.nr;
+  const int64_t panels = (d.Kout + mr - 1) / mr;
+  std::vector<float> wpack_store(static_cast<size_t>(d.G * panels * steps * mr));
+  pack_direct_weights(d, mr, w, transposed_flip, wpack_store.data());
+  const float* wpack = wpack_store.data();
+  const int64_t plane = d.pp.plane(), Cin_all = d.G * d.Cin;
+  const int64_t T = d.P * d.pp.Wp;  // output positions in padded-width coordinates
+  const int64_t slack = (d.S - 1) * d.dw + nr;
+  const int64_t in_img = Cin_all * d.pp.H * d.pp.W, out_img = d.G * d.Kout * d.P * d.Q;
+  std::vector<int64_t> offsets(static_cast<size_t>(steps));
+  for (int64_t c = 0; c < d.Cin; ++c)
+    for (int64_t r = 0; r < d.R; ++r)
+      for (int64_t s = 0; s < d.S; ++s)
+        offsets[size_t((c * d.R + r) * d.S + s)] = c * plane + r * d.dh * d.pp.Wp + s * d.dw;
+  // Split each image's panels into blocks when the batch alone cannot keep
+  // every thread busy; blocking changes no result.
+  int64_t blocks = 1;
+  while (d.N * blocks < nt && blocks < d.G * panels) ++blocks;
+  const int64_t per_block = (d.G * panels + blocks - 1) / blocks;
+  blocks = (d.G * panels + per_block - 1) / per_block;
+  TaskErrors errors;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t task = 0; task < d.N * blocks; ++task) errors.run([&] {
+    const int64_t n = task / blocks, b = task % blocks;
+    float* xpad = thread_scratch(1).floats(Cin_all * plane + slack);
+    pad_planes(d.pp, Cin_all, d.in + n * in_img, xpad);
+    std::fill(xpad + Cin_all * plane, xpad + Cin_all * plane + slack, 0.0f);
+    alignas(64) float tile[6 * 24];
+    for (int64_t gp = b * per_block; gp < std::min((b + 1) * per_block, d.G * panels); ++gp) {
+      const int64_t g = gp / panels, pn = gp % panels;
+      const float* wp = wpack + gp * steps * mr;
+      const float* xg = xpad + g * d.Cin * plane;
+      const int64_t k0 = pn * mr, kn = std::min(mr, d.Kout - k0);
+      float* yk = d.out + n * out_img + (g * d.Kout + k0) * d.P * d.Q;
+      for (int64_t t0 = 0; t0 < T; t0 += nr) {
+        uk.fn(steps, wp, xg + t0, offsets.data(), tile);
+        // Scatter the valid lanes (q < Q) row segment by row segment.
+        int64_t p = t0 / d.pp.Wp, q = t0 % d.pp.Wp;
+        for (int64_t j = 0; j < nr && p < d.P;) {
+          const int64_t run = std::min(nr - j, d.pp.Wp - q);
+          const int64_t valid = std::max<int64_t>(0, std::min(run, d.Q - q));
+          for (int64_t i = 0; i < kn; ++i) {
+            float* dst = yk + (i * d.P + p) * d.Q + q;
+            const float* src = tile + i * nr + j;
+            const float bv = d.bias ? d.bias[g * d.Kout + k0 + i] : 0.0f;
+            for (int64_t l = 0; l < valid; ++l) dst[l] = src[l] + bv;
+          }
+          j += run;
+          q = 0;
+          ++p;
+        }
+      }
+    }
+  });
+  errors.rethrow();
+}
+
+DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b, float* y) {
+  DirectConv d;
+  d.N = g.N;
+  d.G = g.G;
+  d.Cin = g.Cg();
+  d.Kout = g.Kg();
+  d.R = g.R;
+  d.S = g.S;
+  d.dh = g.dil_h;
+  d.dw = g.dil_w;
+  d.pp = {g.H, g.W, g.pad_top, g.pad_left, g.H + g.pad_top + g.pad_bottom, g.W + g.pad_left + g.pad_right};
+  d.P = g.P;
+  d.Q = g.Q;
+  d.in = x;
+  d.out = y;
+  d.bias = b;
+  return d;
+}
+
+void forward_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const Conv2dGeometry& g,
+                    const float* x, const float* w, const float* b, float* y) {
+  const DirectConv d = direct_forward_problem(g, x, b, y);
+  run_direct(pick_direct(k6x16, k4x24, d), d, w, false, conv_threads(g));
+}
+
+// dx = full convolution of dy (padded by dil*(R-1) - pad, negative = crop)
+// with the flipped, transposed weights.
+void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
+                          const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
+  DirectConv d;
+  d.N = g.N;
+  d.G = g.G;
+  d.Cin = g.Kg();
+  d.Kout = g.Cg();
+  d.R = g.R;
+  d.S = g.S;
+  d.dh = g.dil_h;
+  d.dw = g.dil_w;
+  const int64_t eh = g.dil_h * (g.R - 1), ew = g.dil_w * (g.S - 1);
+  d.pp = {g.P, g.Q, eh - g.pad_top, ew - g.pad_left, g.H + eh, g.W + ew};
+  d.P = g.H;
+  d.Q = g.W;
+  d.in = dy;
+  d.out = dx;
+  d.bias = nullptr;
+  run_direct(pick_direct(k6x16, k4x24, d), d, w, true, conv_threads(g));
+}
+
+// dW[k][c,r,s] = sum_n sum_t dyp[n][k][t] * xpad[n][c][t + r*dh*Wp + s*dw],
+// with dy re-laid at row stride Wp (zeros at q >= Q).  Chunks of images as
+// in backward_weight_gemm keep the result independent of the thread count.
+void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
+                            const float* x, float* dw) {
+  const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
+  const int64_t RS = g.R * g.S, CRS = g.Cg() * RS, Kg = g.Kg(), PQ = g.P * g.Q;
+  const int64_t plane = d.pp.plane(), Wp = d.pp.Wp;
+  const int64_t T8 = round_up(g.P * Wp, 8);
+  const int64_t slack = (g.S - 1) * g.dil_w + 8;
+  const int64_t x_img = g.C * plane, dy_img = g.K * T8;
+  const int64_t wsize = g.weight_numel();
+  const int64_t chunks = std::min<int64_t>(g.N, kMaxWeightChunks);
+  const int64_t per_chunk = (g.N + chunks - 1) / chunks;
+  std::vector<float> partials(size_t(chunks * wsize));
+  std::vector<int64_t> tap_offset(static_cast<size_t>(CRS));
+  for (int64_t c = 0; c < g.Cg(); ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s)
+        tap_offset[size_t((c * g.R + r) * g.S + s)] = c * plane + r * g.dil_h * Wp + s * g.dil_w;
+  const int nt = conv_threads(g);
+  TaskErrors errors;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
+    const int64_t n0 = chunk * per_chunk, n1 = std::min(g.N, n0 + per_chunk);
+    float* part = partials.data() + chunk * wsize;
+    std::fill(part, part + wsize, 0.0f);
+    // Images per kernel call: as many as keep x and dy of the group of
+    // images in L2 (depends on the shape only, so the summation order never
+    // depends on the thread count).
+    const int64_t per_image_bytes = (x_img + dy_img) * int64_t(sizeof(float));
+    const int64_t ib = std::clamp<int64_t>(kDotWorkingSetBytes / per_image_bytes, 1, n1 - n0);
+    float* xpad = thread_scratch(1).floats(ib * x_img + slack);
+    float* dyp = thread_scratch(2).floats(ib * dy_img);
+    for (int64_t nb = n0; nb < n1; nb += ib) {
+      const int64_t images = std::min(ib, n1 - nb);
+      for (int64_t i = 0; i < images; ++i) {
+        const int64_t n = nb + i;
+        pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad + i * x_img);
+        for (int64_t k = 0; k < g.K; ++k) {
+          const float* src = dy + (n * g.K + k) * PQ;
+          float* dst = dyp + i * dy_img + k * T8;
+          for (int64_t p = 0; p < g.P; ++p) {
+            std::memcpy(dst + p * Wp, src + p * g.Q, size_t(g.Q) * sizeof(float));
+            std::fill(dst + p * Wp + g.Q, dst + (p + 1) * Wp, 0.0f);
+          }
+          std::fill(dst + g.P * Wp, dst + T8, 0.0f);
+        }
+      }
+      std::fill(xpad + images * x_img, xpad + images * x_img + slack, 0.0f);
+      for (int64_t grp = 0; grp < g.G; ++grp) {
+        const float* xg = xpad + grp * g.Cg() * plane;
+        for (int64_t k0 = 0; k0 < Kg; k0 += kDotMR) {
+          const float* a[kDotMR];
+          for (int64_t i = 0; i < kDotMR; ++i)  // rows past the end repeat a valid one; discarded
+            a[i] = dyp + (grp * Kg + std::min(k0 + i, Kg - 1)) * T8;
+          for (int64_t j0 = 0; j0 < CRS; j0 += kDotNR) {
+            const float* bp[kDotNR];
+            for (int64_t j = 0; j < kDotNR; ++j) bp[j] = xg + tap_offset[size_t(std::min(j0 + j, CRS - 1))];
+            float tile[kDotMR * kDotNR] = {};
+            ukernel(T8 / 8, images, a, dy_img, bp, x_img, tile);
+            for (int64_t i = 0; i < kDotMR && k0 + i < Kg; ++i)
+              for (int64_t j = 0; j < kDotNR && j0 + j < CRS; ++j)
+                part[(grp * Kg + k0 + i) * CRS + j0 + j] += tile[i * kDotNR + j];
+          }
+        }
+      }
+    }
+  });
+  errors.rethrow();
+  const int rt = threads_for(double(wsize) * chunks, 1e5);
+#pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
+  for (int64_t i = 0; i < wsize; ++i) {
+    float acc = partials[size_t(i)];
+    for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * wsize + i)];
+    dw[i] = acc;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Forward: per (image, group, column tile) task, y = W_g * im2col(x) + b.
 // ---------------------------------------------------------------------------
-void forward_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const float* x, const float* w,
+void forward_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* x, const float* w,
                   const float* b, float* y) {
   const int64_t PQ = g.P * g.Q, CRS = g.Cg() * g.R * g.S, Kg = g.Kg();
   const bool pointwise = is_pointwise(g);
@@ -169,7 +420,7 @@ void forward_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const float* x,
     if (b != nullptr)
       for (int64_t k = 0; k < Kg; ++k) std::fill(y_g + k * PQ, y_g + k * PQ + nj, b[grp * Kg + k]);
     float* work = thread_scratch(0).floats(gemm_workspace_floats(Kg, nj, CRS));
-    gemm_f32(impl.ukernel, Kg, nj, CRS, w + grp * Kg * CRS, CRS, 1, cols, ldb, 1, y_g, PQ,
+    gemm_f32(ukernel, Kg, nj, CRS, w + grp * Kg * CRS, CRS, 1, cols, ldb, 1, y_g, PQ,
              b != nullptr, work);
   });
   errors.rethrow();
@@ -179,7 +430,7 @@ void forward_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const float* x,
 // Backward data: per (image, group, channel block), dcols = W_g^T * dy, then
 // col2im into the block's channels (which no other task touches).
 // ---------------------------------------------------------------------------
-void backward_data_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const float* dy,
+void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
                         const float* w, float* dx) {
   const int64_t PQ = g.P * g.Q, RS = g.R * g.S, CRS = g.Cg() * RS, Kg = g.Kg(), HW = g.H * g.W;
   const int nt = conv_threads(g);
@@ -202,12 +453,12 @@ void backward_data_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const flo
     float* work = thread_scratch(0).floats(gemm_workspace_floats(rows, PQ, Kg));
     if (is_pointwise(g)) {
       // dcols is dx itself: no col2im needed.
-      gemm_f32(impl.ukernel, rows, PQ, Kg, w_g + c0, 1, CRS, dy_g, PQ, 1, dx_g + c0 * HW, HW,
+      gemm_f32(ukernel, rows, PQ, Kg, w_g + c0, 1, CRS, dy_g, PQ, 1, dx_g + c0 * HW, HW,
                false, work);
       return;
     }
     float* dcols = thread_scratch(1).floats(rows * PQ);
-    gemm_f32(impl.ukernel, rows, PQ, Kg, w_g + c0 * RS, 1, CRS, dy_g, PQ, 1, dcols, PQ, false,
+    gemm_f32(ukernel, rows, PQ, Kg, w_g + c0 * RS, 1, CRS, dy_g, PQ, 1, dcols, PQ, false,
              work);
     col2im_channels(g, dcols, c0, c1, dx_g);
   });
@@ -220,7 +471,7 @@ void backward_data_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const flo
 // dy * im2col(x)^T into its own partial, and the partials are added in chunk
 // order.  The result is bitwise the same for any thread count.
 // ---------------------------------------------------------------------------
-void backward_weight_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const float* dy,
+void backward_weight_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
                           const float* x, float* dw) {
   const int64_t PQ = g.P * g.Q, CRS = g.Cg() * g.R * g.S, Kg = g.Kg();
   const int64_t wsize = g.weight_numel();
@@ -255,7 +506,7 @@ void backward_weight_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const f
         }
         float* work = thread_scratch(0).floats(gemm_workspace_floats(Kg, CRS, nj));
         // dW_g[Kg x CRS] += dy_g[:, j0:j0+nj] * cols^T
-        gemm_f32(impl.ukernel, Kg, CRS, nj, dy_g + j0, PQ, 1, cols, 1, ldc_cols, dw_g, CRS,
+        gemm_f32(ukernel, Kg, CRS, nj, dy_g + j0, PQ, 1, cols, 1, ldc_cols, dw_g, CRS,
                  !first, work);
         first = false;
       }
@@ -275,35 +526,129 @@ void backward_weight_gemm(const GemmImpl& impl, const Conv2dGeometry& g, const f
   }
 }
 
+// ---------------------------------------------------------------------------
+// Implementation lists: tried in order, the first applicable one under the
+// active ISA cap runs; the scalar reference ends every list.
+// ---------------------------------------------------------------------------
+
+struct ConvArgs {
+  const float* x;
+  const float* w;
+  const float* b;
+  const float* dy;
+  float* y;
+  float* dx;
+  float* dw;
+};
+
+struct ConvImpl {
+  const char* name;
+  Isa isa;
+  bool (*applicable)(const Conv2dGeometry&);
+  void (*run)(const Conv2dGeometry&, const ConvArgs&);
+};
+
+bool always(const Conv2dGeometry&) { return true; }
+bool unit_stride(const Conv2dGeometry& g) { return g.stride_h == 1 && g.stride_w == 1; }
+
+template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
+void run_fwd_direct(const Conv2dGeometry& g, const ConvArgs& a) {
+  forward_direct({UK6x16, 6, 16}, {UK4x24, 4, 24}, g, a.x, a.w, a.b, a.y);
+}
+template <gemm_ukernel_fn UK>
+void run_fwd_gemm(const Conv2dGeometry& g, const ConvArgs& a) { forward_gemm(UK, g, a.x, a.w, a.b, a.y); }
+void run_fwd_ref(const Conv2dGeometry& g, const ConvArgs& a) {
+  const int nt = conv_threads(g);
+  const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t n = 0; n < g.N; ++n) conv2d_fwd_f32__ref(g, a.x + n * img_in, a.w, a.b, a.y + n * img_out);
+}
+
+template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
+void run_bwd_data_direct(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_data_direct({UK6x16, 6, 16}, {UK4x24, 4, 24}, g, a.dy, a.w, a.dx);
+}
+template <gemm_ukernel_fn UK>
+void run_bwd_data_gemm(const Conv2dGeometry& g, const ConvArgs& a) { backward_data_gemm(UK, g, a.dy, a.w, a.dx); }
+void run_bwd_data_ref(const Conv2dGeometry& g, const ConvArgs& a) {
+  const int nt = conv_threads(g);
+  const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t n = 0; n < g.N; ++n) conv2d_bwd_data_f32__ref(g, a.dy + n * img_out, a.w, a.dx + n * img_in);
+}
+
+template <conv_dot_ukernel_fn UK>
+void run_bwd_weight_direct(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_direct(UK, g, a.dy, a.x, a.dw); }
+template <gemm_ukernel_fn UK>
+void run_bwd_weight_gemm(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_gemm(UK, g, a.dy, a.x, a.dw); }
+void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
+  // Threads split the output channels; each element reduces over the whole
+  // batch in one order, so the result does not depend on their number.
+  const int nt = conv_threads(g);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t k = 0; k < g.K; ++k) conv2d_bwd_weight_f32__ref(g, a.dy, a.x, k, k + 1, a.dw);
+}
+
+const ConvImpl kFwdImpls[] = {
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, unit_stride, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
+    {"conv2d_fwd_f32_im2col_gemm_6x16__avx2", Isa::Avx2, always, run_fwd_gemm<gemm_ukernel_f32_6x16__avx2>},
+#endif
+    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, unit_stride, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__portable, conv2d_direct_ukernel_f32_4x24__portable>},
+    {"conv2d_fwd_f32_im2col_gemm_6x16__portable", Isa::Portable, always, run_fwd_gemm<gemm_ukernel_f32_6x16__portable>},
+    {"conv2d_fwd_f32_direct__ref", Isa::Scalar, always, run_fwd_ref},
+};
+
+const ConvImpl kBwdDataImpls[] = {
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"conv2d_bwd_data_f32_direct_6x16_4x24__avx2", Isa::Avx2, unit_stride, run_bwd_data_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
+    {"conv2d_bwd_data_f32_gemm_col2im_6x16__avx2", Isa::Avx2, always, run_bwd_data_gemm<gemm_ukernel_f32_6x16__avx2>},
+#endif
+    {"conv2d_bwd_data_f32_direct_6x16_4x24__portable", Isa::Portable, unit_stride, run_bwd_data_direct<conv2d_direct_ukernel_f32_6x16__portable, conv2d_direct_ukernel_f32_4x24__portable>},
+    {"conv2d_bwd_data_f32_gemm_col2im_6x16__portable", Isa::Portable, always, run_bwd_data_gemm<gemm_ukernel_f32_6x16__portable>},
+    {"conv2d_bwd_data_f32_direct__ref", Isa::Scalar, always, run_bwd_data_ref},
+};
+
+const ConvImpl kBwdWeightImpls[] = {
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, unit_stride, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
+    {"conv2d_bwd_weight_f32_im2col_gemm_6x16__avx2", Isa::Avx2, always, run_bwd_weight_gemm<gemm_ukernel_f32_6x16__avx2>},
+#endif
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, unit_stride, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
+    {"conv2d_bwd_weight_f32_im2col_gemm_6x16__portable", Isa::Portable, always, run_bwd_weight_gemm<gemm_ukernel_f32_6x16__portable>},
+    {"conv2d_bwd_weight_f32_direct__ref", Isa::Scalar, always, run_bwd_weight_ref},
+};
+
+template <size_t L>
+const ConvImpl& select(const ConvImpl (&impls)[L], const Conv2dGeometry& g) {
+  const Isa isa = active_isa();
+  for (const ConvImpl& impl : impls)
+    if (int(impl.isa) <= int(isa) && impl.applicable(g)) return impl;
+  return impls[L - 1];
+}
+
+template <size_t L>
+std::vector<std::string> names(const ConvImpl (&impls)[L]) {
+  std::vector<std::string> out;
+  for (const ConvImpl& impl : impls) out.push_back(impl.name);
+  return out;
+}
+
 }  // namespace
 
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
                     float* y) {
   if (g.N == 0) return;
-  if (const GemmImpl* impl = select_gemm()) {
-    note_kernel("conv2d_fwd", impl->fwd, g.name());
-    forward_gemm(*impl, g, x, w, b, y);
-    return;
-  }
-  note_kernel("conv2d_fwd", kRefFwd, g.name());
-  const int nt = conv_threads(g);
-  const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t n = 0; n < g.N; ++n) conv2d_fwd_f32__ref(g, x + n * img_in, w, b, y + n * img_out);
+  const ConvImpl& impl = select(kFwdImpls, g);
+  note_kernel("conv2d_fwd", impl.name, g.name());
+  impl.run(g, ConvArgs{x, w, b, nullptr, y, nullptr, nullptr});
 }
 
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.N == 0) return;
-  if (const GemmImpl* impl = select_gemm()) {
-    note_kernel("conv2d_bwd_data", impl->bwd_data, g.name());
-    backward_data_gemm(*impl, g, dy, w, dx);
-    return;
-  }
-  note_kernel("conv2d_bwd_data", kRefBwdData, g.name());
-  const int nt = conv_threads(g);
-  const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t n = 0; n < g.N; ++n) conv2d_bwd_data_f32__ref(g, dy + n * img_out, w, dx + n * img_in);
+  const ConvImpl& impl = select(kBwdDataImpls, g);
+  note_kernel("conv2d_bwd_data", impl.name, g.name());
+  impl.run(g, ConvArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr});
 }
 
 void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const float* x, float* dw) {
@@ -311,17 +656,9 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
     std::fill(dw, dw + g.weight_numel(), 0.0f);
     return;
   }
-  if (const GemmImpl* impl = select_gemm()) {
-    note_kernel("conv2d_bwd_weight", impl->bwd_weight, g.name());
-    backward_weight_gemm(*impl, g, dy, x, dw);
-    return;
-  }
-  note_kernel("conv2d_bwd_weight", kRefBwdWeight, g.name());
-  // The reference reduces over the whole batch per weight element; threads
-  // split the output channels, so the result does not depend on their number.
-  const int nt = conv_threads(g);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t k = 0; k < g.K; ++k) conv2d_bwd_weight_f32__ref(g, dy, x, k, k + 1, dw);
+  const ConvImpl& impl = select(kBwdWeightImpls, g);
+  note_kernel("conv2d_bwd_weight", impl.name, g.name());
+  impl.run(g, ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw});
 }
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
@@ -340,11 +677,9 @@ void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
 }
 
 std::vector<std::string> list_conv2d_implementations(const std::string& op) {
-  std::vector<std::string> out;
-  for (const GemmImpl& impl : kGemmImpls)
-    out.push_back(op == "conv2d_fwd" ? impl.fwd : op == "conv2d_bwd_data" ? impl.bwd_data : impl.bwd_weight);
-  out.push_back(op == "conv2d_fwd" ? kRefFwd : op == "conv2d_bwd_data" ? kRefBwdData : kRefBwdWeight);
-  return out;
+  if (op == "conv2d_fwd") return names(kFwdImpls);
+  if (op == "conv2d_bwd_data") return names(kBwdDataImpls);
+  return names(kBwdWeightImpls);
 }
 
 }  // namespace convcore

@@ -28,6 +28,13 @@ using conv_dot_ukernel_fn = void (*)(int64_t n_vec, int64_t images, const float*
                                      int64_t a_img, const float* const* b, int64_t b_img,
                                      float* out);
 
+// Weight gradient as an outer-product tile: c[i * ldc + j] (+)= sum over
+// p < steps of rows[i][p] * panel[p * 16 + j], i < 6, j < 16.  rows are six
+// arbitrary streams (input taps read in place), panel a packed block of
+// 16 dy channels (steps x 16).  Reduction over p in increasing order.
+using conv_outer_ukernel_fn = void (*)(int64_t steps, const float* const* rows, const float* panel,
+                                       float* c, int64_t ldc, bool accumulate);
+
 constexpr int64_t kDotMR = 4;
 constexpr int64_t kDotNR = 3;
 
@@ -38,7 +45,12 @@ void conv2d_direct_ukernel_f32_4x24__portable(int64_t steps, const float* w, con
 void conv2d_dot_ukernel_f32_4x3__portable(int64_t n_vec, int64_t images, const float* const* a,
                                           int64_t a_img, const float* const* b, int64_t b_img,
                                           float* out);
+void conv2d_outer_ukernel_f32_6x16__portable(int64_t steps, const float* const* rows,
+                                             const float* panel, float* c, int64_t ldc,
+                                             bool accumulate);
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
+void conv2d_outer_ukernel_f32_6x16__avx2(int64_t steps, const float* const* rows,
+                                         const float* panel, float* c, int64_t ldc, bool accumulate);
 void conv2d_direct_ukernel_f32_6x16__avx2(int64_t steps, const float* w, const float* x,
                                           const int64_t* offsets, float* out);
 void conv2d_direct_ukernel_f32_4x24__avx2(int64_t steps, const float* w, const float* x,

@@ -388,6 +388,98 @@ void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g
   }
 }
 
+// Weight gradient as outer products (for 16 or more output channels per
+// group): dW^T[crs][k] = sum_t xpad[tap crs][t] * dyT[t][k].  Six input taps
+// are read in place as broadcast streams; dy is packed once per image into
+// 16-channel panels (t x 16, zeros at q >= Q), so the kernel has the FMA
+// density of a 6x16 GEMM tile and no horizontal sums.
+void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
+                           const float* x, float* dw) {
+  const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
+  const int64_t RS = g.R * g.S, CRS = g.Cg() * RS, Kg = g.Kg(), PQ = g.P * g.Q;
+  const int64_t plane = d.pp.plane(), Wp = d.pp.Wp, T = g.P * Wp;
+  const int64_t slack = (g.S - 1) * g.dil_w + 8;
+  const int64_t crs_panels = (CRS + 5) / 6, k_panels = (Kg + 15) / 16, ldw = k_panels * 16;
+  const int64_t part_size = g.G * crs_panels * 6 * ldw;
+  const int64_t x_img = g.C * plane, dyt_img = g.G * k_panels * T * 16;
+  const int64_t chunks = std::min<int64_t>(g.N, kMaxWeightChunks);
+  const int64_t per_chunk = (g.N + chunks - 1) / chunks;
+  constexpr int64_t kBlockT = 256;  // a 16 KiB block of the dy panel stays in L1
+  std::vector<float> partials(static_cast<size_t>(chunks * part_size));
+  std::vector<int64_t> tap_offset(static_cast<size_t>(CRS));
+  for (int64_t c = 0; c < g.Cg(); ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s)
+        tap_offset[size_t((c * g.R + r) * g.S + s)] = c * plane + r * g.dil_h * Wp + s * g.dil_w;
+  const int nt = conv_threads(g);
+  TaskErrors errors;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
+    const int64_t n0 = chunk * per_chunk, n1 = std::min(g.N, n0 + per_chunk);
+    float* part = partials.data() + chunk * part_size;
+    std::fill(part, part + part_size, 0.0f);
+    const int64_t per_image_bytes = (x_img + dyt_img) * int64_t(sizeof(float));
+    const int64_t ib = std::clamp<int64_t>(kDotWorkingSetBytes / per_image_bytes, 1, n1 - n0);
+    float* xpad = thread_scratch(1).floats(ib * x_img + slack);
+    float* dyt = thread_scratch(2).floats(ib * dyt_img);
+    for (int64_t nb = n0; nb < n1; nb += ib) {
+      const int64_t images = std::min(ib, n1 - nb);
+      for (int64_t i = 0; i < images; ++i) {
+        const int64_t n = nb + i;
+        pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad + i * x_img);
+        for (int64_t grp = 0; grp < g.G; ++grp)
+          for (int64_t kp = 0; kp < k_panels; ++kp) {
+            // Position-major transpose: each 64-byte panel row is written
+            // whole while the 16 source rows stream through L1.
+            float* panel = dyt + i * dyt_img + (grp * k_panels + kp) * T * 16;
+            const int64_t valid = std::min<int64_t>(16, Kg - kp * 16);
+            const float* src[16];
+            for (int64_t j = 0; j < valid; ++j) src[j] = dy + (n * g.K + grp * Kg + kp * 16 + j) * PQ;
+            for (int64_t p = 0; p < g.P; ++p) {
+              for (int64_t q = 0; q < g.Q; ++q) {
+                float* dst = panel + (p * Wp + q) * 16;
+                const int64_t at = p * g.Q + q;
+                for (int64_t j = 0; j < valid; ++j) dst[j] = src[j][at];
+                for (int64_t j = valid; j < 16; ++j) dst[j] = 0.0f;
+              }
+              std::fill(panel + (p * Wp + g.Q) * 16, panel + (p + 1) * Wp * 16, 0.0f);
+            }
+          }
+      }
+      std::fill(xpad + images * x_img, xpad + images * x_img + slack, 0.0f);
+      for (int64_t i = 0; i < images; ++i)
+        for (int64_t grp = 0; grp < g.G; ++grp) {
+          const float* xg = xpad + i * x_img + grp * g.Cg() * plane;
+          float* part_g = part + grp * crs_panels * 6 * ldw;
+          for (int64_t t0 = 0; t0 < T; t0 += kBlockT) {
+            const int64_t tb = std::min(kBlockT, T - t0);
+            for (int64_t kp = 0; kp < k_panels; ++kp) {
+              const float* panel = dyt + i * dyt_img + (grp * k_panels + kp) * T * 16 + t0 * 16;
+              for (int64_t cp = 0; cp < crs_panels; ++cp) {
+                const float* rows[6];
+                for (int64_t r = 0; r < 6; ++r)  // taps past the end repeat a valid one; discarded
+                  rows[r] = xg + tap_offset[size_t(std::min(cp * 6 + r, CRS - 1))] + t0;
+                ukernel(tb, rows, panel, part_g + cp * 6 * ldw + kp * 16, ldw, true);
+              }
+            }
+          }
+        }
+    }
+  });
+  errors.rethrow();
+  const int rt = threads_for(double(g.weight_numel()) * chunks, 1e5);
+#pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
+  for (int64_t gk = 0; gk < g.K; ++gk) {
+    const int64_t grp = gk / Kg, k = gk % Kg;
+    for (int64_t crs = 0; crs < CRS; ++crs) {
+      const int64_t at = (grp * crs_panels * 6 + crs) * ldw + k;
+      float acc = partials[size_t(at)];
+      for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * part_size + at)];
+      dw[gk * CRS + crs] = acc;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Forward: per (image, group, column tile) task, y = W_g * im2col(x) + b.
 // ---------------------------------------------------------------------------
@@ -579,6 +671,9 @@ void run_bwd_data_ref(const Conv2dGeometry& g, const ConvArgs& a) {
 
 template <conv_dot_ukernel_fn UK>
 void run_bwd_weight_direct(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_direct(UK, g, a.dy, a.x, a.dw); }
+template <conv_outer_ukernel_fn UK>
+void run_bwd_weight_outer(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_outer(UK, g, a.dy, a.x, a.dw); }
+bool unit_stride_wide(const Conv2dGeometry& g) { return unit_stride(g) && g.Kg() >= 16 && g.Cg() * g.R * g.S >= 32; }
 template <gemm_ukernel_fn UK>
 void run_bwd_weight_gemm(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_gemm(UK, g, a.dy, a.x, a.dw); }
 void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
@@ -611,9 +706,11 @@ const ConvImpl kBwdDataImpls[] = {
 
 const ConvImpl kBwdWeightImpls[] = {
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, unit_stride_wide, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
     {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, unit_stride, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
     {"conv2d_bwd_weight_f32_im2col_gemm_6x16__avx2", Isa::Avx2, always, run_bwd_weight_gemm<gemm_ukernel_f32_6x16__avx2>},
 #endif
+    {"conv2d_bwd_weight_f32_direct_outer_6x16__portable", Isa::Portable, unit_stride_wide, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__portable>},
     {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, unit_stride, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
     {"conv2d_bwd_weight_f32_im2col_gemm_6x16__portable", Isa::Portable, always, run_bwd_weight_gemm<gemm_ukernel_f32_6x16__portable>},
     {"conv2d_bwd_weight_f32_direct__ref", Isa::Scalar, always, run_bwd_weight_ref},
@@ -666,14 +763,23 @@ void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
   const int nt = threads_for(double(g.N) * g.K * PQ, 1e5);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int64_t k = 0; k < g.K; ++k) {
+    // Each plane is summed in 16 float lanes (vectorised, fixed order), the
+    // plane sums in double across the batch.
     double acc = 0.0;
     for (int64_t n = 0; n < g.N; ++n) {
       const float* plane = dy + (n * g.K + k) * PQ;
-      for (int64_t i = 0; i < PQ; ++i) acc += plane[i];
+      float lanes[16] = {};
+      int64_t i = 0;
+      for (; i + 16 <= PQ; i += 16)
+        for (int l = 0; l < 16; ++l) lanes[l] += plane[i + l];
+      for (int l = 0; i < PQ; ++i, ++l) lanes[l] += plane[i];
+      for (int w = 8; w > 0; w /= 2)
+        for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+      acc += lanes[0];
     }
     db[k] = float(acc);
   }
-  note_kernel("conv2d_bwd_bias", "conv2d_bwd_bias_f32__ref", g.name());
+  note_kernel("conv2d_bwd_bias", "conv2d_bwd_bias_f32__portable", g.name());
 }
 
 std::vector<std::string> list_conv2d_implementations(const std::string& op) {

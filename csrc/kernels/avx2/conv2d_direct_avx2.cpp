@@ -108,6 +108,78 @@ void conv2d_direct_ukernel_f32_4x24__avx2(int64_t steps, const float* __restrict
   _mm256_storeu_ps(out + 88, c32);
 }
 
+void conv2d_outer_ukernel_f32_6x16__avx2(int64_t steps, const float* const* rows,
+                                         const float* __restrict panel, float* c, int64_t ldc,
+                                         bool accumulate) {
+  const float* r0 = rows[0];
+  const float* r1 = rows[1];
+  const float* r2 = rows[2];
+  const float* r3 = rows[3];
+  const float* r4 = rows[4];
+  const float* r5 = rows[5];
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int64_t p = 0; p < steps; ++p) {
+    const __m256 b0 = _mm256_loadu_ps(panel);
+    const __m256 b1 = _mm256_loadu_ps(panel + 8);
+    __m256 a = _mm256_broadcast_ss(r0 + p);
+    c00 = _mm256_fmadd_ps(a, b0, c00);
+    c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(r1 + p);
+    c10 = _mm256_fmadd_ps(a, b0, c10);
+    c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(r2 + p);
+    c20 = _mm256_fmadd_ps(a, b0, c20);
+    c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(r3 + p);
+    c30 = _mm256_fmadd_ps(a, b0, c30);
+    c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(r4 + p);
+    c40 = _mm256_fmadd_ps(a, b0, c40);
+    c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(r5 + p);
+    c50 = _mm256_fmadd_ps(a, b0, c50);
+    c51 = _mm256_fmadd_ps(a, b1, c51);
+    panel += 16;
+  }
+  float* o0 = c;
+  float* o1 = c + ldc;
+  float* o2 = c + 2 * ldc;
+  float* o3 = c + 3 * ldc;
+  float* o4 = c + 4 * ldc;
+  float* o5 = c + 5 * ldc;
+  if (accumulate) {
+    c00 = _mm256_add_ps(_mm256_loadu_ps(o0), c00);
+    c01 = _mm256_add_ps(_mm256_loadu_ps(o0 + 8), c01);
+    c10 = _mm256_add_ps(_mm256_loadu_ps(o1), c10);
+    c11 = _mm256_add_ps(_mm256_loadu_ps(o1 + 8), c11);
+    c20 = _mm256_add_ps(_mm256_loadu_ps(o2), c20);
+    c21 = _mm256_add_ps(_mm256_loadu_ps(o2 + 8), c21);
+    c30 = _mm256_add_ps(_mm256_loadu_ps(o3), c30);
+    c31 = _mm256_add_ps(_mm256_loadu_ps(o3 + 8), c31);
+    c40 = _mm256_add_ps(_mm256_loadu_ps(o4), c40);
+    c41 = _mm256_add_ps(_mm256_loadu_ps(o4 + 8), c41);
+    c50 = _mm256_add_ps(_mm256_loadu_ps(o5), c50);
+    c51 = _mm256_add_ps(_mm256_loadu_ps(o5 + 8), c51);
+  }
+  _mm256_storeu_ps(o0, c00);
+  _mm256_storeu_ps(o0 + 8, c01);
+  _mm256_storeu_ps(o1, c10);
+  _mm256_storeu_ps(o1 + 8, c11);
+  _mm256_storeu_ps(o2, c20);
+  _mm256_storeu_ps(o2 + 8, c21);
+  _mm256_storeu_ps(o3, c30);
+  _mm256_storeu_ps(o3 + 8, c31);
+  _mm256_storeu_ps(o4, c40);
+  _mm256_storeu_ps(o4 + 8, c41);
+  _mm256_storeu_ps(o5, c50);
+  _mm256_storeu_ps(o5 + 8, c51);
+}
+
 void conv2d_dot_ukernel_f32_4x3__avx2(int64_t n_vec, int64_t images, const float* const* a,
                                       int64_t a_img, const float* const* b, int64_t b_img,
                                       float* out) {

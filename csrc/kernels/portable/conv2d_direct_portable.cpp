@@ -36,6 +36,22 @@ void conv2d_direct_ukernel_f32_4x24__portable(int64_t steps, const float* __rest
     for (int j = 0; j < 24; ++j) out[i * 24 + j] = acc[i][j];
 }
 
+void conv2d_outer_ukernel_f32_6x16__portable(int64_t steps, const float* const* rows,
+                                             const float* __restrict panel, float* c, int64_t ldc,
+                                             bool accumulate) {
+  float acc[6][16] = {};
+  const float* r[6] = {rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]};
+  for (int64_t p = 0; p < steps; ++p) {
+    const float* bp = panel + p * 16;
+    for (int i = 0; i < 6; ++i) {
+      const float a = r[i][p];
+      for (int j = 0; j < 16; ++j) acc[i][j] += a * bp[j];
+    }
+  }
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 16; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
 void conv2d_dot_ukernel_f32_4x3__portable(int64_t n_vec, int64_t images, const float* const* a,
                                           int64_t a_img, const float* const* b, int64_t b_img,
                                           float* out) {

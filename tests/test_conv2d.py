@@ -1,0 +1,412 @@
+"""conv2d and conv2d_backward against PyTorch (float64 reference), on every
+ISA path: the shared problem list, explicit awkward cases, and generated
+cases over every argument."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import types
+
+import convcore
+import numpy as np
+import pytest
+from convcore import problems
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from oracle import U32, available_isas, check, conv_case, counted, examples, rand
+
+# ---------------------------------------------------------------------------
+# The shared problem list (convcore.problems)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", problems.EDGE_CASES)
+def test_edge_cases(name, isa):
+    x, w, b, kw = conv_case(name)
+    check("conv2d", x, w, b, isa=isa, **kw)
+
+
+# The model layers with a small batch (the full batch runs in the
+# determinism tests); the generic 56x56 layers with N=1.
+_MODEL = [p for p in problems.ALL_CONV if p not in problems.EDGE_CASES]
+
+
+@pytest.mark.parametrize("name", _MODEL)
+def test_model_layers(name, isa):
+    n = 1 if name in problems.GENERIC_LAYERS else 3
+    x, w, b, kw = conv_case(name, n=n)
+    check("conv2d", x, w, b, isa=isa, **kw)
+
+
+@pytest.mark.parametrize("name", problems.TUTORIAL_LAYERS[0:3:2])
+def test_tutorial_layers_full_batch(name):
+    # N=100 as in training: the weight gradient reduces over 100 images in chunks.
+    x, w, b, kw = conv_case(name)
+    check("conv2d", x, w, b, **kw)
+
+
+# ---------------------------------------------------------------------------
+# Explicit awkward cases: (x shape, w shape, bias, kwargs)
+# ---------------------------------------------------------------------------
+
+CASES = {
+    "batch1_one_channel": ((1, 1, 7, 7), (1, 1, 3, 3), True, {}),
+    "one_pixel": ((1, 1, 1, 1), (1, 1, 1, 1), True, {}),
+    "odd_sizes": ((3, 3, 13, 11), (5, 3, 3, 3), True, dict(padding=1)),
+    "width3": ((2, 2, 9, 3), (3, 2, 3, 3), True, dict(padding=1)),
+    "width7_below_tile8": ((2, 3, 5, 7), (4, 3, 3, 3), False, dict(padding=1)),
+    "width15_below_tile16": ((1, 3, 4, 15), (6, 3, 1, 3), True, {}),
+    "width17_tile_plus_1": ((2, 2, 3, 17), (7, 2, 2, 1), True, {}),
+    "width1": ((2, 3, 9, 1), (4, 3, 3, 1), True, dict(padding=(1, 0))),
+    "height1": ((2, 3, 1, 9), (4, 3, 1, 3), True, {}),
+    "channels7_out9": ((2, 7, 6, 6), (9, 7, 3, 3), True, dict(padding=1)),
+    "channels13_out11": ((1, 13, 5, 5), (11, 13, 2, 2), True, {}),
+    "out_channels_17": ((1, 9, 4, 3), (17, 9, 1, 1), True, {}),
+    "out_channels_6x16_plus_1": ((1, 4, 6, 6), (97, 4, 3, 3), True, {}),
+    "kernel_eq_input": ((2, 3, 5, 6), (4, 3, 5, 6), True, {}),
+    "kernel_eq_padded_input": ((2, 3, 4, 5), (2, 3, 6, 7), True, dict(padding=1)),
+    "kernel_eq_padded_dilated": ((1, 2, 5, 5), (3, 2, 3, 3), True, dict(padding=1, dilation=3)),
+    "stride_gt_kernel": ((2, 3, 11, 10), (4, 3, 1, 1), True, dict(stride=3)),
+    "stride_gt_kernel_2": ((2, 2, 9, 13), (3, 2, 2, 2), True, dict(stride=(5, 3))),
+    "stride_gt_input": ((1, 2, 4, 4), (2, 2, 2, 2), True, dict(stride=7)),
+    "big_padding": ((1, 2, 4, 4), (3, 2, 3, 3), True, dict(padding=5)),
+    "big_padding_1x1": ((2, 2, 3, 3), (2, 2, 1, 1), True, dict(padding=(4, 2))),
+    "asymmetric_all": (
+        (2, 3, 10, 12),
+        (4, 3, 3, 5),
+        True,
+        dict(stride=(1, 3), padding=(2, 0), dilation=(1, 2)),
+    ),
+    "asymmetric_stride_dilation": (
+        (2, 2, 12, 9),
+        (3, 2, 2, 3),
+        True,
+        dict(stride=(2, 1), padding=(0, 3), dilation=(3, 1)),
+    ),
+    "groups2": ((2, 4, 7, 7), (6, 2, 3, 3), True, dict(padding=1, groups=2)),
+    "groups4_strided": ((2, 8, 9, 9), (4, 2, 3, 3), True, dict(stride=2, groups=4)),
+    "depthwise": ((2, 5, 8, 8), (5, 1, 3, 3), True, dict(padding=1, groups=5)),
+    "depthwise_multiplier2": ((2, 3, 7, 6), (6, 1, 3, 3), True, dict(groups=3)),
+    "depthwise_32_dilated": (
+        (1, 32, 9, 9),
+        (32, 1, 3, 3),
+        False,
+        dict(padding=2, dilation=2, groups=32),
+    ),
+    "same_k3": ((2, 3, 7, 8), (4, 3, 3, 3), True, dict(padding="same")),
+    "same_k4_even": ((2, 3, 7, 8), (4, 3, 4, 4), True, dict(padding="same")),
+    "same_k2x5_dilated": ((2, 2, 9, 9), (3, 2, 2, 5), True, dict(padding="same", dilation=(2, 3))),
+    "same_k4_dilation2": ((1, 2, 6, 6), (2, 2, 4, 4), True, dict(padding="same", dilation=2)),
+    "same_k1": ((2, 3, 5, 5), (4, 3, 1, 1), True, dict(padding="same")),
+    "same_groups": ((2, 4, 6, 5), (4, 2, 2, 3), True, dict(padding="same", groups=2)),
+    "valid": ((2, 3, 7, 8), (4, 3, 3, 2), True, dict(padding="valid", stride=2)),
+    "padding_list": (
+        (1, 2, 5, 6),
+        (2, 2, 3, 3),
+        True,
+        dict(padding=[2, 1], stride=[1, 2], dilation=[1, 1]),
+    ),
+    "no_bias": ((2, 3, 6, 6), (4, 3, 3, 3), False, dict(padding=1)),
+    "large_reduction": ((2, 64, 8, 8), (8, 64, 5, 5), True, dict(padding=2)),
+    "batch_17_chunks": ((17, 3, 6, 6), (5, 3, 3, 3), True, dict(padding=1)),
+    "batch_0": ((0, 3, 5, 5), (4, 3, 3, 3), True, dict(padding=1)),
+    "batch_0_same": ((0, 2, 4, 4), (3, 2, 2, 2), False, dict(padding="same")),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_awkward(name, isa):
+    xs, ws, bias, kw = CASES[name]
+    x, w = rand(xs, 1), rand(ws, 2)
+    b = rand((ws[0],), 3) if bias else None
+    check("conv2d", x, w, b, isa=isa, **kw)
+
+
+@pytest.mark.parametrize(
+    "xs,ws,kw",
+    [
+        ((3, 8, 8), (4, 3, 3, 3), dict(padding="same")),
+        ((1, 5, 5), (2, 1, 5, 5), {}),
+        ((4, 7, 9), (6, 2, 3, 2), dict(stride=2, padding=1, groups=2)),
+    ],
+)
+def test_unbatched_3d(xs, ws, kw, isa):
+    x, w = rand(xs, 4), rand(ws, 5)
+    y, (gi, gw, gb) = check("conv2d", x, w, rand((ws[0],), 6), isa=isa, **kw)
+    assert y.ndim == 3 and gi.shape == xs
+
+
+def test_batch_0_result_shapes():
+    x, w = np.zeros((0, 3, 5, 5), np.float32), rand((4, 3, 3, 3))
+    y = convcore.conv2d(x, w, padding=1)
+    assert y.shape == (0, 4, 5, 5) and y.dtype == np.float32
+    gi, gw, gb = convcore.conv2d_backward(y, x, w, padding=1)
+    assert gi.shape == (0, 3, 5, 5)
+    assert np.array_equal(gw, np.zeros((4, 3, 3, 3), np.float32)) and np.array_equal(
+        gb, np.zeros(4, np.float32)
+    )
+
+
+@pytest.mark.parametrize("mask", list(itertools.product([False, True], repeat=3)))
+def test_output_mask(mask, isa):
+    x, w = rand((2, 3, 6, 7), 7), rand((4, 3, 3, 3), 8)
+    check("conv2d", x, w, rand((4,), 9), isa=isa, padding=1, stride=(1, 2), output_mask=mask)
+
+
+def test_output_mask_list_and_unbatched():
+    x, w = rand((3, 6, 7), 7), rand((4, 3, 3, 3), 8)
+    check("conv2d", x, w, None, padding=1, output_mask=[True, False, True])
+
+
+def test_special_grad_output_zero():
+    x, w = rand((2, 3, 6, 6), 1), rand((4, 3, 3, 3), 2)
+    check("conv2d", x, w, None, padding=1, grad_output=np.zeros((2, 4, 6, 6), np.float32))
+
+
+@pytest.mark.parametrize("kind", ["relu", "ties"])
+def test_relu_like_inputs(kind, isa):
+    x, w = rand((3, 4, 9, 10), 11, kind), rand((5, 4, 3, 3), 12)
+    check("conv2d", x, w, rand((5,), 13), isa=isa, padding=1)
+
+
+def test_scaled_inputs():
+    # The bound is relative to the |x| * |w| scale: huge and tiny values too.
+    x, w = rand((2, 3, 7, 7), 14) * np.float32(1e15), rand((4, 3, 3, 3), 15) * np.float32(1e-20)
+    check("conv2d", x.astype(np.float32), w.astype(np.float32), None, padding=1, record_stats=False)
+
+
+# ---------------------------------------------------------------------------
+# Generated cases over every argument
+# ---------------------------------------------------------------------------
+
+
+def _as_form(draw, v: tuple[int, int]):
+    """An (h, w) pair as an int (when equal), a tuple or a list."""
+    forms = ["tuple", "list"] + (["int"] if v[0] == v[1] else [])
+    f = draw(st.sampled_from(forms))
+    return v[0] if f == "int" else (tuple(v) if f == "tuple" else list(v))
+
+
+@st.composite
+def conv_problems(draw):
+    if draw(st.integers(0, 5)) == 0:  # depthwise (with a channel multiplier)
+        groups, Cg, Kg = draw(st.integers(1, 9)), 1, draw(st.integers(1, 2))
+    else:
+        groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
+        Cg, Kg = draw(st.integers(1, 6)), draw(st.integers(1, 7))
+    C, K = Cg * groups, Kg * groups
+    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dil = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pad_kind = draw(st.sampled_from(["int", "pair", "pair", "same", "valid"]))
+    if pad_kind == "same":
+        padding, stride, pads = "same", (1, 1), (dil[0] * (R - 1), dil[1] * (S - 1))
+    else:
+        stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        if pad_kind == "valid":
+            padding, pads = "valid", (0, 0)
+        elif pad_kind == "int":
+            p = draw(st.integers(0, 4))
+            padding, pads = p, (2 * p, 2 * p)
+        else:
+            p = (draw(st.integers(0, 4)), draw(st.integers(0, 4)))
+            padding, pads = _as_form(draw, p), (2 * p[0], 2 * p[1])
+    eff = (dil[0] * (R - 1) + 1, dil[1] * (S - 1) + 1)
+    H = max(1, eff[0] - pads[0]) + draw(st.integers(0, 9))
+    W = max(1, eff[1] - pads[1]) + draw(st.integers(0, 20))
+    N = draw(st.sampled_from([1, 1, 2, 3, 4, 0]))
+    shape = (N, C, H, W)
+    if N == 1 and draw(st.booleans()):
+        shape = (C, H, W)
+    kwargs = dict(
+        stride=_as_form(draw, stride) if stride != (1, 1) or draw(st.booleans()) else 1,
+        padding=padding,
+        dilation=_as_form(draw, dil),
+        groups=groups,
+    )
+    if stride == (1, 1) and isinstance(kwargs["stride"], int):
+        kwargs.pop("stride")  # the default
+    return dict(
+        x_shape=shape,
+        w_shape=(K, Cg, R, S),
+        bias=draw(st.booleans()),
+        kwargs=kwargs,
+        output_mask=draw(st.tuples(st.booleans(), st.booleans(), st.booleans())),
+        isa=draw(st.sampled_from(available_isas())),
+        kind=draw(st.sampled_from(["normal", "normal", "relu"])),
+        seed=draw(st.integers(0, 2**31)),
+    )
+
+
+@settings(max_examples=examples(3000))
+@given(conv_problems())
+@counted
+def test_generated(p):
+    s = p["seed"]
+    x = rand(p["x_shape"], s, p["kind"])
+    w = rand(p["w_shape"], s + 1)
+    b = rand((p["w_shape"][0],), s + 2) if p["bias"] else None
+    check("conv2d", x, w, b, isa=p["isa"], output_mask=p["output_mask"], seed=s, **p["kwargs"])
+
+
+@st.composite
+def conv_any_geometry(draw):
+    """Arguments that may or may not be valid."""
+    groups = draw(st.integers(1, 3))
+    C, K = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    Cw = draw(st.sampled_from([max(1, C // groups), max(1, C // groups) + 1, C]))
+    R, S = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    H, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    stride = (draw(st.integers(-1, 3)), draw(st.integers(-1, 3)))
+    dil = (draw(st.integers(-1, 3)), draw(st.integers(-1, 3)))
+    padding = draw(
+        st.one_of(
+            st.sampled_from(["same", "valid"]), st.tuples(st.integers(-2, 3), st.integers(-2, 3))
+        )
+    )
+    bias_len = draw(st.sampled_from([K, K, K + 1, None]))
+    return (
+        (2, C, H, W),
+        (K, Cw, R, S),
+        bias_len,
+        dict(stride=stride, padding=padding, dilation=dil, groups=groups),
+    )
+
+
+def _torch_accepts_conv(x, w, b, kw):
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        y = F.conv2d(
+            torch.from_numpy(x),
+            torch.from_numpy(w),
+            None if b is None else torch.from_numpy(b),
+            **kw,
+        )
+    except (RuntimeError, ValueError):
+        return None
+    return tuple(y.shape)
+
+
+@settings(max_examples=examples(1000))
+@given(conv_any_geometry())
+@counted
+def test_generated_validity_agrees_with_torch(g):
+    """convcore raises ValueError exactly when PyTorch rejects the call."""
+    xs, ws, bias_len, kw = g
+    x, w = rand(xs, 1), rand(ws, 2)
+    b = None if bias_len is None else rand((bias_len,), 3)
+    expected = _torch_accepts_conv(x, w, b, kw)
+    if expected is None:
+        with pytest.raises(ValueError):
+            convcore.conv2d(x, w, b, **kw)
+        return
+    y = convcore.conv2d(x, w, b, **kw)
+    assert y.shape == expected
+    gi, gw, gb = convcore.conv2d_backward(y, x, w, **kw)
+    assert gi.shape == xs and gw.shape == ws and gb.shape == (ws[0],)
+
+
+# ---------------------------------------------------------------------------
+# The oracle itself: its bound accepts float32 rounding and catches wrong kernels
+# ---------------------------------------------------------------------------
+
+
+def _impl(conv2d=None, conv2d_backward=None):
+    return types.SimpleNamespace(
+        conv2d=conv2d or convcore.conv2d,
+        conv2d_backward=conv2d_backward or convcore.conv2d_backward,
+    )
+
+
+def _shift_w(x):
+    """x read one column to the right: an off-by-one tap."""
+    out = np.zeros_like(x)
+    out[..., :-1] = x[..., 1:]
+    return out
+
+
+_ORACLE_CASES = [
+    "n2_c6_h12_w12_k12_r5_s1_p0",  # tutorial conv2 (forward reduction 150)
+    "n2_c64_h14_w14_k64_r3_s1_p1",  # forward reduction 576
+    "n100_c6_h12_w12_k12_r5_s1_p0",  # weight-gradient reduction 6400
+]
+
+
+@pytest.mark.parametrize("name", _ORACLE_CASES)
+def test_oracle_catches_off_by_one_tap(name):
+    x, w, b, kw = conv_case(name)
+    wrong = _impl(conv2d=lambda x, w, b=None, **k: convcore.conv2d(_shift_w(x), w, b, **k))
+    with pytest.raises(AssertionError, match="conv2d.output"):
+        check("conv2d", x, w, b, impl=wrong, **kw)
+
+    def bwd(go, x, w, **k):
+        gi, gw, gb = convcore.conv2d_backward(go, x, w, **k)
+        _, gw_wrong, _ = convcore.conv2d_backward(go, _shift_w(x), w, **k)
+        return gi, gw_wrong, gb
+
+    with pytest.raises(AssertionError, match="conv2d.grad_weight"):
+        check("conv2d", x, w, b, impl=_impl(conv2d_backward=bwd), **kw)
+
+    def bwd_data(go, x, w, **k):
+        gi, gw, gb = convcore.conv2d_backward(go, x, w, **k)
+        return _shift_w(gi), gw, gb
+
+    with pytest.raises(AssertionError, match="conv2d.grad_input"):
+        check("conv2d", x, w, b, impl=_impl(conv2d_backward=bwd_data), **kw)
+
+
+def test_oracle_catches_padding_on_the_wrong_side():
+    # 'same' with an even kernel: the extra row/column belongs right/bottom.
+    x, w = rand((2, 3, 9, 9), 1), rand((4, 3, 4, 4), 2)
+
+    def swapped(x, w, b=None, padding=None, **k):
+        return convcore.conv2d(convcore.pad(x, (2, 1, 2, 1)), w, b, padding=0, **k)
+
+    assert swapped(x, w).shape == convcore.conv2d(x, w, padding="same").shape
+    with pytest.raises(AssertionError, match="conv2d.output"):
+        check("conv2d", x, w, None, impl=_impl(conv2d=swapped), padding="same")
+
+
+@pytest.mark.parametrize("name", _ORACLE_CASES[:2])
+def test_oracle_catches_one_dropped_term(name):
+    x, w, b, kw = conv_case(name, n=1)
+    p = problems.parse(name)
+    ph, pw = p.padding
+
+    def dropped(x, w, b=None, **k):
+        y = convcore.conv2d(x, w, b, **k)
+        # Output (0, 0, ph, pw) reads x[0, c, r, s] with tap (c, r, s):
+        # drop its largest term.
+        terms = x[0, :, : p.kernel[0], : p.kernel[1]] * w[0]
+        y[0, 0, ph, pw] -= terms.flat[np.argmax(np.abs(terms))]
+        return y
+
+    with pytest.raises(AssertionError, match="conv2d.output"):
+        check("conv2d", x, w, b, impl=_impl(conv2d=dropped), **kw)
+
+
+def test_oracle_catches_low_precision():
+    # A weight gradient accumulated in bfloat16-like precision (8 bits) fails.
+    x, w, b, kw = conv_case("n8_c6_h12_w12_k12_r5_s1_p0")
+
+    def bf16(go, x, w, **k):
+        gi, gw, gb = convcore.conv2d_backward(go, x, w, **k)
+        gw = (gw.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+        return gi, gw, gb
+
+    with pytest.raises(AssertionError, match="conv2d.grad_weight"):
+        check("conv2d", x, w, b, impl=_impl(conv2d_backward=bf16), **kw)
+
+
+def test_oracle_accepts_float32_rounding():
+    # A few units of roundoff on top of convcore's own error still pass.
+    x, w, b, kw = conv_case("n4_c32_h14_w14_k64_r3_s1_p1")
+
+    def nudged(x, w, b=None, **k):
+        y = convcore.conv2d(x, w, b, **k)
+        return (y * np.float32(1 + 4 * U32)).astype(np.float32)
+
+    check("conv2d", x, w, b, impl=_impl(conv2d=nudged), **kw)
+    assert math.isfinite(float(nudged(x, w, b, **kw).sum()))

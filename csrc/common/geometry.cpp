@@ -51,14 +51,22 @@ int64_t checked_numel(const int64_t* dims, int ndim, const char* what) {
   return n;
 }
 
+namespace {
+// "a" or "axb": the compact form of a pair in problem names.
+std::string pair_str(int64_t a, int64_t b) {
+  return a == b ? std::to_string(a) : std::to_string(a) + "x" + std::to_string(b);
+}
+}  // namespace
+
+// Same vocabulary as python/convcore/problems.py: n_c_h_w_k_r(kernel)_s(stride)_p(padding)
+// [_d(dilation)][_g(groups)]; asymmetric padding is written top x left / bottom x right.
 std::string Conv2dGeometry::name() const {
   std::ostringstream os;
-  os << "n" << N << "_c" << C << "_h" << H << "_w" << W << "_k" << K << "_r" << R << "_s" << S;
+  os << "n" << N << "_c" << C << "_h" << H << "_w" << W << "_k" << K << "_r" << pair_str(R, S)
+     << "_s" << pair_str(stride_h, stride_w) << "_p" << pair_str(pad_top, pad_left);
+  if (pad_bottom != pad_top || pad_right != pad_left) os << "/" << pair_str(pad_bottom, pad_right);
+  if (dil_h != 1 || dil_w != 1) os << "_d" << pair_str(dil_h, dil_w);
   if (G != 1) os << "_g" << G;
-  if (stride_h != 1 || stride_w != 1) os << "_u" << stride_h << "x" << stride_w;
-  if (pad_top || pad_bottom || pad_left || pad_right)
-    os << "_p" << pad_top << "x" << pad_bottom << "x" << pad_left << "x" << pad_right;
-  if (dil_h != 1 || dil_w != 1) os << "_d" << dil_h << "x" << dil_w;
   return os.str();
 }
 
@@ -141,9 +149,9 @@ void same_padding(int64_t kernel, int64_t dilation, int64_t stride, const char* 
 
 std::string Pool2dGeometry::name() const {
   std::ostringstream os;
-  os << "n" << N << "_c" << C << "_h" << H << "_w" << W << "_k" << kernel_h << "x" << kernel_w
-     << "_u" << stride_h << "x" << stride_w << "_p" << pad_h << "x" << pad_w;
-  if (dil_h != 1 || dil_w != 1) os << "_d" << dil_h << "x" << dil_w;
+  os << "pool_n" << N << "_c" << C << "_h" << H << "_w" << W << "_r" << pair_str(kernel_h, kernel_w)
+     << "_s" << pair_str(stride_h, stride_w) << "_p" << pair_str(pad_h, pad_w);
+  if (dil_h != 1 || dil_w != 1) os << "_d" << pair_str(dil_h, dil_w);
   if (ceil_mode) os << "_ceil";
   return os.str();
 }

@@ -54,7 +54,7 @@ void note_kernel(const char* op, const char* impl, const std::string& problem) {
     std::lock_guard<std::mutex> lock(g_log_mutex);
     last_kernels()[op] = impl;
   }
-  if (verbose()) std::fprintf(stderr, "convcore: %s %s -> %s (threads=%d)\n", op, problem.c_str(), impl, get_num_threads());
+  if (verbose()) std::fprintf(stderr, "convcore: %s %s -> %s (max_threads=%d)\n", op, problem.c_str(), impl, get_num_threads());
 }
 
 std::string last_kernel(const std::string& op) {

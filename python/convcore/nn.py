@@ -1,0 +1,624 @@
+"""Neural-network layers on top of convcore's kernels, with explicit backward.
+
+A deliberately small, PyTorch-shaped layer library: each layer computes its
+forward pass on NCHW float32 numpy arrays, keeps what its backward pass needs
+(references, not copies), and turns the gradient of its output into the
+gradient of its input while *adding* the gradients of its parameters into
+``Parameter.grad``.  There is no autograd; a training step is::
+
+    logits = model(x)                       # forward, caches activations
+    loss = loss_fn(logits, y)               # Python float (mean over the batch)
+    model.zero_grad()
+    model.backward(loss_fn.backward())      # fills every Parameter.grad
+    optimizer.step()
+
+Convolution and pooling run on convcore's compiled kernels, ``Linear`` on
+numpy's BLAS.  Everything stays float32; parameter names and default
+initialisation follow PyTorch (``'0.weight'``; kaiming-uniform with
+a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases),
+drawn from a numpy ``Generator`` so a seed fixes the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+
+from .functional import conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, pad, pad_backward
+
+__all__ = [
+    "Conv2d",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Flatten",
+    "Linear",
+    "MaxPool2d",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+]
+
+_F32 = np.float32
+
+#: Threads for numpy's OpenBLAS, set the first time a Linear layer runs
+#: (see convcore/_blas.py: OpenBLAS's spinning threads and convcore's OpenMP
+#: threads fight over the cores, which made a training step 20x slower on
+#: two cores).  Set to None before the first Linear call to leave BLAS alone.
+BLAS_THREADS: int | None = 1
+_blas_done = False
+
+
+def _configure_blas() -> None:
+    global _blas_done
+    _blas_done = True
+    if BLAS_THREADS is not None:
+        from ._blas import set_blas_threads
+
+        set_blas_threads(BLAS_THREADS)
+
+
+def _rng(rng) -> np.random.Generator:
+    """None -> a fresh unseeded Generator; an int or SeedSequence -> seeded."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name}: expected an int or a tuple of 2 ints, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+class Parameter:
+    """A trainable array and its gradient (both float32, C-contiguous, same
+    shape).  ``grad`` starts at zero; backward passes add into it."""
+
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data, requires_grad: bool = True):
+        self.data = np.array(data, dtype=_F32, order="C", copy=True)
+        self.grad = np.zeros_like(self.data)
+        self.requires_grad = bool(requires_grad)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape})"
+
+
+class Module:
+    """Base class of the layers.
+
+    Subclasses implement ``forward(x)`` and ``backward(grad_output)``; they
+    register parameters with :meth:`_param`.  ``input_grad`` (default True)
+    says whether ``backward`` must compute the gradient of the input; when
+    False it returns None and skips that work (a network's first layer, whose
+    input is data, needs none).
+    """
+
+    def __init__(self):
+        self.training = True
+        self.input_grad = True
+        self._params: OrderedDict[str, Parameter] = OrderedDict()
+
+    # -- structure ---------------------------------------------------------
+    def _param(self, name: str, data) -> Parameter:
+        p = Parameter(data)
+        self._params[name] = p
+        return p
+
+    def children(self) -> list[tuple[str, Module]]:
+        """Direct sub-modules as (name, module) pairs."""
+        return []
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and all below it, with dotted names ('' for self)."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, p in self._params.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, child in self.children():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> list[Parameter]:
+        """All parameters, in the order of :meth:`state_dict`."""
+        return [p for _, p in self.named_parameters()]
+
+    # -- modes and gradients -------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for _, m in self.named_modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    # -- state ---------------------------------------------------------------
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Copies of the parameters, by PyTorch-style name ('0.weight')."""
+        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays into the parameters in place (optimisers keep working).
+
+        Raises:
+            KeyError: with ``strict``, a missing or unexpected name.
+            ValueError: a shape that does not match.
+        """
+        own = OrderedDict(self.named_parameters())
+        if strict:
+            missing = [k for k in own if k not in state]
+            unexpected = [k for k in state if k not in own]
+            if missing or unexpected:
+                raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        for name, p in own.items():
+            if name not in state:
+                continue
+            value = np.asarray(state[name])
+            if value.shape != p.data.shape:
+                raise ValueError(
+                    f"load_state_dict: {name} has shape {value.shape}, expected {p.data.shape}"
+                )
+            np.copyto(p.data, value, casting="same_kind")
+
+    def rng_state(self) -> dict[str, dict]:
+        """The random-generator state of every layer that draws random
+        numbers (Dropout), by module name; JSON-serialisable."""
+        return {
+            name: m.rng.bit_generator.state
+            for name, m in self.named_modules()
+            if getattr(m, "rng", None) is not None
+        }
+
+    def set_rng_state(self, states: dict[str, dict]) -> None:
+        mods = dict(self.named_modules())
+        for name, state in states.items():
+            if name not in mods or getattr(mods[name], "rng", None) is None:
+                raise KeyError(f"set_rng_state: no random layer named {name!r}")
+            mods[name].rng.bit_generator.state = state
+
+    # -- computation ---------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        kids = self.children()
+        if not kids:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in kids:
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _accumulate(p: Parameter, g: np.ndarray) -> None:
+    np.add(p.grad, g, out=p.grad)
+
+
+class Conv2d(Module):
+    """2-D convolution layer, as ``torch.nn.Conv2d``.
+
+    Args:
+        in_channels, out_channels: C and K.
+        kernel_size, stride, padding, dilation, groups: as
+            :func:`convcore.conv2d` (padding may be ``'same'`` or ``'valid'``).
+        bias: learn a bias of shape (K,).
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or
+            ``'circular'`` (the latter three pad with :func:`convcore.pad`).
+        rng: numpy Generator (or seed) for the initial weights.
+
+    Shapes: input (N, C, H, W) -> output (N, K, P, Q).  ``weight`` is
+    (K, C/groups, kH, kW).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        rng=None,
+    ):
+        super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups: {groups} must divide in_channels ({in_channels}) "
+                f"and out_channels ({out_channels})"
+            )
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(
+                "padding_mode: expected 'zeros', 'reflect', 'replicate' or 'circular', "
+                f"got {padding_mode!r}"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(
+                    f"padding: expected 'same', 'valid', an int or a pair, got {padding!r}"
+                )
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding: 'same' is only allowed with stride 1")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding")
+        self.padding_mode = padding_mode
+        # Non-zero padding modes pad explicitly, then convolve without padding.
+        self._explicit_pad = None
+        if padding_mode != "zeros":
+            self._explicit_pad = self._pads_lrtb()
+        rng = _rng(rng)
+        kh, kw = self.kernel_size
+        fan_in = (in_channels // groups) * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = self._param(
+            "weight", rng.uniform(-bound, bound, (out_channels, in_channels // groups, kh, kw))
+        )
+        self.bias = self._param("bias", rng.uniform(-bound, bound, out_channels)) if bias else None
+        self._x = None
+
+    def _pads_lrtb(self) -> tuple[int, int, int, int]:
+        if self.padding == "valid":
+            return 0, 0, 0, 0
+        if self.padding == "same":
+            out = []
+            for k, d in zip(self.kernel_size[::-1], self.dilation[::-1]):
+                total = d * (k - 1)
+                out += [total // 2, total - total // 2]
+            return tuple(out)
+        ph, pw = self.padding
+        return pw, pw, ph, ph
+
+    def _conv_padding(self):
+        return 0 if self._explicit_pad is not None else self.padding
+
+    def forward(self, x):
+        if self._explicit_pad is not None:
+            self._in_shape = x.shape
+            x = pad(x, self._explicit_pad, self.padding_mode)
+        self._x = x
+        b = self.bias.data if self.bias is not None else None
+        return conv2d(
+            x, self.weight.data, b, self.stride, self._conv_padding(), self.dilation, self.groups
+        )
+
+    def backward(self, grad_output):
+        if self._x is None:
+            raise RuntimeError("Conv2d.backward: call forward first")
+        w, b = self.weight, self.bias
+        mask = (self.input_grad, w.requires_grad, b is not None and b.requires_grad)
+        gi, gw, gb = conv2d_backward(
+            grad_output,
+            self._x,
+            w.data,
+            self.stride,
+            self._conv_padding(),
+            self.dilation,
+            self.groups,
+            output_mask=mask,
+        )
+        if gw is not None:
+            _accumulate(w, gw)
+        if gb is not None:
+            _accumulate(b, gb)
+        if gi is not None and self._explicit_pad is not None:
+            gi = pad_backward(gi, self._in_shape, self._explicit_pad, self.padding_mode)
+        return gi
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        s += f", stride={self.stride}"
+        if self.padding not in ((0, 0), "valid"):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+
+class MaxPool2d(Module):
+    """Max pooling, as ``torch.nn.MaxPool2d`` (indices are kept for backward)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
+        self._idx = None
+
+    def forward(self, x):
+        out, self._idx = max_pool2d(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            return_indices=True,
+        )
+        self._in_shape = x.shape
+        return out
+
+    def backward(self, grad_output):
+        if self._idx is None:
+            raise RuntimeError("MaxPool2d.backward: call forward first")
+        if not self.input_grad:
+            return None
+        return max_pool2d_backward(grad_output, self._idx, self._in_shape)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class ReLU(Module):
+    """max(x, 0), as ``torch.nn.ReLU``.
+
+    With ``inplace=True`` the forward pass overwrites its input and the
+    backward pass overwrites the gradient it is given (no allocation); use it
+    only where nothing else needs those arrays, e.g. right after a
+    convolution or a linear layer (they keep their inputs, not their outputs).
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+        self._y = None
+
+    def forward(self, x):
+        y = np.maximum(x, _F32(0), out=x if self.inplace else None)
+        self._y = y
+        return y
+
+    def backward(self, grad_output):
+        if self._y is None:
+            raise RuntimeError("ReLU.backward: call forward first")
+        if not self.input_grad:
+            return None
+        # Pass the gradient where the output is positive.  Multiplying by the
+        # bool mask runs at memory speed; boolean indexing and np.where were
+        # 5-10x slower here.
+        alive = self._y > 0
+        return np.multiply(grad_output, alive, out=grad_output if self.inplace else None)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class Flatten(Module):
+    """Merge dimensions ``start_dim..end_dim`` (default: all but the batch)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        self._in_shape = x.shape
+        s = self.start_dim % x.ndim
+        e = self.end_dim % x.ndim
+        return x.reshape(*x.shape[:s], -1, *x.shape[e + 1 :])
+
+    def backward(self, grad_output):
+        if not self.input_grad:
+            return None
+        return np.ascontiguousarray(grad_output.reshape(self._in_shape))
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, as ``torch.nn.Linear`` (weight is (out, in)).
+
+    Computed with numpy's matmul (BLAS sgemm), float32 throughout.  The
+    first call limits numpy's OpenBLAS to ``convcore.nn.BLAS_THREADS`` threads
+    (default 1; see that setting).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        rng = _rng(rng)
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = self._param("weight", rng.uniform(-bound, bound, (out_features, in_features)))
+        self.bias = self._param("bias", rng.uniform(-bound, bound, out_features)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        if x.dtype != _F32:
+            raise TypeError(f"Linear: expected a float32 input, got {x.dtype}")
+        if not _blas_done:
+            _configure_blas()
+        self._x = x
+        y = np.matmul(x, self.weight.data.T)
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, grad_output):
+        x = self._x
+        if x is None:
+            raise RuntimeError("Linear.backward: call forward first")
+        w, b = self.weight, self.bias
+        if w.requires_grad:
+            x2 = x.reshape(-1, self.in_features)
+            g2 = grad_output.reshape(-1, self.out_features)
+            _accumulate(w, np.matmul(g2.T, x2))
+        if b is not None and b.requires_grad:
+            _accumulate(b, grad_output.reshape(-1, self.out_features).sum(axis=0))
+        if not self.input_grad:
+            return None
+        return np.matmul(grad_output, w.data)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}" + (
+            "" if self.bias is not None else ", bias=False"
+        )
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training mode and scale the
+    rest by 1/(1-p), as ``torch.nn.Dropout``; the identity in eval mode.
+
+    The mask is drawn from ``rng`` (a numpy Generator or a seed), whose state
+    :meth:`Module.rng_state` reports so training can be resumed exactly.
+    """
+
+    def __init__(self, p: float = 0.5, *, rng=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: dropout probability must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.rng = _rng(rng)
+        self._mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        if self.p == 1.0:
+            self._mask = np.zeros(x.shape, _F32)
+        else:
+            keep = self.rng.random(x.shape, dtype=_F32) >= _F32(self.p)
+            self._mask = keep.astype(_F32)
+            self._mask *= _F32(1.0 / (1.0 - self.p))
+        return x * self._mask
+
+    def backward(self, grad_output):
+        if not self.input_grad:
+            return None
+        if self._mask is None:
+            return grad_output
+        return grad_output * self._mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse.
+
+    Parameters are named ``'<index>.<name>'`` as in PyTorch.  ``input_grad``
+    applies to the first layer: when False, ``backward`` returns None and the
+    first layer skips the gradient of its input.
+    """
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        self.layers = list(layers)
+
+    def children(self):
+        return [(str(i), m) for i, m in enumerate(self.layers)]
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, grad_output):
+        g = grad_output
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            layer = self.layers[i]
+            layer.input_grad = True if i > 0 else self.input_grad
+            g = layer.backward(g)
+        return g if self.input_grad else None
+
+
+class CrossEntropyLoss:
+    """Softmax cross-entropy on logits, as ``torch.nn.CrossEntropyLoss``.
+
+    ``loss = loss_fn(logits, target)`` takes logits (N, C) float32 and integer
+    class labels (N,) in [0, C) and returns the loss as a Python float (the
+    mean over the batch, or the sum with ``reduction='sum'``), computed with a
+    stable log-softmax (max subtracted before exp).  ``loss_fn.backward()``
+    then returns d loss / d logits (float32, (N, C)).
+    """
+
+    def __init__(self, reduction: str = "mean"):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self._probs = None
+
+    def __call__(self, logits, target) -> float:
+        return self.forward(logits, target)
+
+    def forward(self, logits, target) -> float:
+        if not isinstance(logits, np.ndarray) or logits.dtype != _F32 or logits.ndim != 2:
+            raise TypeError("logits: expected a float32 array of shape (N, C)")
+        target = np.asarray(target)
+        if not np.issubdtype(target.dtype, np.integer) or target.shape != logits.shape[:1]:
+            raise ValueError(
+                f"target: expected {logits.shape[0]} integer labels, "
+                f"got {target.dtype} {target.shape}"
+            )
+        n, c = logits.shape
+        if n and (target.min() < 0 or target.max() >= c):
+            raise ValueError(
+                f"target: labels must be in [0, {c}), got [{target.min()}, {target.max()}]"
+            )
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        rows = np.arange(n)
+        # -log softmax[target] = log(sum exp z) - z[target]; summed in float64.
+        total = float(np.sum(np.log(s[:, 0], dtype=np.float64) - z[rows, target]))
+        e /= s
+        self._probs, self._target = e, target
+        return total / n if self.reduction == "mean" and n else total
+
+    def backward(self) -> np.ndarray:
+        if self._probs is None:
+            raise RuntimeError("CrossEntropyLoss.backward: call the loss first")
+        g = self._probs.copy()
+        n = g.shape[0]
+        g[np.arange(n), self._target] -= _F32(1)
+        if self.reduction == "mean" and n:
+            g *= _F32(1.0 / n)
+        return g

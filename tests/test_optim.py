@@ -1,0 +1,179 @@
+"""convcore.optim against torch.optim, given the same gradients.
+
+Both sides run in float32 on identical gradients, so the update formulas
+are compared directly (not the networks' gradients; tests/test_nn.py does
+that).  Also: state_dict round trips continue bitwise, and argument checks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from convcore import nn, optim
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("torch is required in CI (pip install -e .[test])") from None
+    pytest.skip(
+        "torch is not installed: the PyTorch comparisons are skipped", allow_module_level=True
+    )
+
+SHAPES = [(6, 1, 5, 5), (6,), (120, 192), (10,)]
+
+
+def params(seed=0):
+    rng = np.random.default_rng(seed)
+    return [nn.Parameter(rng.standard_normal(s, dtype=np.float32) * 0.1) for s in SHAPES]
+
+
+def grads(step: int):
+    rng = np.random.default_rng(100 + step)
+    # Mixed scales, exact zeros (dead units) and tiny values around eps.
+    out = []
+    for s in SHAPES:
+        g = rng.standard_normal(s, dtype=np.float32) * 10.0 ** rng.integers(-9, 1, s)
+        g[rng.random(s) < 0.2] = 0
+        out.append(g.astype(np.float32))
+    return out
+
+
+def run_both(make_ours, make_torch, steps=5) -> float:
+    """Steps on both sides; the largest error in units of the float32
+    spacing of each element's scale (its magnitudes plus the sum of its
+    updates: the size of the numbers the update rounds)."""
+    ours = params()
+    theirs = [torch.from_numpy(p.data.copy()).requires_grad_() for p in ours]
+    scale = [np.abs(p.data).astype(np.float64) for p in ours]
+    opt, topt = make_ours(ours), make_torch(theirs)
+    for s in range(steps):
+        before = [t.detach().numpy().copy() for t in theirs]
+        for p, t, g in zip(ours, theirs, grads(s)):
+            p.grad[...] = g
+            t.grad = torch.from_numpy(g.copy())
+        opt.step()
+        topt.step()
+        for sc, b, t in zip(scale, before, theirs):
+            sc += np.abs(t.detach().numpy() - b) + np.abs(b)
+    worst = 0.0
+    for p, t, sc in zip(ours, theirs, scale):
+        assert p.data.dtype == np.float32
+        err = np.abs(p.data.astype(np.float64) - t.detach().numpy())
+        worst = max(worst, float(np.max(err / np.spacing(sc.astype(np.float32)))))
+    return worst
+
+
+SGD_CASES = [
+    dict(lr=0.1),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.5),
+    dict(lr=0.05, momentum=0.9, nesterov=True),
+    dict(lr=0.01, momentum=0.8, weight_decay=1e-2),
+    dict(lr=0.01, weight_decay=5e-4, momentum=0.9, nesterov=True),
+]
+
+
+@pytest.mark.parametrize(
+    "kw", SGD_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items())
+)
+def test_sgd_matches_torch(kw):
+    assert run_both(lambda p: optim.SGD(p, **kw), lambda p: torch.optim.SGD(p, **kw)) <= 2
+
+
+ADAM_CASES = [
+    dict(),
+    dict(lr=3e-3, betas=(0.8, 0.99)),
+    dict(lr=1e-3, eps=1e-6, weight_decay=1e-2),
+]
+
+
+@pytest.mark.parametrize(
+    "kw", ADAM_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults"
+)
+def test_adam_matches_torch(kw):
+    assert run_both(lambda p: optim.Adam(p, **kw), lambda p: torch.optim.Adam(p, **kw)) <= 2
+
+
+def test_defaults_are_pytorchs():
+    p = params()
+    assert optim.Adam(p).defaults == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    assert optim.SGD(p).defaults == dict(
+        lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: optim.Adam(p, lr=1e-3, weight_decay=1e-3),
+        lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    ],
+)
+def test_state_dict_round_trip_continues_bitwise(make):
+    a = params()
+    opt_a = make(a)
+    for s in range(2):
+        for p, g in zip(a, grads(s)):
+            p.grad[...] = g
+        opt_a.step()
+    sd = opt_a.state_dict()
+    b = [nn.Parameter(p.data) for p in a]
+    opt_b = make(b)
+    opt_b.load_state_dict(sd)
+    sd["state"][0].clear()  # a deep copy: the optimiser's state is untouched
+    for s in range(2, 5):
+        for pa, pb, g in zip(a, b, grads(s)):
+            pa.grad[...] = g
+            pb.grad[...] = g
+        opt_a.step()
+        opt_b.step()
+    for pa, pb in zip(a, b):
+        np.testing.assert_array_equal(pa.data, pb.data)
+
+
+def test_state_dict_layout_is_pytorchs():
+    p = params()
+    opt = optim.Adam(p)
+    for q, g in zip(p, grads(0)):
+        q.grad[...] = g
+    opt.step()
+    sd = opt.state_dict()
+    assert sorted(sd["state"][0]) == ["exp_avg", "exp_avg_sq", "step"]
+    assert sd["state"][0]["step"] == 1
+    assert sd["param_groups"][0]["params"] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="parameters"):
+        optim.Adam(p[:2]).load_state_dict(sd)
+
+
+def test_zero_grad_lr_and_frozen_parameters():
+    p = params()
+    p[1].requires_grad = False
+    before = p[1].data.copy()
+    opt = optim.SGD(p, lr=0.1)
+    for q, g in zip(p, grads(0)):
+        q.grad[...] = g
+    opt.lr = 0.2
+    assert opt.defaults["lr"] == 0.2
+    opt.step()
+    np.testing.assert_array_equal(p[1].data, before)
+    opt.zero_grad()
+    assert all(not q.grad.any() for q in p)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda p: optim.SGD(p, lr=-1),
+        lambda p: optim.SGD(p, lr=0.1, nesterov=True),
+        lambda p: optim.Adam(p, betas=(1.0, 0.9)),
+        lambda p: optim.Adam(p, eps=-1),
+        lambda p: optim.Adam([]),
+        lambda p: optim.Adam([np.zeros(3, np.float32)]),
+    ],
+)
+def test_bad_arguments_are_refused(bad):
+    with pytest.raises((ValueError, TypeError)):
+        bad(params())

@@ -1,6 +1,8 @@
-// conv2d drivers: im2col + packed GEMM, tiled and threaded here; the
-// arithmetic is in the GEMM micro-kernels (kernels/) and the reference
-// direct loops (kernels/ref/).
+// conv2d drivers: geometry, padding/phase layout, tiling and threads.  The
+// arithmetic is in the micro-kernels (kernels/): direct-convolution tiles
+// for the forward pass and the weight gradient, direct tiles (stride 1) or a
+// packed GEMM + col2im (strided) for the data gradient, and the reference
+// loops (kernels/ref/) that end every implementation list.
 #include <omp.h>
 
 #include <algorithm>
@@ -20,9 +22,6 @@
 namespace convcore {
 namespace {
 
-// Columns of the im2col matrix built at a time: bounds the work buffer and
-// keeps it in L2/L3 while the GEMM consumes it.
-constexpr int64_t kColumnTile = 1024;
 // Images whose weight-gradient contributions are summed into one partial
 // result.  Fixed (never derived from the thread count) so the reduction
 // order, and so the result, is the same for any number of threads.
@@ -32,51 +31,9 @@ constexpr double kMinMacsPerThread = 2e5;
 // Bytes of padded input and re-laid dy the weight-gradient kernel streams
 // per call: about half of a 1 MiB L2, so both stay resident.
 constexpr int64_t kDotWorkingSetBytes = 512 * 1024;
-
-bool is_pointwise(const Conv2dGeometry& g) {
-  return g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_top == 0 &&
-         g.pad_bottom == 0 && g.pad_left == 0 && g.pad_right == 0;
-}
-
-// cols[(c*R + r)*S + s][j - j0] = x_g[c][h][w] for output columns j0..j1-1
-// (flattened p*Q + q), zero where the window reads padding.
-void im2col_range(const Conv2dGeometry& g, const float* x_g, int64_t j0, int64_t j1, float* cols) {
-  const int64_t nj = j1 - j0;
-  for (int64_t c = 0; c < g.Cg(); ++c) {
-    const float* xc = x_g + c * g.H * g.W;
-    for (int64_t r = 0; r < g.R; ++r) {
-      for (int64_t s = 0; s < g.S; ++s) {
-        float* row = cols + ((c * g.R + r) * g.S + s) * nj;
-        const int64_t w_off = s * g.dil_w - g.pad_left;
-        for (int64_t j = j0; j < j1;) {
-          const int64_t p = j / g.Q, q0 = j % g.Q;
-          const int64_t q1 = std::min(g.Q, q0 + (j1 - j));
-          float* dst = row + (j - j0) - q0;  // dst[q] for q in [q0, q1)
-          const int64_t h = p * g.stride_h - g.pad_top + r * g.dil_h;
-          if (h < 0 || h >= g.H) {
-            std::fill(dst + q0, dst + q1, 0.0f);
-          } else {
-            const float* src = xc + h * g.W;
-            if (g.stride_w == 1) {
-              // Valid q: 0 <= q + w_off < W.
-              const int64_t qa = std::clamp<int64_t>(-w_off, q0, q1);
-              const int64_t qb = std::clamp<int64_t>(g.W - w_off, qa, q1);
-              std::fill(dst + q0, dst + qa, 0.0f);
-              std::memcpy(dst + qa, src + qa + w_off, size_t(qb - qa) * sizeof(float));
-              std::fill(dst + qb, dst + q1, 0.0f);
-            } else {
-              for (int64_t q = q0; q < q1; ++q) {
-                const int64_t w = q * g.stride_w + w_off;
-                dst[q] = (w >= 0 && w < g.W) ? src[w] : 0.0f;
-              }
-            }
-          }
-          j += q1 - q0;
-        }
-      }
-    }
-  }
-}
+// Input floats per channel-phase the direct kernels sweep before moving to
+// the next weight panel (about 256 KiB of input rows in L2).
+constexpr int64_t kDirectInputBlockFloats = 64 * 1024;
 
 // dx_g[c][h][w] += dcols[((c - c0)*R + r)*S + s][p*Q + q] for channels c0..c1-1.
 void col2im_channels(const Conv2dGeometry& g, const float* dcols, int64_t c0, int64_t c1,
@@ -111,43 +68,70 @@ int conv_threads(const Conv2dGeometry& g) { return threads_for(g.macs(), kMinMac
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // ---------------------------------------------------------------------------
-// Direct path (stride 1): the input is copied once into padded planes of
-// Hp x Wp (negative padding crops), and the micro-kernels read runs of
-// consecutive positions t = p * Wp + q straight from those planes.
+// Direct path: the input is copied once into padded planes (negative padding
+// crops), split into stride_h x stride_w phase planes of Hh x Wh (phase
+// (a, b) holds padded rows a, a + stride_h, ... and columns b, b + stride_w,
+// ...).  Every kernel tap (r, s) then reads, for the outputs of one row, a
+// run of consecutive elements of one phase plane, so the micro-kernels read
+// runs of positions t = p * Wh + q straight from the planes for any stride.
+// With stride 1 there is one phase and the planes are the padded input.
 // ---------------------------------------------------------------------------
 
+int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
 struct PaddedPlanes {
-  int64_t H, W;            // source plane
+  int64_t H, W;               // source plane
   int64_t pad_top, pad_left;  // may be negative (crop)
-  int64_t Hp, Wp;          // padded plane
-  int64_t plane() const { return Hp * Wp; }
+  int64_t Hp, Wp;             // padded plane
+  int64_t sh = 1, sw = 1;     // stride: number of phases per dimension
+  int64_t Hh() const { return ceil_div(Hp, sh); }
+  int64_t Wh() const { return ceil_div(Wp, sw); }  // row pitch of a phase plane, and of t
+  int64_t plane() const { return sh * sw * Hh() * Wh(); }  // floats per channel
+  // Distance from a channel's first element to tap (row r_off, column s_off)
+  // of output position t = 0.
+  int64_t tap(int64_t r_off, int64_t s_off) const {
+    return ((r_off % sh) * sw + s_off % sw) * Hh() * Wh() + (r_off / sh) * Wh() + s_off / sw;
+  }
 };
 
-// dst[c][hp][wp] = src[c][hp - pad_top][wp - pad_left], zero outside the source.
+// dst[c][a][b][i][j] = src[c][i*sh + a - pad_top][j*sw + b - pad_left], zero
+// outside the source or past the padded size.
 void pad_planes(const PaddedPlanes& pp, int64_t channels, const float* src, float* dst) {
-  const int64_t w_lo = std::clamp<int64_t>(pp.pad_left, 0, pp.Wp);              // first copied column
-  const int64_t src_w0 = w_lo - pp.pad_left;                                     // its source column
-  const int64_t w_hi = std::clamp<int64_t>(pp.pad_left + pp.W, w_lo, pp.Wp);     // end of copied columns
+  const int64_t Hh = pp.Hh(), Wh = pp.Wh();
   for (int64_t c = 0; c < channels; ++c) {
     const float* s = src + c * pp.H * pp.W;
     float* d = dst + c * pp.plane();
-    for (int64_t hp = 0; hp < pp.Hp; ++hp) {
-      float* row = d + hp * pp.Wp;
-      const int64_t h = hp - pp.pad_top;
-      if (h < 0 || h >= pp.H) {
-        std::fill(row, row + pp.Wp, 0.0f);
-        continue;
+    for (int64_t a = 0; a < pp.sh; ++a)
+      for (int64_t b = 0; b < pp.sw; ++b) {
+        // Columns j whose source column lies in [0, W) and padded column in [0, Wp).
+        const int64_t j_lo = std::clamp<int64_t>(ceil_div(pp.pad_left - b, pp.sw), 0, Wh);
+        const int64_t j_hi = std::clamp<int64_t>(
+            std::min(ceil_div(pp.pad_left + pp.W - b, pp.sw), ceil_div(pp.Wp - b, pp.sw)), j_lo, Wh);
+        const int64_t w0 = j_lo * pp.sw + b - pp.pad_left;  // source column of j_lo
+        float* phase = d + (a * pp.sw + b) * Hh * Wh;
+        for (int64_t i = 0; i < Hh; ++i) {
+          float* row = phase + i * Wh;
+          const int64_t hp = i * pp.sh + a, h = hp - pp.pad_top;
+          if (hp >= pp.Hp || h < 0 || h >= pp.H) {
+            std::fill(row, row + Wh, 0.0f);
+            continue;
+          }
+          std::fill(row, row + j_lo, 0.0f);
+          const float* srow = s + h * pp.W + w0;
+          if (pp.sw == 1) {
+            std::memcpy(row + j_lo, srow, size_t(j_hi - j_lo) * sizeof(float));
+          } else {
+            for (int64_t j = j_lo; j < j_hi; ++j) row[j] = srow[(j - j_lo) * pp.sw];
+          }
+          std::fill(row + j_hi, row + Wh, 0.0f);
+        }
       }
-      std::fill(row, row + w_lo, 0.0f);
-      std::memcpy(row + w_lo, s + h * pp.W + src_w0, size_t(w_hi - w_lo) * sizeof(float));
-      std::fill(row + w_hi, row + pp.Wp, 0.0f);
-    }
   }
 }
 
-// A stride-1 convolution as the direct kernels see it.  The forward pass is
-// one; the data gradient of a stride-1 convolution is another (a full
-// convolution of dy with the flipped, transposed weights).
+// A convolution as the direct kernels see it.  The forward pass is one; the
+// data gradient of a stride-1 convolution is another (a full convolution of
+// dy with the flipped, transposed weights).
 struct DirectConv {
   int64_t N, G;
   int64_t Cin, Kout;  // per group
@@ -194,7 +178,7 @@ struct DirectKernel {
 // The tile shape that computes the fewest padded outputs (channels rounded
 // up to MR times positions rounded up to NR); ties go to 6x16, which loads less.
 DirectKernel pick_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const DirectConv& d) {
-  const int64_t T = d.P * d.pp.Wp;
+  const int64_t T = d.P * d.pp.Wh();
   const auto padded = [&](const DirectKernel& k) {
     return (d.Kout + k.mr - 1) / k.mr * k.mr * ((T + k.nr - 1) / k.nr * k.nr);
   };
@@ -210,14 +194,15 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
   pack_direct_weights(d, mr, w, transposed_flip, wpack_store.data());
   const float* wpack = wpack_store.data();
   const int64_t plane = d.pp.plane(), Cin_all = d.G * d.Cin;
-  const int64_t T = d.P * d.pp.Wp;  // output positions in padded-width coordinates
+  const int64_t Wh = d.pp.Wh();
+  const int64_t T = d.P * Wh;  // output positions t = p * Wh + q (q >= Q: discarded)
   const int64_t slack = (d.S - 1) * d.dw + nr;
   const int64_t in_img = Cin_all * d.pp.H * d.pp.W, out_img = d.G * d.Kout * d.P * d.Q;
   std::vector<int64_t> offsets(static_cast<size_t>(steps));
   for (int64_t c = 0; c < d.Cin; ++c)
     for (int64_t r = 0; r < d.R; ++r)
       for (int64_t s = 0; s < d.S; ++s)
-        offsets[size_t((c * d.R + r) * d.S + s)] = c * plane + r * d.dh * d.pp.Wp + s * d.dw;
+        offsets[size_t((c * d.R + r) * d.S + s)] = c * plane + d.pp.tap(r * d.dh, s * d.dw);
   // Split each image's panels into blocks when the batch alone cannot keep
   // every thread busy; blocking changes no result.
   int64_t blocks = 1;
@@ -232,18 +217,23 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
     pad_planes(d.pp, Cin_all, d.in + n * in_img, xpad);
     std::fill(xpad + Cin_all * plane, xpad + Cin_all * plane + slack, 0.0f);
     alignas(64) float tile[6 * 24];
+    // Blocks of positions whose input rows (all taps, all channels of a
+    // group) fit in L2 alongside the weights: for large images the panels
+    // would otherwise stream the input from L3 once each.
+    const int64_t tb = round_up(std::clamp<int64_t>(kDirectInputBlockFloats / (d.Cin * d.pp.sh * d.pp.sw), nr, std::max<int64_t>(T, nr)), nr);
+    for (int64_t tb0 = 0; tb0 < T; tb0 += tb)
     for (int64_t gp = b * per_block; gp < std::min((b + 1) * per_block, d.G * panels); ++gp) {
       const int64_t g = gp / panels, pn = gp % panels;
       const float* wp = wpack + gp * steps * mr;
       const float* xg = xpad + g * d.Cin * plane;
       const int64_t k0 = pn * mr, kn = std::min(mr, d.Kout - k0);
       float* yk = d.out + n * out_img + (g * d.Kout + k0) * d.P * d.Q;
-      for (int64_t t0 = 0; t0 < T; t0 += nr) {
+      for (int64_t t0 = tb0; t0 < std::min(T, tb0 + tb); t0 += nr) {
         uk.fn(steps, wp, xg + t0, offsets.data(), tile);
         // Scatter the valid lanes (q < Q) row segment by row segment.
-        int64_t p = t0 / d.pp.Wp, q = t0 % d.pp.Wp;
+        int64_t p = t0 / Wh, q = t0 % Wh;
         for (int64_t j = 0; j < nr && p < d.P;) {
-          const int64_t run = std::min(nr - j, d.pp.Wp - q);
+          const int64_t run = std::min(nr - j, Wh - q);
           const int64_t valid = std::max<int64_t>(0, std::min(run, d.Q - q));
           for (int64_t i = 0; i < kn; ++i) {
             float* dst = yk + (i * d.P + p) * d.Q + q;
@@ -271,7 +261,8 @@ DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const
   d.S = g.S;
   d.dh = g.dil_h;
   d.dw = g.dil_w;
-  d.pp = {g.H, g.W, g.pad_top, g.pad_left, g.H + g.pad_top + g.pad_bottom, g.W + g.pad_left + g.pad_right};
+  d.pp = {g.H, g.W, g.pad_top, g.pad_left, g.H + g.pad_top + g.pad_bottom,
+          g.W + g.pad_left + g.pad_right, g.stride_h, g.stride_w};
   d.P = g.P;
   d.Q = g.Q;
   d.in = x;
@@ -300,7 +291,7 @@ void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
   d.dh = g.dil_h;
   d.dw = g.dil_w;
   const int64_t eh = g.dil_h * (g.R - 1), ew = g.dil_w * (g.S - 1);
-  d.pp = {g.P, g.Q, eh - g.pad_top, ew - g.pad_left, g.H + eh, g.W + ew};
+  d.pp = {g.P, g.Q, eh - g.pad_top, ew - g.pad_left, g.H + eh, g.W + ew, 1, 1};
   d.P = g.H;
   d.Q = g.W;
   d.in = dy;
@@ -309,14 +300,15 @@ void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
   run_direct(pick_direct(k6x16, k4x24, d), d, w, true, conv_threads(g));
 }
 
-// dW[k][c,r,s] = sum_n sum_t dyp[n][k][t] * xpad[n][c][t + r*dh*Wp + s*dw],
-// with dy re-laid at row stride Wp (zeros at q >= Q).  Chunks of images as
-// in backward_weight_gemm keep the result independent of the thread count.
+// dW[k][c,r,s] = sum_n sum_t dyp[n][k][t] * xpad[n][c][tap(r, s) + t], with
+// dy re-laid at row stride Wh (zeros at q >= Q).  Chunks of images as
+// (at most kMaxWeightChunks, bounds set by N alone) keep the result
+// independent of the thread count.
 void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
                             const float* x, float* dw) {
   const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
   const int64_t RS = g.R * g.S, CRS = g.Cg() * RS, Kg = g.Kg(), PQ = g.P * g.Q;
-  const int64_t plane = d.pp.plane(), Wp = d.pp.Wp;
+  const int64_t plane = d.pp.plane(), Wp = d.pp.Wh();  // row pitch of t
   const int64_t T8 = round_up(g.P * Wp, 8);
   const int64_t slack = (g.S - 1) * g.dil_w + 8;
   const int64_t x_img = g.C * plane, dy_img = g.K * T8;
@@ -328,7 +320,7 @@ void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g
   for (int64_t c = 0; c < g.Cg(); ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s)
-        tap_offset[size_t((c * g.R + r) * g.S + s)] = c * plane + r * g.dil_h * Wp + s * g.dil_w;
+        tap_offset[size_t((c * g.R + r) * g.S + s)] = c * plane + d.pp.tap(r * g.dil_h, s * g.dil_w);
   const int nt = conv_threads(g);
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
@@ -397,7 +389,7 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
                            const float* x, float* dw) {
   const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
   const int64_t RS = g.R * g.S, CRS = g.Cg() * RS, Kg = g.Kg(), PQ = g.P * g.Q;
-  const int64_t plane = d.pp.plane(), Wp = d.pp.Wp, T = g.P * Wp;
+  const int64_t plane = d.pp.plane(), Wp = d.pp.Wh(), T = g.P * Wp;  // Wp: row pitch of t
   const int64_t slack = (g.S - 1) * g.dil_w + 8;
   const int64_t crs_panels = (CRS + 5) / 6, k_panels = (Kg + 15) / 16, ldw = k_panels * 16;
   const int64_t part_size = g.G * crs_panels * 6 * ldw;
@@ -410,7 +402,7 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
   for (int64_t c = 0; c < g.Cg(); ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s)
-        tap_offset[size_t((c * g.R + r) * g.S + s)] = c * plane + r * g.dil_h * Wp + s * g.dil_w;
+        tap_offset[size_t((c * g.R + r) * g.S + s)] = c * plane + d.pp.tap(r * g.dil_h, s * g.dil_w);
   const int nt = conv_threads(g);
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
@@ -481,44 +473,6 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
 }
 
 // ---------------------------------------------------------------------------
-// Forward: per (image, group, column tile) task, y = W_g * im2col(x) + b.
-// ---------------------------------------------------------------------------
-void forward_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* x, const float* w,
-                  const float* b, float* y) {
-  const int64_t PQ = g.P * g.Q, CRS = g.Cg() * g.R * g.S, Kg = g.Kg();
-  const bool pointwise = is_pointwise(g);
-  const int64_t tile = pointwise ? PQ : std::min(PQ, kColumnTile);
-  const int64_t tiles = (PQ + tile - 1) / tile;
-  const int64_t tasks = g.N * g.G * tiles;
-  const int nt = conv_threads(g);
-  TaskErrors errors;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t t = 0; t < tasks; ++t) errors.run([&] {
-    const int64_t n = t / (g.G * tiles), grp = (t / tiles) % g.G, j0 = (t % tiles) * tile;
-    const int64_t nj = std::min(tile, PQ - j0);
-    const float* x_g = x + (n * g.C + grp * g.Cg()) * g.H * g.W;
-    float* y_g = y + (n * g.K + grp * Kg) * PQ + j0;
-    const float* cols;
-    int64_t ldb;
-    if (pointwise) {
-      cols = x_g + j0;
-      ldb = PQ;
-    } else {
-      float* buf = thread_scratch(1).floats(CRS * nj);
-      im2col_range(g, x_g, j0, j0 + nj, buf);
-      cols = buf;
-      ldb = nj;
-    }
-    if (b != nullptr)
-      for (int64_t k = 0; k < Kg; ++k) std::fill(y_g + k * PQ, y_g + k * PQ + nj, b[grp * Kg + k]);
-    float* work = thread_scratch(0).floats(gemm_workspace_floats(Kg, nj, CRS));
-    gemm_f32(ukernel, Kg, nj, CRS, w + grp * Kg * CRS, CRS, 1, cols, ldb, 1, y_g, PQ,
-             b != nullptr, work);
-  });
-  errors.rethrow();
-}
-
-// ---------------------------------------------------------------------------
 // Backward data: per (image, group, channel block), dcols = W_g^T * dy, then
 // col2im into the block's channels (which no other task touches).
 // ---------------------------------------------------------------------------
@@ -543,79 +497,12 @@ void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const 
     const int64_t rows = (c1 - c0) * RS;
     std::fill(dx_g + c0 * HW, dx_g + c1 * HW, 0.0f);
     float* work = thread_scratch(0).floats(gemm_workspace_floats(rows, PQ, Kg));
-    if (is_pointwise(g)) {
-      // dcols is dx itself: no col2im needed.
-      gemm_f32(ukernel, rows, PQ, Kg, w_g + c0, 1, CRS, dy_g, PQ, 1, dx_g + c0 * HW, HW,
-               false, work);
-      return;
-    }
     float* dcols = thread_scratch(1).floats(rows * PQ);
     gemm_f32(ukernel, rows, PQ, Kg, w_g + c0 * RS, 1, CRS, dy_g, PQ, 1, dcols, PQ, false,
              work);
     col2im_channels(g, dcols, c0, c1, dx_g);
   });
   errors.rethrow();
-}
-
-// ---------------------------------------------------------------------------
-// Backward weight: the batch is cut into at most kMaxWeightChunks chunks
-// whose bounds depend only on N; each (chunk, group) task sums its images'
-// dy * im2col(x)^T into its own partial, and the partials are added in chunk
-// order.  The result is bitwise the same for any thread count.
-// ---------------------------------------------------------------------------
-void backward_weight_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
-                          const float* x, float* dw) {
-  const int64_t PQ = g.P * g.Q, CRS = g.Cg() * g.R * g.S, Kg = g.Kg();
-  const int64_t wsize = g.weight_numel();
-  const int64_t chunks = std::min<int64_t>(g.N, kMaxWeightChunks);
-  const int64_t per_chunk = (g.N + chunks - 1) / chunks;
-  const bool pointwise = is_pointwise(g);
-  std::vector<float> partial_store(chunks > 1 ? size_t(chunks * wsize) : 0);
-  float* partials = chunks > 1 ? partial_store.data() : dw;
-  const int nt = conv_threads(g);
-  TaskErrors errors;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t t = 0; t < chunks * g.G; ++t) errors.run([&] {
-    const int64_t chunk = t / g.G, grp = t % g.G;
-    const int64_t n0 = chunk * per_chunk, n1 = std::min(g.N, n0 + per_chunk);
-    float* dw_g = partials + chunk * wsize + grp * Kg * CRS;
-    bool first = true;
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* x_g = x + (n * g.C + grp * g.Cg()) * g.H * g.W;
-      const float* dy_g = dy + (n * g.K + grp * Kg) * PQ;
-      for (int64_t j0 = 0; j0 < PQ; j0 += kColumnTile) {
-        const int64_t nj = std::min(kColumnTile, PQ - j0);
-        const float* cols;
-        int64_t ldc_cols;
-        if (pointwise) {
-          cols = x_g + j0;
-          ldc_cols = PQ;
-        } else {
-          float* buf = thread_scratch(1).floats(CRS * nj);
-          im2col_range(g, x_g, j0, j0 + nj, buf);
-          cols = buf;
-          ldc_cols = nj;
-        }
-        float* work = thread_scratch(0).floats(gemm_workspace_floats(Kg, CRS, nj));
-        // dW_g[Kg x CRS] += dy_g[:, j0:j0+nj] * cols^T
-        gemm_f32(ukernel, Kg, CRS, nj, dy_g + j0, PQ, 1, cols, 1, ldc_cols, dw_g, CRS,
-                 !first, work);
-        first = false;
-      }
-    }
-    if (first)  // empty chunk (cannot happen for N >= 1, kept for safety)
-      std::fill(dw_g, dw_g + Kg * CRS, 0.0f);
-  });
-  errors.rethrow();
-  if (chunks > 1) {
-    const int rt = threads_for(double(wsize) * chunks, 1e5);
-#pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
-    for (int64_t i = 0; i < wsize; ++i) {
-      float acc = partials[i];
-      for (int64_t c = 1; c < chunks; ++c) acc += partials[c * wsize + i];
-      dw[i] = acc;
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -647,8 +534,6 @@ template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
 void run_fwd_direct(const Conv2dGeometry& g, const ConvArgs& a) {
   forward_direct({UK6x16, 6, 16}, {UK4x24, 4, 24}, g, a.x, a.w, a.b, a.y);
 }
-template <gemm_ukernel_fn UK>
-void run_fwd_gemm(const Conv2dGeometry& g, const ConvArgs& a) { forward_gemm(UK, g, a.x, a.w, a.b, a.y); }
 void run_fwd_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   const int nt = conv_threads(g);
   const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
@@ -673,9 +558,8 @@ template <conv_dot_ukernel_fn UK>
 void run_bwd_weight_direct(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_direct(UK, g, a.dy, a.x, a.dw); }
 template <conv_outer_ukernel_fn UK>
 void run_bwd_weight_outer(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_outer(UK, g, a.dy, a.x, a.dw); }
-bool unit_stride_wide(const Conv2dGeometry& g) { return unit_stride(g) && g.Kg() >= 16 && g.Cg() * g.R * g.S >= 32; }
-template <gemm_ukernel_fn UK>
-void run_bwd_weight_gemm(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_gemm(UK, g, a.dy, a.x, a.dw); }
+// Outer-product tiles pay off when dy is reused over many taps and channels.
+bool many_taps_and_channels(const Conv2dGeometry& g) { return g.Kg() >= 16 && g.Cg() * g.R * g.S >= 32; }
 void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   // Threads split the output channels; each element reduces over the whole
   // batch in one order, so the result does not depend on their number.
@@ -686,11 +570,9 @@ void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
 
 const ConvImpl kFwdImpls[] = {
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, unit_stride, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
-    {"conv2d_fwd_f32_im2col_gemm_6x16__avx2", Isa::Avx2, always, run_fwd_gemm<gemm_ukernel_f32_6x16__avx2>},
+    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
 #endif
-    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, unit_stride, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__portable, conv2d_direct_ukernel_f32_4x24__portable>},
-    {"conv2d_fwd_f32_im2col_gemm_6x16__portable", Isa::Portable, always, run_fwd_gemm<gemm_ukernel_f32_6x16__portable>},
+    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__portable, conv2d_direct_ukernel_f32_4x24__portable>},
     {"conv2d_fwd_f32_direct__ref", Isa::Scalar, always, run_fwd_ref},
 };
 
@@ -706,13 +588,11 @@ const ConvImpl kBwdDataImpls[] = {
 
 const ConvImpl kBwdWeightImpls[] = {
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, unit_stride_wide, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
-    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, unit_stride, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
-    {"conv2d_bwd_weight_f32_im2col_gemm_6x16__avx2", Isa::Avx2, always, run_bwd_weight_gemm<gemm_ukernel_f32_6x16__avx2>},
+    {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, many_taps_and_channels, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, always, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
 #endif
-    {"conv2d_bwd_weight_f32_direct_outer_6x16__portable", Isa::Portable, unit_stride_wide, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__portable>},
-    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, unit_stride, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
-    {"conv2d_bwd_weight_f32_im2col_gemm_6x16__portable", Isa::Portable, always, run_bwd_weight_gemm<gemm_ukernel_f32_6x16__portable>},
+    {"conv2d_bwd_weight_f32_direct_outer_6x16__portable", Isa::Portable, many_taps_and_channels, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__portable>},
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, always, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
     {"conv2d_bwd_weight_f32_direct__ref", Isa::Scalar, always, run_bwd_weight_ref},
 };
 

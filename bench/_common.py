@@ -373,3 +373,15 @@ def fmt_ms(seconds: float) -> str:
     if ms >= 1:
         return f"{ms:.2f}"
     return f"{ms:.3f}"
+
+
+if __name__ == "__main__":  # python bench/_common.py [threads]: the FMA check alone
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    load = CpuLoad()
+    chk = fma_check(n)
+    print(f"{cpu_model()} ({cpu_family()})")
+    print(f"AVX2 FMA peak: {fma_line(chk)}")
+    note = avx512_note()
+    if note:
+        print(note)
+    print(f"other processes used {fmt(load.others())} cores meanwhile")

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,7 @@ TRAIN_IMAGES = 60_000
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH  # 600
 LR = 1e-3
 #: Default timed steps per framework (a run of a few minutes on two free cores).
-DEFAULT_STEPS = {"tutorial": 300, "wide": 60}
+DEFAULT_STEPS = {"tutorial": 300, "wide": 90}
 QUICK_STEPS = {"tutorial": 60, "wide": 12}
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 PREFIX = "@@"  # marks protocol lines on a worker's stdout
@@ -293,7 +294,11 @@ class Worker:
 
 
 def bench_model(model: str, steps: int, chunks: int, args) -> dict:
-    """Interleave the two frameworks' workers on one model."""
+    """Interleave the two frameworks' workers on one model.
+
+    Stops early, after a whole round (one chunk each), once ``args.time_limit``
+    seconds have passed and at least 2 rounds are done: a busy machine can
+    make a step 10x slower, and the run should still end in minutes."""
     workers = {fw: Worker(fw, model, args) for fw in FRAMEWORKS}
     try:
         # Wait for setup one at a time so neither times its warm-up against the other's.
@@ -304,6 +309,8 @@ def bench_model(model: str, steps: int, chunks: int, args) -> dict:
         others = {fw: [] for fw in FRAMEWORKS}
         idle_cpu = {fw: [] for fw in FRAMEWORKS}  # the *other* worker's CPU while fw ran
         losses = {fw: [] for fw in FRAMEWORKS}
+        t_start = time.perf_counter()
+        done_steps = 0
 
         def ours() -> float:
             return sum(w.cpu_now() for w in workers.values())
@@ -321,14 +328,21 @@ def bench_model(model: str, steps: int, chunks: int, args) -> dict:
                 idle_cpu[fw].append((idle.cpu_now() - idle0) / out["seconds"])
                 per_step[fw].append(out["seconds"] / k)
                 losses[fw].append(out["loss_mean"])
+            done_steps += k
             print(f"  {model} chunk {i + 1}/{n_chunks}: "
                   + "  ".join(f"{fw} {per_step[fw][-1] * 1e3:.1f} ms/step" for fw in FRAMEWORKS),
                   file=sys.stderr, flush=True)
+            if (args.time_limit and i + 1 >= 2 and i + 1 < n_chunks
+                    and time.perf_counter() - t_start > args.time_limit):
+                print(f"  {model}: time limit ({args.time_limit:g} s) reached after "
+                      f"{done_steps} steps each", file=sys.stderr)
+                break
         exits = {fw: w.close() for fw, w in workers.items()}
     finally:
         for w in workers.values():
             w.kill()
-    res = {"model": model, "steps": steps, "chunk": chunk, "frameworks": {}}
+    res = {"model": model, "steps": done_steps, "steps_asked": steps, "chunk": chunk,
+           "frameworks": {}}
     for fw in FRAMEWORKS:
         med = statistics.median(per_step[fw])
         loads = [x for x in others[fw] if x is not None]
@@ -354,6 +368,7 @@ def bench_model(model: str, steps: int, chunks: int, args) -> dict:
     res["ratio"] = t["ms_per_step"] / c["ms_per_step"]
     res["rss_ratio"] = c["peak_rss_mb"] / t["peak_rss_mb"]
     res["params_match"] = c["n_params"] == t["n_params"]
+    res["suspect"] = any((f["others_load"] or 0.0) > _common.OTHERS_LIMIT for f in (c, t))
     return res
 
 
@@ -369,7 +384,7 @@ def table_rows(results: list[dict]) -> list[list[str]]:
             rows.append([
                 r["model"], fw,
                 f"{f['epoch_s']:.1f}", f"{f['ms_per_step']:.1f}", f"{f['images_per_s']:.0f}",
-                f"{r['ratio']:.2f}" if fw == "convcore" else "",
+                (f"{r['ratio']:.2f}" + ("?" if r["suspect"] else "")) if fw == "convcore" else "",
                 f"{f['peak_rss_mb']:.0f}", f"{f['rss_setup_mb']:.0f}",
                 f"{f['loss_first_chunk']:.3f}→{f['loss_last_chunk']:.3f}",
                 _common.fmt(f["others_load"]),
@@ -398,7 +413,8 @@ def header_lines(meta: dict) -> list[str]:
     else:
         lines.append("FMA checks agree and nothing else ran: no sign of contention")
     lines.append(f"epoch s = median ms/step over chunks x {STEPS_PER_EPOCH} steps; "
-                 f"wall time {meta['wall_s']:.0f} s")
+                 f"wall time {meta['wall_s']:.0f} s; ratio? = other processes used more than "
+                 f"{_common.OTHERS_LIMIT} cores during that model's chunks")
     return lines
 
 
@@ -417,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"{QUICK_STEPS['wide']} steps)")
     ap.add_argument("--chunks", type=int, default=6,
                     help="chunks per framework; the two alternate chunk by chunk (default 6)")
+    ap.add_argument("--time-limit", type=float, default=90.0,
+                    help="seconds per model after which no new round of chunks starts "
+                         "(default 90; 0 = none; at least 2 rounds always run)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     ap.add_argument("--data", nargs="?", const=str(DATA_DIR), default=None,
                     help=f"train on the real Fashion-MNIST files (folder, default {DATA_DIR}) "
@@ -434,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     if args._worker:
         return worker(args._worker, models[0], args.threads, args.data, args.seed, args.warmup)
 
+    # Turn SIGTERM into an exception so the workers are reaped (bench_model's finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.perf_counter()
     meta = {"machine": _common.machine(), "threads": args.threads, "data": args.data,
             "git": _common.git_describe(), "chunks": args.chunks, "warmup": args.warmup}
@@ -470,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"{r['model']}: convcore {r['ratio']:.2f}x PyTorch's speed "
                      f"(epoch {c['epoch_s']:.1f} s vs {t['epoch_s']:.1f} s), peak RSS "
                      f"{c['peak_rss_mb']:.0f} MB vs {t['peak_rss_mb']:.0f} MB "
-                     f"({r['rss_ratio']:.2f}x); {r['steps']} steps each in chunks of {r['chunk']}")
+                     f"({r['rss_ratio']:.2f}x); {r['steps']} steps each in chunks of {r['chunk']}"
+                     + (f" (stopped by --time-limit; {r['steps_asked']} asked)"
+                        if r["steps"] < r["steps_asked"] else ""))
         if not r["params_match"]:
             notes.append(f"{r['model']}: PARAMETER COUNTS DIFFER: convcore {c['n_params']}, "
                          f"torch {t['n_params']}")

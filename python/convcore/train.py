@@ -1,0 +1,430 @@
+"""Train a CNN on Fashion-MNIST with convcore: ``python -m convcore.train``.
+
+Also installed as ``convcore-train``.  Defaults: the ``tutorial`` model, Adam
+with lr 1e-3, batch 100, 10 epochs, inputs scaled to [0, 1].  Examples::
+
+    convcore-train                                   # tutorial model, 10 epochs
+    convcore-train --model wide --out runs/wide
+    convcore-train --epochs 12 --resume runs/wide/checkpoint-epoch010.npz
+    convcore-train --limit-train 2000 --epochs 1     # a quick smoke run
+
+Writes into ``--out`` (default ``runs/<model>-<date>-<time>``):
+
+- ``checkpoint-epochNNN.npz`` after every epoch (format: :mod:`convcore.checkpoint`);
+- ``metrics.json``: ``model``, ``test_accuracy`` (of the final model),
+  ``test_loss``, ``epochs`` (per epoch: ``epoch``, ``train_loss``,
+  ``train_accuracy``, ``test_loss``, ``test_accuracy``, ``seconds`` of
+  training, ``eval_seconds``, ``images_per_second``), ``per_class_accuracy``,
+  ``confusion_matrix`` (rows: true class), ``config``, ``checkpoint``,
+  ``pictures`` and, when they were not drawn, ``pictures_skipped``;
+- PNG pictures when matplotlib is installed (:mod:`convcore.plots`).
+
+Both files are rewritten atomically after each epoch.  ``--resume`` restores
+the weights, the optimiser state and the random generators (data order and
+dropout) saved after an epoch, so the run ends with bitwise the same weights
+as an uninterrupted run with the same settings and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt_io
+from . import models, nn, optim
+from ._progress import Progress
+from .data import CLASS_NAMES, DataError, MiniBatches, load_fashion_mnist
+from .evaluate import confusion_matrix, evaluate_model
+
+__all__ = ["DEFAULTS", "UsageError", "main", "make_optimizer", "run"]
+
+#: Settings of a run (``lr=None``: 1e-3 for Adam, 0.01 for SGD;
+#: ``dropout=None``: the model's default).
+DEFAULTS = dict(
+    model="tutorial",
+    epochs=10,
+    batch_size=100,
+    optimizer="adam",
+    lr=None,
+    momentum=0.9,
+    weight_decay=0.0,
+    dropout=None,
+    normalize=False,
+    seed=0,
+    limit_train=None,
+)
+DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
+
+# Settings that define the computation; a resumed run must keep them.
+_FIXED_ON_RESUME = (
+    "model",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "dropout",
+    "normalize",
+    "seed",
+    "limit_train",
+)
+
+
+def make_optimizer(config: dict, params) -> optim.Optimizer:
+    if config["optimizer"] == "adam":
+        return optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    if config["optimizer"] == "sgd":
+        return optim.SGD(
+            params,
+            lr=config["lr"],
+            momentum=config["momentum"],
+            weight_decay=config["weight_decay"],
+        )
+    raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {config['optimizer']!r}")
+
+
+def _complete(config: dict) -> dict:
+    c = dict(DEFAULTS)
+    c.update({k: v for k, v in config.items() if v is not None})
+    if c["model"] not in models.NAMES:
+        raise UsageError(f"model: expected one of {', '.join(models.NAMES)}, got {c['model']!r}")
+    if c["optimizer"] not in DEFAULT_LR:
+        raise UsageError(f"optimizer: expected 'adam' or 'sgd', got {c['optimizer']!r}")
+    if c["lr"] is None:
+        c["lr"] = DEFAULT_LR[c["optimizer"]]
+    if c["dropout"] is None:
+        c["dropout"] = models.DEFAULT_DROPOUT[c["model"]]
+    for key in ("epochs", "batch_size"):
+        if int(c[key]) < 1:
+            raise UsageError(f"{key}: must be >= 1, got {c[key]}")
+    return c
+
+
+def _write_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2) + "\n"
+    ckpt_io.write_atomic(path, lambda f: f.write(text.encode()))
+
+
+class UsageError(ValueError):
+    """Bad settings, or a checkpoint that cannot be resumed with them."""
+
+
+class _Stop(Exception):
+    pass
+
+
+def run(
+    config: dict,
+    out_dir,
+    *,
+    data=None,
+    data_dir=None,
+    resume=None,
+    progress: str = "auto",
+    plots: bool = True,
+    limit_test: int | None = None,
+    log=print,
+) -> dict:
+    """Train (or continue training) and write checkpoints, metrics and pictures.
+
+    Args:
+        config: settings (keys of :data:`DEFAULTS`; missing ones take the
+            defaults).  With ``resume`` the checkpoint's settings are used and
+            only ``epochs`` (the total) may be raised.
+        out_dir: output folder (created).
+        data: the four arrays of :func:`convcore.data.load_fashion_mnist`
+            (loaded from ``data_dir`` or the search path when None).
+        resume: path of a checkpoint to continue from.
+        progress: ``'auto'``, ``'bar'``, ``'lines'`` or ``'none'``.
+        plots: draw the PNG pictures (when matplotlib is installed).
+        limit_test: evaluate on the first N test images only (smoke tests).
+        log: function that prints one line.
+
+    Returns:
+        The metrics dictionary written to ``metrics.json``.
+    """
+    import convcore
+
+    out_dir = Path(out_dir)
+    ckpt = None
+    if resume is not None:
+        try:
+            ckpt = ckpt_io.load(resume)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--resume: {e}") from None
+        saved = _complete(ckpt.config)
+        asked = {k: v for k, v in config.items() if v is not None}
+        for key in _FIXED_ON_RESUME:
+            if key in asked and key in saved and asked[key] != saved[key]:
+                raise UsageError(
+                    f"--{key.replace('_', '-')} {asked[key]} differs from the "
+                    f"checkpoint's {saved[key]}; "
+                    "a resumed run keeps the checkpoint's settings"
+                )
+        config = dict(saved, epochs=asked.get("epochs", saved["epochs"]))
+    else:
+        config = _complete(config)
+    config = {k: config[k] for k in DEFAULTS}
+
+    if data is None:
+        data = load_fashion_mnist(data_dir)
+    xtr, ytr, xte, yte = data
+    if config["limit_train"]:
+        xtr, ytr = xtr[: config["limit_train"]], ytr[: config["limit_train"]]
+    if limit_test:
+        xte, yte = xte[:limit_test], yte[:limit_test]
+
+    model = models.build(config["model"], seed=config["seed"], dropout=config["dropout"])
+    opt = make_optimizer(config, model.parameters())
+    shuffle_rng = models.seed_stream(config["seed"], 2)
+    history: list[dict] = []
+    start_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model_state)
+        if ckpt.optimizer_state is not None:
+            opt.load_state_dict(ckpt.optimizer_state)
+        shuffle_rng.bit_generator.state = ckpt.rng["shuffle"]
+        model.set_rng_state(ckpt.rng.get("dropout", {}))
+        start_epoch = ckpt.epoch
+        history = list(ckpt.metrics)
+    loss_fn = nn.CrossEntropyLoss()
+    n_params = sum(p.data.size for p in model.parameters())
+    info = convcore.build_info()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(
+        f"convcore {convcore.__version__} ({info['isa_active']}, {info['num_threads']} thread{'s' if info['num_threads'] != 1 else ''}) | "
+        f"model {config['model']} ({n_params:,} parameters) | "
+        f"{config['optimizer']} lr {config['lr']:g} | "
+        f"batch {config['batch_size']} | {len(ytr)} train / {len(yte)} test images | out {out_dir}"
+    )
+    if ckpt is not None:
+        log(f"resumed from {resume} after epoch {start_epoch}")
+
+    started = time.time()
+    last_eval = None
+    last_ckpt = None
+    for epoch in range(start_epoch + 1, config["epochs"] + 1):
+        model.train()
+        batches = MiniBatches(
+            xtr, ytr, config["batch_size"], rng=shuffle_rng, normalize=config["normalize"]
+        )
+        bar = Progress(len(batches), f"epoch {epoch}/{config['epochs']}", mode=progress)
+        loss_sum, correct, seen = 0.0, 0, 0
+        t0 = time.perf_counter()
+        try:
+            for x, y in batches:
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                if not np.isfinite(loss):
+                    raise _Stop(f"the loss became {loss} in epoch {epoch}; try a smaller --lr")
+                correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
+                model.zero_grad()
+                model.backward(loss_fn.backward())
+                opt.step()
+                loss_sum += loss * len(y)
+                seen += len(y)
+                elapsed = time.perf_counter() - t0
+                bar.update(
+                    1,
+                    loss=loss_sum / seen,
+                    acc=f"{100 * correct / seen:.2f}%",
+                    **{"img/s": f"{seen / max(elapsed, 1e-9):,.0f}"},
+                )
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        last_eval = evaluate_model(model, xte, yte, normalize=config["normalize"])
+        eval_seconds = time.perf_counter() - t1
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "test_loss": last_eval["loss"],
+            "test_accuracy": last_eval["accuracy"],
+            "seconds": seconds,
+            "eval_seconds": eval_seconds,
+            "images_per_second": seen / seconds,
+        }
+        history.append(record)
+        log(
+            f"epoch {epoch:>{len(str(config['epochs']))}}/{config['epochs']}  "
+            f"train loss {record['train_loss']:.4f} acc {100 * record['train_accuracy']:.2f}%  "
+            f"test loss {record['test_loss']:.4f} acc {100 * record['test_accuracy']:.2f}%  "
+            f"{seconds:.1f} s ({record['images_per_second']:,.0f} img/s)"
+        )
+        last_ckpt = out_dir / f"checkpoint-epoch{epoch:03d}.npz"
+        ckpt_io.save(
+            last_ckpt,
+            ckpt_io.Checkpoint(
+                config=config,
+                epoch=epoch,
+                model_state=model.state_dict(),
+                optimizer_state=opt.state_dict(),
+                optimizer_type=config["optimizer"],
+                rng={"shuffle": shuffle_rng.bit_generator.state, "dropout": model.rng_state()},
+                metrics=history,
+            ),
+        )
+        metrics = _metrics(config, history, last_eval, yte, last_ckpt, info, n_params, started)
+        _write_json(out_dir / "metrics.json", metrics)
+
+    if last_eval is None:  # nothing left to train: report the checkpoint's model
+        last_eval = evaluate_model(model, xte, yte, normalize=config["normalize"])
+        last_ckpt = Path(resume)
+    metrics = _metrics(config, history, last_eval, yte, last_ckpt, info, n_params, started)
+    cm = np.array(metrics["confusion_matrix"])
+    if plots:
+        try:
+            from . import plots as plots_mod
+
+            pictures = plots_mod.save_all(
+                out_dir,
+                history=history,
+                model=model,
+                confusion=cm,
+                image=xte[0],
+                label=int(yte[0]),
+                normalize=config["normalize"],
+                images=xte,
+                labels=yte,
+            )
+            metrics["pictures"] = [p.name for p in pictures]
+            log(f"pictures: {', '.join(metrics['pictures'])}")
+        except ImportError as e:
+            metrics["pictures_skipped"] = f"matplotlib is not installed ({e})"
+            log("pictures skipped: matplotlib is not installed (pip install 'convcore[plots]')")
+    else:
+        metrics["pictures_skipped"] = "disabled with --no-plots"
+    _write_json(out_dir / "metrics.json", metrics)
+    log(
+        f"final test accuracy {100 * metrics['test_accuracy']:.2f}%  "
+        f"(checkpoint {last_ckpt}, metrics {out_dir / 'metrics.json'})"
+    )
+    return metrics
+
+
+def _metrics(config, history, last_eval, labels, last_ckpt, info, n_params, started) -> dict:
+    cm = confusion_matrix(labels, last_eval["predictions"])
+    return {
+        "model": config["model"],
+        "test_accuracy": last_eval["accuracy"],
+        "test_loss": last_eval["loss"],
+        "epochs": history,
+        "per_class_accuracy": {
+            name: float(cm[k, k] / max(cm[k].sum(), 1)) for k, name in enumerate(CLASS_NAMES)
+        },
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(CLASS_NAMES),
+        "config": config,
+        "parameters": int(n_params),
+        "checkpoint": last_ckpt.name if last_ckpt is not None else None,
+        "pictures": [],
+        "threads": info["num_threads"],
+        "isa": info["isa_active"],
+        "convcore_version": info["version"],
+        "wall_seconds": time.time() - started,
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="convcore-train",
+        description="Train a convolutional network on Fashion-MNIST with convcore's kernels.",
+        epilog="Evaluate a checkpoint with: python -m convcore.evaluate CHECKPOINT",
+    )
+    d = DEFAULTS
+    ap.add_argument("--model", choices=models.NAMES, help=f"network (default {d['model']})")
+    ap.add_argument("--epochs", type=int, help=f"total epochs (default {d['epochs']})")
+    ap.add_argument("--batch-size", type=int, help=f"images per step (default {d['batch_size']})")
+    ap.add_argument("--optimizer", choices=("adam", "sgd"), help="default adam")
+    ap.add_argument("--lr", type=float, help="learning rate (default 1e-3 for adam, 0.01 for sgd)")
+    ap.add_argument("--momentum", type=float, help=f"SGD momentum (default {d['momentum']})")
+    ap.add_argument("--weight-decay", type=float, help="L2 penalty (default 0)")
+    ap.add_argument("--dropout", type=float, help="dropout of the wide model (default 0.5)")
+    ap.add_argument(
+        "--normalize",
+        action="store_const",
+        const=True,
+        help="standardise inputs (mean 0.2860, std 0.3530) instead of [0, 1]",
+    )
+    ap.add_argument("--seed", type=int, help="seed of weights, dropout and data order (default 0)")
+    ap.add_argument("--threads", type=int, help="convcore threads (default: OpenMP's)")
+    ap.add_argument(
+        "--data",
+        metavar="DIR",
+        help="Fashion-MNIST folder (default: search path, see python -m convcore.data --help)",
+    )
+    ap.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default runs/<model>-<date>-<time>, "
+        "or the checkpoint's folder with --resume)",
+    )
+    ap.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint")
+    ap.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images only")
+    ap.add_argument(
+        "--limit-test", type=int, metavar="N", help="evaluate on the first N test images only"
+    )
+    ap.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines", "none"),
+        default="auto",
+        help="progress display (default: a bar on a terminal, else lines)",
+    )
+    ap.add_argument("--no-plots", action="store_true", help="do not draw the PNG pictures")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    import convcore
+
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        convcore.set_num_threads(args.threads)
+    config = {k: getattr(args, k) for k in DEFAULTS}
+    if args.out:
+        out = Path(args.out)
+    elif args.resume:
+        out = Path(args.resume).parent
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{args.model or DEFAULTS['model']}-{stamp}"
+    try:
+        data = load_fashion_mnist(args.data)
+        run(
+            config,
+            out,
+            data=data,
+            resume=args.resume,
+            progress=args.progress,
+            plots=not args.no_plots,
+            limit_test=args.limit_test,
+            log=lambda s: print(s, flush=True),
+        )
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (UsageError, _Stop) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        done = sorted(out.glob("checkpoint-epoch*.npz"))
+        hint = f"; continue with --resume {done[-1]}" if done else ""
+        print(f"\ninterrupted{hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

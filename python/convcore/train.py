@@ -198,8 +198,9 @@ def run(
     info = convcore.build_info()
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    threads = f"{info['num_threads']} thread" + ("s" if info["num_threads"] != 1 else "")
     log(
-        f"convcore {convcore.__version__} ({info['isa_active']}, {info['num_threads']} thread{'s' if info['num_threads'] != 1 else ''}) | "
+        f"convcore {convcore.__version__} ({info['isa_active']}, {threads}) | "
         f"model {config['model']} ({n_params:,} parameters) | "
         f"{config['optimizer']} lr {config['lr']:g} | "
         f"batch {config['batch_size']} | {len(ytr)} train / {len(yte)} test images | out {out_dir}"

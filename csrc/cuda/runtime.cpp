@@ -1,0 +1,244 @@
+// Device discovery, errors, memory and copies for the GPU path.  Host code
+// only (no kernels), so it is compiled by the C++ compiler, not nvcc.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
+
+#include "cuda/cuda_api.h"
+#include "cuda/cuda_common.h"
+
+namespace convcore {
+namespace cuda {
+namespace detail {
+
+[[noreturn]] void throw_cuda_error(cudaError_t err, const std::string& what) {
+  cudaGetLastError();  // clear the (non-sticky) error so it is reported once
+  std::ostringstream os;
+  os << "convcore.cuda: " << what << " failed: " << cudaGetErrorString(err) << " ("
+     << cudaGetErrorName(err) << ")";
+  throw CudaError(os.str(), int(err));
+}
+
+namespace {
+
+std::string byte_size(size_t bytes) {
+  std::ostringstream os;
+  os << bytes << " bytes";
+  if (bytes >= (size_t(1) << 20)) os << " = " << double(bytes) / double(size_t(1) << 30) << " GiB";
+  return os.str();
+}
+
+// Whether the device has stream-ordered memory pools; on first use, the
+// device's default pool is told to keep freed memory for reuse instead of
+// returning it to the driver at every synchronisation.
+bool pools_supported(int device) {
+  static std::mutex mutex;
+  static std::map<int, bool> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  int supported = 0;
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) {
+    cudaGetLastError();
+    supported = 0;
+  }
+  if (supported) {
+    cudaMemPool_t pool;
+    uint64_t keep = UINT64_MAX;
+    if (cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
+      cudaGetLastError();  // the pool still works, it just trims more often
+  }
+  cache[device] = supported != 0;
+  return supported != 0;
+}
+
+int current_device() {
+  int d = 0;
+  check(cudaGetDevice(&d), "cudaGetDevice");
+  return d;
+}
+
+// Allocation on the current device; pooled reports which free to use.
+void* device_alloc(size_t bytes, bool* pooled) {
+  void* p = nullptr;
+  *pooled = pools_supported(current_device());
+  if (*pooled) {
+    const cudaError_t err = cudaMallocAsync(&p, bytes, cudaStreamLegacy);
+    if (err != cudaSuccess) throw_cuda_error(err, "cudaMallocAsync(" + byte_size(bytes) + ")");
+  } else {
+    const cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) throw_cuda_error(err, "cudaMalloc(" + byte_size(bytes) + ")");
+  }
+  return p;
+}
+
+// Never throws (runs in destructors, possibly at interpreter exit when the
+// CUDA runtime is already unloading: errors are then ignored).
+void device_release(void* p, bool pooled) noexcept {
+  if (p == nullptr) return;
+  if (pooled)
+    cudaFreeAsync(p, cudaStreamLegacy);
+  else
+    cudaFree(p);
+  cudaGetLastError();
+}
+
+}  // namespace
+
+Scratch::Scratch(size_t bytes) {
+  if (bytes > 0) data_ = device_alloc(bytes, &pooled_);
+}
+
+Scratch::~Scratch() { device_release(data_, pooled_); }
+
+}  // namespace detail
+
+using detail::check;
+
+bool CudaError::out_of_memory() const { return code_ == int(cudaErrorMemoryAllocation); }
+
+namespace {
+
+struct Probe {
+  int count = 0;
+  std::string reason;
+};
+
+// Devices do not come and go during a process's life (the runtime
+// enumerates them once), so the first answer is kept.
+const Probe& probe() {
+  static const Probe result = [] {
+    Probe r;
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      std::ostringstream os;
+      os << "no device visible (cudaGetDeviceCount: " << cudaGetErrorString(err) << " ["
+         << cudaGetErrorName(err) << "]";
+      if (err == cudaErrorInsufficientDriver)
+        os << "; no NVIDIA driver is loaded, or it is older than this CUDA runtime ("
+           << CUDART_VERSION / 1000 << "." << CUDART_VERSION % 1000 / 10 << ") needs";
+      else if (err == cudaErrorNoDevice)
+        os << "; check CUDA_VISIBLE_DEVICES";
+      os << ")";
+      r.reason = os.str();
+    } else if (n == 0) {
+      r.reason = "no device visible (cudaGetDeviceCount returned 0)";
+    } else {
+      r.count = n;
+    }
+    return r;
+  }();
+  return result;
+}
+
+}  // namespace
+
+int device_count() { return probe().count; }
+
+std::string unavailable_reason() { return probe().reason; }
+
+void require_device(int device) {
+  const int n = device_count();
+  if (n == 0) throw CudaError("convcore.cuda: " + unavailable_reason(), int(cudaErrorNoDevice));
+  if (device < 0 || device >= n)
+    throw ArgumentError("device: expected a CUDA device index in [0, " + std::to_string(n) +
+                        "), got " + std::to_string(device));
+}
+
+std::string device_name(int device) {
+  require_device(device);
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  return prop.name;
+}
+
+int runtime_version() {
+  int v = 0;
+  if (cudaRuntimeGetVersion(&v) != cudaSuccess) cudaGetLastError();
+  return v;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) cudaGetLastError();
+  return v;
+}
+
+DeviceGuard::DeviceGuard(int device) {
+  require_device(device);
+  check(cudaGetDevice(&previous_), "cudaGetDevice");
+  if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+}
+
+DeviceGuard::~DeviceGuard() {
+  int now = -1;
+  if (cudaGetDevice(&now) == cudaSuccess && now != previous_ && previous_ >= 0) cudaSetDevice(previous_);
+  cudaGetLastError();
+}
+
+std::shared_ptr<DeviceBuffer> DeviceBuffer::allocate(int device, size_t bytes) {
+  DeviceGuard guard(device);
+  std::shared_ptr<DeviceBuffer> b(new DeviceBuffer());
+  b->device_ = device;
+  b->bytes_ = bytes;
+  if (bytes > 0) b->data_ = detail::device_alloc(bytes, &b->pooled_);
+  return b;
+}
+
+std::shared_ptr<DeviceBuffer> DeviceBuffer::wrap(int device, void* data, size_t bytes,
+                                                 std::function<void()> release) {
+  std::shared_ptr<DeviceBuffer> b(new DeviceBuffer());
+  b->device_ = device;
+  b->data_ = data;
+  b->bytes_ = bytes;
+  b->release_ = std::move(release);
+  return b;
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  int previous = -1;
+  const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device_ &&
+                        cudaSetDevice(device_) == cudaSuccess;
+  if (release_) {
+    // Foreign memory goes back to its owner, which may reuse it on a stream
+    // that does not wait for ours.
+    cudaStreamSynchronize(cudaStreamLegacy);
+    cudaGetLastError();
+    release_();
+  } else {
+    if (shared_) cudaDeviceSynchronize();
+    detail::device_release(data_, pooled_);
+  }
+  if (switched) cudaSetDevice(previous);
+  cudaGetLastError();
+}
+
+void copy_host_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(host to device)");
+}
+
+void copy_device_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy(device to host)");
+}
+
+void copy_device_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes)
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cudaStreamLegacy),
+          "cudaMemcpyAsync(device to device)");
+}
+
+void fill_zero(void* dst, size_t bytes) {
+  if (bytes) check(cudaMemsetAsync(dst, 0, bytes, cudaStreamLegacy), "cudaMemsetAsync");
+}
+
+void synchronize() { check(cudaStreamSynchronize(cudaStreamLegacy), "cudaStreamSynchronize"); }
+
+}  // namespace cuda
+}  // namespace convcore

@@ -6,11 +6,15 @@ argument silently, so a wrong dtype is a ``TypeError`` and a non-contiguous
 array a ``ValueError``.  Every invalid argument raises ``ValueError`` or
 ``TypeError`` with a message that names it.  A 3-D ``(C, H, W)`` input is
 treated as a batch of one and returns 3-D results, as in PyTorch.
+
+Every function also accepts ``convcore.cuda.DeviceArray`` arguments: it then
+runs on the GPU and returns DeviceArrays (see :mod:`convcore.cuda`).
 """
 
 from __future__ import annotations
 
 from . import _core
+from . import cuda as _cuda  # CUDA dispatch: DeviceArray arguments run on the GPU
 from ._args import as_int, batched, float_array, index_array, pair, shape_tuple
 
 __all__ = [
@@ -73,6 +77,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             non-positive stride/dilation, negative padding, a kernel larger than
             the padded input, a non-contiguous array, or a size overflow.
     """
+    if _cuda._wants_device(input, weight, bias):  # CUDA dispatch
+        return _cuda._conv2d(input, weight, bias, stride, padding, dilation, groups)
     input = float_array(input, "input")
     weight = float_array(weight, "weight")
     if bias is not None:
@@ -112,6 +118,10 @@ def conv2d_backward(
         TypeError, ValueError: as :func:`conv2d`; also when grad_output's shape
             is not the convolution's output shape.
     """
+    if _cuda._wants_device(grad_output, input, weight):  # CUDA dispatch
+        return _cuda._conv2d_backward(
+            grad_output, input, weight, stride, padding, dilation, groups, output_mask
+        )
     grad_output = float_array(grad_output, "grad_output")
     input = float_array(input, "input")
     weight = float_array(weight, "weight")
@@ -168,6 +178,10 @@ def max_pool2d(
         TypeError, ValueError: bad types, ndim, non-contiguous input, sizes
             below 1, padding above half the kernel, or an output size below 1.
     """
+    if _cuda._wants_device(input):  # CUDA dispatch
+        return _cuda._max_pool2d(
+            input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
+        )
     input = float_array(input, "input")
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = (kh, kw) if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else pair(stride, "stride")
@@ -196,6 +210,8 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     Raises:
         TypeError, ValueError: bad types or shapes, or an index outside [0, H*W).
     """
+    if _cuda._wants_device(grad_output, indices):  # CUDA dispatch
+        return _cuda._max_pool2d_backward(grad_output, indices, input_shape)
     grad_output = float_array(grad_output, "grad_output")
     indices = index_array(indices, "indices")
     shape = shape_tuple(input_shape, "input_shape")
@@ -246,6 +262,8 @@ def pad(input, pad, mode="constant", value=0.0):
         TypeError, ValueError: bad types, an unknown mode, pads too large for
             the mode, or a negative output size.
     """
+    if _cuda._wants_device(input):  # CUDA dispatch
+        return _cuda._pad(input, pad, mode, value)
     input = float_array(input, "input")
     left, right, top, bottom = _pad_args(pad)
     mode = _pad_mode(mode)
@@ -269,6 +287,8 @@ def pad_backward(grad_output, input_shape, pad, mode="constant"):
         float32 array of ``input_shape``: the adjoint of the padding (border
         values accumulate into the input elements they were copied from).
     """
+    if _cuda._wants_device(grad_output):  # CUDA dispatch
+        return _cuda._pad_backward(grad_output, input_shape, pad, mode)
     grad_output = float_array(grad_output, "grad_output")
     shape = shape_tuple(input_shape, "input_shape")
     left, right, top, bottom = _pad_args(pad)

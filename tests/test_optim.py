@@ -177,3 +177,69 @@ def test_zero_grad_lr_and_frozen_parameters():
 def test_bad_arguments_are_refused(bad):
     with pytest.raises((ValueError, TypeError)):
         bad(params())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: optim.Adam(p, lr=1e-3, weight_decay=1e-3),
+        lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda p: optim.SGD(p, lr=0.05),
+    ],
+)
+def test_packed_parameters_give_identical_steps(make):
+    from convcore import models
+
+    packed = models.build("tutorial", seed=2)
+    loose = models.build("tutorial", seed=2)
+    plain = [nn.Parameter(p.data) for p in loose.parameters()]  # not packed
+    assert packed.parameters()[0].pack is not None and plain[0].pack is None
+    a, b = make(packed.parameters()), make(plain)
+    assert a._pack is not None and b._pack is None
+    for s in range(3):
+        for p, q, g in zip(packed.parameters(), plain, _model_grads(packed, s)):
+            p.grad[...] = g
+            q.grad[...] = g
+        a.step()
+        b.step()
+    for p, q in zip(packed.parameters(), plain):
+        np.testing.assert_array_equal(p.data, q.data)
+    # State moves between the layouts, and stepping on continues identically.
+    c = make(plain)
+    c.load_state_dict(a.state_dict())
+    d = make(packed.parameters())
+    d.load_state_dict(b.state_dict())
+    assert d._packed(tuple({k for s in d.state.values() for k in s} - {"step"}))
+    for p, q, g in zip(packed.parameters(), plain, _model_grads(packed, 9)):
+        p.grad[...] = g
+        q.grad[...] = g
+    c.step()
+    d.step()
+    for p, q in zip(packed.parameters(), plain):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def _model_grads(model, step: int):
+    rng = np.random.default_rng(step)
+    return [rng.standard_normal(p.data.shape, dtype=np.float32) for p in model.parameters()]
+
+
+def test_pack_layout_and_fallback_when_rebound():
+    from convcore import models
+
+    model = models.build("tutorial", seed=1)
+    params = model.parameters()
+    pack = params[0].pack
+    assert pack.intact(params)
+    for p, off in zip(params, pack.offsets):
+        assert off % 16 == 0 and p.data.flags.c_contiguous and p.grad.base is pack.grad
+    model.zero_grad()
+    opt = optim.Adam(params)
+    params[3].data = params[3].data.copy()  # rebinding breaks the pack: per-parameter path
+    assert not pack.intact(params)
+    for p in params:
+        p.grad[...] = 1
+    before = params[3].data.copy()
+    opt.step()
+    assert np.all(params[3].data < before)
+    assert np.all(pack.data[pack.offsets[1] + 6 : pack.offsets[2]] == 0)  # gaps stay zero

@@ -49,7 +49,9 @@ def build(name: str, seed: int = 0, dropout: float | None = None) -> nn.Sequenti
         names match the equivalent ``torch.nn.Sequential`` ('0.weight', ...).
         Its ``input_grad`` is False: ``backward`` returns None and skips the
         gradient with respect to the images (set ``model.input_grad = True``
-        to get it).
+        to get it).  Its parameters are packed into one buffer
+        (:meth:`convcore.nn.Module.pack_parameters`), so optimisers update
+        them with a few numpy calls per step.
     """
     if name not in NAMES:
         raise ValueError(f"name: unknown model {name!r}; expected one of {', '.join(NAMES)}")
@@ -93,4 +95,5 @@ def build(name: str, seed: int = 0, dropout: float | None = None) -> nn.Sequenti
             nn.Linear(256, 10, rng=init),
         )
     model.input_grad = False
+    model.pack_parameters()
     return model

@@ -80,12 +80,13 @@ class Parameter:
     """A trainable array and its gradient (both float32, C-contiguous, same
     shape).  ``grad`` starts at zero; backward passes add into it."""
 
-    __slots__ = ("data", "grad", "requires_grad")
+    __slots__ = ("data", "grad", "requires_grad", "pack")
 
     def __init__(self, data, requires_grad: bool = True):
         self.data = np.array(data, dtype=_F32, order="C", copy=True)
         self.grad = np.zeros_like(self.data)
         self.requires_grad = bool(requires_grad)
+        self.pack: ParameterPack | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -93,6 +94,46 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape})"
+
+
+class ParameterPack:
+    """Parameters whose ``data`` and ``grad`` are views into two contiguous
+    buffers (see :meth:`Module.pack_parameters`), so optimisers and
+    ``zero_grad`` can treat them as one array: one numpy call instead of one
+    per parameter.  Each view starts on a 64-byte boundary; the gaps hold
+    zeros, which every update rule leaves at zero."""
+
+    ALIGN = 16  # floats
+
+    def __init__(self, params: list[Parameter]):
+        self.params = list(params)
+        self.offsets = []
+        total = 0
+        for p in self.params:
+            self.offsets.append(total)
+            total += -(-p.data.size // self.ALIGN) * self.ALIGN
+        self.data = np.zeros(total, _F32)
+        self.grad = np.zeros(total, _F32)
+        for p, off in zip(self.params, self.offsets):
+            n = p.data.size
+            self.data[off : off + n] = p.data.ravel()
+            self.grad[off : off + n] = p.grad.ravel()
+            p.data = self.data[off : off + n].reshape(p.data.shape)
+            p.grad = self.grad[off : off + n].reshape(p.grad.shape)
+            p.pack = self
+
+    def view(self, flat: np.ndarray, i: int) -> np.ndarray:
+        """Parameter ``i``'s part of a buffer laid out like this pack."""
+        p, off = self.params[i], self.offsets[i]
+        return flat[off : off + p.data.size].reshape(p.data.shape)
+
+    def intact(self, params: list[Parameter]) -> bool:
+        """True if ``params`` are exactly this pack's parameters, in order,
+        still viewing its buffers (nobody rebound ``.data`` or ``.grad``)."""
+        return len(params) == len(self.params) and all(
+            p is q and p.data.base is self.data and p.grad.base is self.grad
+            for p, q in zip(params, self.params)
+        )
 
 
 class Module:
@@ -146,8 +187,20 @@ class Module:
         return self.train(False)
 
     def zero_grad(self) -> None:
-        for p in self.parameters():
+        params = self.parameters()
+        pack = params[0].pack if params else None
+        if pack is not None and pack.intact(params):
+            pack.grad.fill(0)
+            return
+        for p in params:
             p.grad.fill(0)
+
+    def pack_parameters(self) -> ParameterPack:
+        """Move all parameters (data and grad) into two contiguous buffers,
+        keeping their values; ``parameters()`` then return views into them.
+        Optimisers created afterwards update the whole model with a few numpy
+        calls.  Do it before creating the optimiser."""
+        return ParameterPack(self.parameters())
 
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:

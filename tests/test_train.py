@@ -315,3 +315,24 @@ def test_progress_bar_and_plain_lines():
         lines.update(1)
     assert "\r" not in plain.getvalue() and plain.getvalue().count("\n") == 9
     assert "ETA" in plain.getvalue()
+
+
+def test_training_is_bitwise_identical_for_one_and_two_threads(fmnist, tmp_path):
+    kw = dict(data=fmnist, progress="none", plots=False, limit_test=50, log=quiet)
+    cfg = dict(model="tutorial", epochs=1, limit_train=1000, seed=5)
+    train.run(cfg, tmp_path / "t1", **kw)
+    convcore.set_num_threads(2)
+    train.run(cfg, tmp_path / "t2", **kw)
+    a = _final_state(tmp_path / "t1" / "checkpoint-epoch001.npz")
+    b = _final_state(tmp_path / "t2" / "checkpoint-epoch001.npz")
+    for k in a:
+        if k.startswith(("model/", "optimizer/")):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_python_m_convcore_lists_the_commands(capsys):
+    from convcore.__main__ import main as dispatch
+
+    assert dispatch([]) == 2
+    out = capsys.readouterr().out
+    assert all(c in out for c in ("train", "evaluate", "predict", "data"))

@@ -314,17 +314,24 @@ def git_describe() -> str:
 # Timing
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1) -> dict:
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1,
+                deadline_s: float | None = None, min_rounds: int = 1) -> dict:
     """Time each callable ``rounds`` times, alternating between them, and
     return ``{name: [seconds per call, ...]}``.
 
     Each sample is ``inner`` back-to-back calls (divided out).  The order
     alternates every round (A B, B A, A B, ...), so neither side always runs
-    right after the other with its caches or thread team warm.
+    right after the other with its caches or thread team warm.  With
+    ``deadline_s``, stops after the first whole round (at least ``min_rounds``
+    and an even number, so both orders count equally) past the deadline.
     """
     names = list(fns)
     samples: dict[str, list[float]] = {k: [] for k in names}
+    t_end = time.perf_counter() + deadline_s if deadline_s else None
     for r in range(rounds):
+        if (t_end is not None and r >= min_rounds and r % 2 == 0
+                and time.perf_counter() > t_end):
+            break
         order = names if r % 2 == 0 else names[::-1]
         for k in order:
             fn = fns[k]

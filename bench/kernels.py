@@ -251,15 +251,19 @@ def run_case(case: Case, budget_s: float, min_rounds: int, max_rounds: int,
         t = case.torch()
         problem = case.check(a, t)
         del a, t
-        # Calibrate: one more call each, then size the samples and the rounds.
-        tc = _common.once(case.convcore)
-        tt = _common.once(case.torch)
+        # Calibrate on the median of 3 calls each, then size the samples and the rounds.
+        tc = statistics.median(_common.once(case.convcore) for _ in range(3))
+        tt = statistics.median(_common.once(case.torch) for _ in range(3))
         per_call = max(min(tc, tt), 1e-7)
         inner = max(1, min(1000, math.ceil(min_sample_s / per_call)))
         rounds = int(budget_s / (inner * (tc + tt) + 1e-9))
         rounds = max(min_rounds, min(max_rounds, rounds))
+        # A busy neighbour can make every call 100x slower than calibrated; the
+        # deadline then ends the row early (after min_rounds, on a whole round).
         samples = _common.interleaved({"convcore": case.convcore, "torch": case.torch},
-                                      rounds, inner)
+                                      rounds, inner, deadline_s=4 * budget_s,
+                                      min_rounds=min_rounds)
+        rounds = len(samples["convcore"])
     mc = statistics.median(samples["convcore"])
     mt = statistics.median(samples["torch"])
     row = {
@@ -472,15 +476,22 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     run_load = _common.CpuLoad()
+    t_pass = time.perf_counter()
     rows = [measure(case, f"[{i + 1}/{len(cases)}]") for i, case in enumerate(cases)]
     # Measure suspect rows again (a neighbour's load comes and goes) and keep
     # the cleaner attempt: not suspect first, then the lower load of others.
+    # Retries get at most half the time of the first pass, so a machine that
+    # stays busy cannot make the run much longer.
+    t_retry_end = time.perf_counter() + 0.5 * (time.perf_counter() - t_pass)
     for attempt in range(args.retries):
         redo = [i for i, r in enumerate(rows) if r["suspect"]]
-        if not redo:
+        if not redo or time.perf_counter() > t_retry_end:
             break
         print(f"retry {attempt + 1}: {len(redo)} suspect rows", file=sys.stderr)
         for j, i in enumerate(redo):
+            if time.perf_counter() > t_retry_end:
+                print("retries: time is up (half the first pass)", file=sys.stderr)
+                break
             row = measure(cases[i], f"[retry {j + 1}/{len(redo)}]")
             row["attempts"] = rows[i].get("attempts", 1) + 1
             if _quality(row) < _quality(rows[i]):

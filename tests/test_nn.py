@@ -257,6 +257,7 @@ def test_three_adam_steps_match_torch():
         dict(in_channels=3, out_channels=5, kernel_size=4, padding="same", bias=False),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_conv2d_layer_matches_torch(kwargs):
     model = nn.Sequential(nn.Conv2d(**kwargs, rng=0), nn.Flatten())
     model.input_grad = True

@@ -8,6 +8,7 @@ dependency.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
@@ -125,6 +126,8 @@ class Progress:
         return "  ".join(parts)
 
     def _draw(self, text: str) -> None:
+        # A line longer than the terminal would wrap and break the redraw.
+        text = text[: max(20, shutil.get_terminal_size().columns - 1)]
         pad = max(0, self._width - len(text))
         self._width = len(text)
         self.stream.write("\r" + text + " " * pad)

@@ -426,7 +426,10 @@ def _main(argv=None) -> int:  # python -m convcore.data: fetch and verify
 
     ap = argparse.ArgumentParser(
         prog="python -m convcore.data",
-        description="Find, download if needed, and verify Fashion-MNIST.",
+        description="Find, download if needed, and verify Fashion-MNIST. Looks in: "
+        + ", ".join(str(p) for p in search_path())
+        + f" (in that order; $CONVCORE_DATA first when set). Missing files are downloaded "
+        f"into $CONVCORE_DATA or {cache_dir()}.",
     )
     ap.add_argument("--data", metavar="DIR", help="folder to use instead of the search path")
     args = ap.parse_args(argv)

@@ -38,6 +38,7 @@ __all__ = [
     "MaxPool2d",
     "Module",
     "Parameter",
+    "ParameterPack",
     "ReLU",
     "Sequential",
 ]

@@ -67,7 +67,7 @@ def load_images(path, *, invert: bool = False, resize: bool = False) -> np.ndarr
                         f"{path}: image is {im.size[0]}x{im.size[1]}, expected 28x28 "
                         "(use --resize to scale it)"
                     )
-                im = im.resize((28, 28), Image.Resampling.LANCZOS)
+                im = im.resize((28, 28), getattr(Image, "Resampling", Image).LANCZOS)
             a = np.asarray(im, dtype=np.uint8)[None]
     if invert:
         a = 255 - a

@@ -48,6 +48,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if CI else "dev"
 import convcore  # noqa: E402
 import oracle  # noqa: E402
 
+if TORCH_ERROR is None:
+    # The oracle's problems are small: PyTorch on one thread.  Its OpenMP
+    # teams on a busy 2-core machine otherwise stall for up to a second per
+    # call.  PyTorch and convcore share libgomp, and torch.set_num_threads
+    # changes OpenMP's default, so convcore's count is pinned explicitly to
+    # what it was (the tests that need another count set it themselves).
+    _threads = convcore.get_num_threads()
+    torch.set_num_threads(1)
+    convcore.set_num_threads(_threads)
+
 # Test modules whose every test needs the PyTorch oracle.
 _TORCH_MODULES = {"test_conv2d.py", "test_pool.py", "test_pad.py"}
 

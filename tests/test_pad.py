@@ -108,12 +108,6 @@ def test_crop_beyond_input_then_pad(mode):
     check("pad", rand((2, 3, 3), 1), (2, -4, 1, -3), mode)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="convcore bug: constant pad whose crop is larger than the input (e.g. (-5, 4) on W=1) "
-    "returns zeros; PyTorch raises (narrow(): length must be non-negative) and so should convcore "
-    "(ValueError naming pad)",
-)
 @pytest.mark.parametrize(
     "shape,pad",
     [((1, 1, 1, 1), (-5, 4, 0, 0)), ((1, 3, 3), (2, -4, 0, 0)), ((2, 3), (0, 0, -4, 2))],

@@ -249,7 +249,6 @@ def _torch_pool_shape(x, kw):
 @counted
 def test_generated(p):
     x = rand(p["shape"], p["seed"], p["kind"])
-    assume(not _ceil_overhang(x.shape, p["kwargs"]))  # a known bug, xfailed below
     if _torch_pool_shape(x, p["kwargs"]) is None:
         # e.g. dilation makes the output empty; validity is checked below
         with pytest.raises(ValueError):
@@ -284,7 +283,6 @@ def test_generated_validity_agrees_with_torch(H, W, kh, kw, sh, sw, ph, pw, dh, 
         dilation=(dh, dw),
         ceil_mode=ceil_mode,
     )
-    assume(not _ceil_overhang(x.shape, kw_))  # a known bug, xfailed below
     expected = _torch_pool_shape(x, kw_)
     if expected is None:
         with pytest.raises(ValueError):
@@ -308,13 +306,6 @@ def test_generated_backward_any_indices(shape, P, Q, seed):
     check_max_pool2d_backward_indices(rand(out, seed), idx, shape)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="convcore bug: with ceil_mode=True, PyTorch accepts a kernel that overhangs the "
-    "padded input by less than the stride (output size 1); convcore's geometry returns 0 "
-    "and raises 'output size is too small'",
-)
 @pytest.mark.parametrize(
     "shape,kw",
     [

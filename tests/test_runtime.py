@@ -119,17 +119,7 @@ def test_build_info():
     assert info["num_threads"] >= 1
 
 
-_BIAS_NO_REF = pytest.mark.xfail(
-    strict=True,
-    reason="convcore bug: conv2d_bwd_bias has only 'conv2d_bwd_bias_f32__portable' (since the "
-    "vectorised bias gradient): no scalar reference ends its list, and CONVCORE_MAX_ISA=scalar "
-    "still runs the portable loop",
-)
-
-
-@pytest.mark.parametrize(
-    "op", [pytest.param(op, marks=_BIAS_NO_REF) if op == "conv2d_bwd_bias" else op for op in OPS]
-)
+@pytest.mark.parametrize("op", OPS)
 def test_implementations_end_with_reference(op):
     impls = convcore.implementations(op)
     assert impls and impls[-1].endswith("__ref"), impls
@@ -195,7 +185,6 @@ def test_last_kernel_names_the_path(isa):
         assert convcore.last_kernel(op).endswith("__ref")
 
 
-@_BIAS_NO_REF
 def test_bias_gradient_reference_under_scalar_cap():
     with isa_cap("scalar"):
         _run_every_op()

@@ -159,9 +159,11 @@ std::string Pool2dGeometry::name() const {
 namespace {
 int64_t pool_out_size(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dil,
                       bool ceil_mode) {
-  const int64_t span = in + 2 * pad - dil * (k - 1) - 1;
-  if (span < 0) return 0;
-  int64_t out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
+  // PyTorch's rule: floor((span + (ceil_mode ? stride - 1 : 0)) / stride) + 1,
+  // with floor division, so with ceil_mode a kernel may overhang the padded
+  // input by less than a stride and still give one window.
+  const int64_t num = in + 2 * pad - dil * (k - 1) - 1 + (ceil_mode ? stride - 1 : 0);
+  int64_t out = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1;
   // With ceil_mode the last window must start inside the input or left padding.
   if (ceil_mode && (out - 1) * stride >= in + pad) --out;
   return out;
@@ -187,8 +189,10 @@ Pool2dGeometry make_pool2d_geometry(const int64_t in[4], int64_t kernel_h, int64
          ") and kernel_size=(", kernel_h, ", ", kernel_w, ")");
   checked_numel(in, 4, "input");
   // Bound every size before arithmetic on it so the output formula cannot overflow.
-  for (int64_t v : {kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w})
-    checked_mul(v, 1, "max_pool2d argument");
+  checked_mul(kernel_h, 1, "kernel_size");
+  checked_mul(kernel_w, 1, "kernel_size");
+  checked_mul(stride_h, 1, "stride");
+  checked_mul(stride_w, 1, "stride");
   checked_mul(dil_h, kernel_h, "dilation * kernel_size");
   checked_mul(dil_w, kernel_w, "dilation * kernel_size");
 
@@ -257,6 +261,14 @@ Pad2dGeometry make_pad2d_geometry(int64_t planes, int64_t H, int64_t W, int64_t 
     // Non-constant modes read the input, so every padded row/column needs a source.
     if ((g.OH > 0 && H == 0) || (g.OW > 0 && W == 0))
       fail("pad: mode '", pad_mode_name(mode), "' needs a non-empty input, got (", H, " x ", W, ")");
+  }
+  if (mode == PadMode::Constant) {
+    // Negative pads crop before positive ones pad (PyTorch narrows first):
+    // a crop may not remove more than the input has.
+    if (W + std::min<int64_t>(pad_left, 0) + std::min<int64_t>(pad_right, 0) < 0 ||
+        H + std::min<int64_t>(pad_top, 0) + std::min<int64_t>(pad_bottom, 0) < 0)
+      fail("pad: negative pads (left, right, top, bottom) = (", pad_left, ", ", pad_right, ", ",
+           pad_top, ", ", pad_bottom, ") crop more than the input of size (", H, " x ", W, ") has");
   }
   if (mode == PadMode::Reflect) {
     if (pad_left >= W || pad_right >= W || pad_top >= H || pad_bottom >= H)

@@ -38,6 +38,10 @@ using conv_outer_ukernel_fn = void (*)(int64_t steps, const float* const* rows, 
 constexpr int64_t kDotMR = 4;
 constexpr int64_t kDotNR = 3;
 
+// db[k] for one output channel: each plane summed in 16 float lanes (a fixed,
+// vectorisable order), the plane sums added in double across the batch.
+float conv2d_bwd_bias_f32__portable(int64_t N, int64_t K, int64_t PQ, const float* dy, int64_t k);
+
 void conv2d_direct_ukernel_f32_6x16__portable(int64_t steps, const float* w, const float* x,
                                               const int64_t* offsets, float* out);
 void conv2d_direct_ukernel_f32_4x24__portable(int64_t steps, const float* w, const float* x,

@@ -510,6 +510,9 @@ void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const 
 // active ISA cap runs; the scalar reference ends every list.
 // ---------------------------------------------------------------------------
 
+constexpr const char* kBiasPortable = "conv2d_bwd_bias_f32_lanes16__portable";
+constexpr const char* kBiasRef = "conv2d_bwd_bias_f32__ref";
+
 struct ConvArgs {
   const float* x;
   const float* w;
@@ -639,30 +642,17 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
 }
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
+  const bool portable = int(active_isa()) >= int(Isa::Portable);
+  const auto kernel = portable ? conv2d_bwd_bias_f32__portable : conv2d_bwd_bias_f32__ref;
+  note_kernel("conv2d_bwd_bias", portable ? kBiasPortable : kBiasRef, g.name());
   const int64_t PQ = g.P * g.Q;
   const int nt = threads_for(double(g.N) * g.K * PQ, 1e5);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t k = 0; k < g.K; ++k) {
-    // Each plane is summed in 16 float lanes (vectorised, fixed order), the
-    // plane sums in double across the batch.
-    double acc = 0.0;
-    for (int64_t n = 0; n < g.N; ++n) {
-      const float* plane = dy + (n * g.K + k) * PQ;
-      float lanes[16] = {};
-      int64_t i = 0;
-      for (; i + 16 <= PQ; i += 16)
-        for (int l = 0; l < 16; ++l) lanes[l] += plane[i + l];
-      for (int l = 0; i < PQ; ++i, ++l) lanes[l] += plane[i];
-      for (int w = 8; w > 0; w /= 2)
-        for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
-      acc += lanes[0];
-    }
-    db[k] = float(acc);
-  }
-  note_kernel("conv2d_bwd_bias", "conv2d_bwd_bias_f32__portable", g.name());
+  for (int64_t k = 0; k < g.K; ++k) db[k] = kernel(g.N, g.K, PQ, dy, k);
 }
 
 std::vector<std::string> list_conv2d_implementations(const std::string& op) {
+  if (op == "conv2d_bwd_bias") return {kBiasPortable, kBiasRef};
   if (op == "conv2d_fwd") return names(kFwdImpls);
   if (op == "conv2d_bwd_data") return names(kBwdDataImpls);
   return names(kBwdWeightImpls);

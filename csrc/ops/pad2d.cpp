@@ -30,12 +30,12 @@ std::vector<std::string> list_conv2d_implementations(const std::string& op);
 std::vector<std::string> list_maxpool2d_implementations(const std::string& op);
 
 std::vector<std::string> list_implementations(const std::string& op) {
-  if (op == "conv2d_fwd" || op == "conv2d_bwd_data" || op == "conv2d_bwd_weight")
+  if (op == "conv2d_fwd" || op == "conv2d_bwd_data" || op == "conv2d_bwd_weight" ||
+      op == "conv2d_bwd_bias")
     return list_conv2d_implementations(op);
   if (op == "maxpool2d_fwd" || op == "maxpool2d_bwd") return list_maxpool2d_implementations(op);
   if (op == "pad2d_fwd") return {"pad2d_fwd_f32__ref"};
   if (op == "pad2d_bwd") return {"pad2d_bwd_f32__ref"};
-  if (op == "conv2d_bwd_bias") return {"conv2d_bwd_bias_f32__portable"};
   throw ArgumentError("unknown op '" + op + "'; expected one of conv2d_fwd, conv2d_bwd_data, "
                       "conv2d_bwd_weight, conv2d_bwd_bias, maxpool2d_fwd, maxpool2d_bwd, pad2d_fwd, pad2d_bwd");
 }

@@ -13,6 +13,10 @@ runs on the GPU and returns DeviceArrays (see :mod:`convcore.cuda`).
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+
 from . import _core
 from . import cuda as _cuda  # CUDA dispatch: DeviceArray arguments run on the GPU
 from ._args import as_int, batched, float_array, index_array, pair, shape_tuple
@@ -269,7 +273,11 @@ def pad(input, pad, mode="constant", value=0.0):
     mode = _pad_mode(mode)
     if mode != "constant" and value not in (None, 0, 0.0):
         raise ValueError(f"value: padding mode '{mode}' does not take a fill value, got {value!r}")
-    value = 0.0 if value is None else float(value)
+    if value is None:
+        value = 0.0
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"value: expected a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
     if input.ndim == 1 and len(tuple(pad)) == 2:
         return _core.pad_forward(input[None], left, right, 0, 0, mode, value)[0]
     return _core.pad_forward(input, left, right, top, bottom, mode, value)

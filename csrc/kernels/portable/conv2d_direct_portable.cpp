@@ -4,6 +4,22 @@
 
 namespace convcore {
 
+float conv2d_bwd_bias_f32__portable(int64_t N, int64_t K, int64_t PQ, const float* dy, int64_t k) {
+  double acc = 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* plane = dy + (n * K + k) * PQ;
+    float lanes[16] = {};
+    int64_t i = 0;
+    for (; i + 16 <= PQ; i += 16)
+      for (int l = 0; l < 16; ++l) lanes[l] += plane[i + l];
+    for (int l = 0; i < PQ; ++i, ++l) lanes[l] += plane[i];
+    for (int w = 8; w > 0; w /= 2)
+      for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+    acc += lanes[0];
+  }
+  return float(acc);
+}
+
 void conv2d_direct_ukernel_f32_6x16__portable(int64_t steps, const float* __restrict w,
                                               const float* x, const int64_t* offsets,
                                               float* __restrict out) {

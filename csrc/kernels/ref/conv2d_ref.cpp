@@ -92,4 +92,13 @@ void conv2d_bwd_weight_f32__ref(const Conv2dGeometry& g, const float* dy, const 
   }
 }
 
+float conv2d_bwd_bias_f32__ref(int64_t N, int64_t K, int64_t PQ, const float* dy, int64_t k) {
+  double acc = 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* plane = dy + (n * K + k) * PQ;
+    for (int64_t i = 0; i < PQ; ++i) acc += plane[i];
+  }
+  return float(acc);
+}
+
 }  // namespace convcore

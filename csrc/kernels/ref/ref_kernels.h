@@ -21,6 +21,9 @@ void conv2d_bwd_data_f32__ref(const Conv2dGeometry& g, const float* dy_n, const 
 void conv2d_bwd_weight_f32__ref(const Conv2dGeometry& g, const float* dy, const float* x,
                                 int64_t k0, int64_t k1, float* dw);
 
+// db[k] for one output channel k: the sum of dy[n][k][:] over the batch, in double.
+float conv2d_bwd_bias_f32__ref(int64_t N, int64_t K, int64_t PQ, const float* dy, int64_t k);
+
 // One plane: y (P x Q) and flat indices h*W + w (P x Q) of each window's max.
 void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);
 // One plane: dx (H x W) = scatter-add of dy (P x Q) through idx; dx is zeroed first.

@@ -17,11 +17,13 @@ Environment:
     CONVCORE_MAX_ISA=scalar|portable|avx2  cap the kernels used (testing).
     CONVCORE_VERBOSE=1                     log which kernel ran, per call.
     OMP_NUM_THREADS                        default thread count.
+
+GPU: ``convcore.cuda`` (built when nvcc is found; see ``convcore.cuda.is_available()``).
 """
 
 from __future__ import annotations
 
-from . import _core
+from . import _core, cuda
 from .functional import (
     conv2d,
     conv2d_backward,
@@ -38,6 +40,7 @@ __all__ = [
     "build_info",
     "conv2d",
     "conv2d_backward",
+    "cuda",
     "get_num_threads",
     "implementations",
     "last_kernel",

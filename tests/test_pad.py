@@ -199,16 +199,12 @@ def _defined(mode, shape, pad) -> bool:
             if a > left or b > left or ((a > 0 or b > 0) and left < 1):
                 return False
         if mode == "constant" and crop > size:
-            return False  # see test_constant_crop_beyond_input (convcore accepts it)
+            return False  # PyTorch narrows first: cropping more than the input is an error
     return True
 
 
 def _torch_quirk(mode, shape, pad) -> bool:
     """Cases where PyTorch disagrees and convcore's answer is kept (see above)."""
-    if mode == "constant":
-        return any(
-            max(0, -a) + max(0, -b) > size and size + a + b >= 0 for size, a, b in _dims(shape, pad)
-        )
     if mode in ("reflect", "replicate"):
         # PyTorch's 1-D and 2-D padding refuse an empty result (2-D: only
         # when both sizes are 0); convcore returns it, as for constant.

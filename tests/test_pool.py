@@ -8,7 +8,7 @@ import convcore
 import numpy as np
 import pytest
 from convcore import problems
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import (
     available_isas,

@@ -17,7 +17,7 @@ import pytest
 from convcore import data
 from convcore.data import FILES, DataError, MiniBatches, load_fashion_mnist, read_idx
 
-IN_CI = os.environ.get("CI") == "true"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _real_dir() -> Path | None:

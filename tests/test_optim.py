@@ -16,7 +16,7 @@ from convcore import nn, optim
 try:
     import torch
 except ImportError:  # pragma: no cover
-    if os.environ.get("CI") == "true":
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         raise RuntimeError("torch is required in CI (pip install -e .[test])") from None
     pytest.skip(
         "torch is not installed: the PyTorch comparisons are skipped", allow_module_level=True

@@ -21,7 +21,7 @@ import pytest
 from convcore import checkpoint, data, models, train
 from convcore._progress import Progress
 
-IN_CI = os.environ.get("CI") == "true"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PNGS = ["confusion_matrix.png", "curves.png", "feature_maps.png", "filters.png", "predictions.png"]
 
 

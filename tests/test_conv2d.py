@@ -238,7 +238,7 @@ def conv_problems(draw):
     )
 
 
-@settings(max_examples=examples(3000))
+@settings(max_examples=examples(5000))
 @given(conv_problems())
 @counted
 def test_generated(p):

@@ -212,7 +212,7 @@ def _torch_quirk(mode, shape, pad) -> bool:
     return False
 
 
-@settings(max_examples=examples(1500))
+@settings(max_examples=examples(2500))
 @given(pad_problems())
 @counted
 def test_generated(p):

@@ -244,7 +244,7 @@ def _torch_pool_shape(x, kw):
         return None
 
 
-@settings(max_examples=examples(2500))
+@settings(max_examples=examples(3500))
 @given(pool_problems())
 @counted
 def test_generated(p):

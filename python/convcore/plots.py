@@ -36,7 +36,10 @@ def _figure(w: float, h: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(w, h), dpi=100)
+    try:
+        fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    except TypeError:  # matplotlib < 3.6
+        fig = Figure(figsize=(w, h), dpi=100, constrained_layout=True)
     FigureCanvasAgg(fig)
     return fig
 
@@ -160,7 +163,8 @@ def plot_feature_maps(
             )
     pred = int(x[0].argmax())
     cols = 16
-    heights = [2.2] + [0.9 * -(-s[1].shape[0] // cols) + 0.5 for s in stages]
+    # Inches: 12 / 16 = 0.75 per map row (maps are square), plus the titles.
+    heights = [1.8] + [0.75 * -(-s[1].shape[0] // cols) + 0.35 for s in stages]
     fig = _figure(12, sum(heights))
     axes = np.atleast_1d(fig.subplots(len(stages) + 1, 1, gridspec_kw={"height_ratios": heights}))
     axes[0].imshow(image, cmap="gray")

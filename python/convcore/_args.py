@@ -37,7 +37,8 @@ def pair(value, name: str) -> tuple[int, int]:
         v = as_int(value, name)
     except TypeError:
         raise TypeError(
-            f"{name}: expected an int or a tuple of 2 ints (h, w), got {type(value).__name__} {value!r}"
+            f"{name}: expected an int or a tuple of 2 ints (h, w), "
+            f"got {type(value).__name__} {value!r}"
         ) from None
     return v, v
 
@@ -47,7 +48,8 @@ def float_array(a, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected a numpy.ndarray of float32, got {type(a).__name__}")
     if a.dtype != np.float32:
         raise TypeError(
-            f"{name}: expected a float32 array, got dtype {a.dtype} (convert with .astype(numpy.float32))"
+            f"{name}: expected a float32 array, got dtype {a.dtype} "
+            "(convert with .astype(numpy.float32))"
         )
     return a
 
@@ -65,7 +67,9 @@ def batched(a: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     if a.ndim == 3:
         return a[None], True
     if a.ndim != 4:
-        raise ValueError(f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) array, got {a.ndim}-D")
+        raise ValueError(
+            f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) array, got {a.ndim}-D"
+        )
     return a, False
 
 

@@ -40,7 +40,9 @@ def _conv_padding(padding, weight_shape, stride, dilation) -> tuple[int, int, in
             top, bottom = _core.same_padding(weight_shape[2], dilation[0], stride[0], "height")
             left, right = _core.same_padding(weight_shape[3], dilation[1], stride[1], "width")
             return top, bottom, left, right
-        raise ValueError(f"padding: expected 'valid', 'same', an int or a tuple of 2 ints, got {padding!r}")
+        raise ValueError(
+            f"padding: expected 'valid', 'same', an int or a tuple of 2 ints, got {padding!r}"
+        )
     ph, pw = pair(padding, "padding")
     return ph, ph, pw, pw
 
@@ -51,7 +53,8 @@ def _conv_args(input, weight, stride, padding, dilation, groups):
     groups = as_int(groups, "groups")
     if weight.ndim != 4:
         raise ValueError(
-            f"weight: expected a 4-D array (out_channels, in_channels/groups, kH, kW), got {weight.ndim}-D"
+            "weight: expected a 4-D array (out_channels, in_channels/groups, kH, kW), "
+            f"got {weight.ndim}-D"
         )
     pads = _conv_padding(padding, weight.shape, stride, dilation)
     return (*stride, *pads, *dilation, groups)
@@ -88,9 +91,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if bias is not None:
         bias = float_array(bias, "bias")
         if bias.ndim != 1:
-            raise ValueError(f"bias: expected a 1-D array of shape (out_channels,), got {bias.ndim}-D")
+            raise ValueError(
+                f"bias: expected a 1-D array of shape (out_channels,), got {bias.ndim}-D"
+            )
     x, unbatched = batched(input, "input")
-    out = _core.conv2d_forward(x, weight, bias, *_conv_args(x, weight, stride, padding, dilation, groups))
+    out = _core.conv2d_forward(
+        x, weight, bias, *_conv_args(x, weight, stride, padding, dilation, groups)
+    )
     return out[0] if unbatched else out
 
 
@@ -138,7 +145,9 @@ def conv2d_backward(
     x, unbatched = batched(input, "input")
     if unbatched:
         if grad_output.ndim != 3:
-            raise ValueError(f"grad_output: expected a 3-D array for a 3-D input, got {grad_output.ndim}-D")
+            raise ValueError(
+                f"grad_output: expected a 3-D array for a 3-D input, got {grad_output.ndim}-D"
+            )
         grad_output = grad_output[None]
     gi, gw, gb = _core.conv2d_backward(
         grad_output, x, weight, *_conv_args(x, weight, stride, padding, dilation, groups), *mask
@@ -188,7 +197,11 @@ def max_pool2d(
         )
     input = float_array(input, "input")
     kh, kw = pair(kernel_size, "kernel_size")
-    sh, sw = (kh, kw) if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else pair(stride, "stride")
+    sh, sw = (
+        (kh, kw)
+        if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
+        else pair(stride, "stride")
+    )
     ph, pw = pair(padding, "padding")
     dh, dw = pair(dilation, "dilation")
     x, unbatched = batched(input, "input")
@@ -235,7 +248,8 @@ def _pad_args(pad):
         raise TypeError(f"pad: expected a tuple of 2 or 4 ints, got {type(pad).__name__}") from None
     if len(pads) not in (2, 4):
         raise ValueError(
-            f"pad: expected 2 ints (left, right) or 4 ints (left, right, top, bottom), got {len(pads)}"
+            "pad: expected 2 ints (left, right) or 4 ints (left, right, top, bottom), "
+            f"got {len(pads)}"
         )
     pads = tuple(as_int(p, "pad") for p in pads)
     return pads if len(pads) == 4 else (*pads, 0, 0)

@@ -71,10 +71,21 @@ class ConvProblem:
     def flops(self) -> float:
         """Floating-point operations of one pass (2 per multiply-add)."""
         P, Q = self.output_hw
-        return 2.0 * self.N * self.K * P * Q * (self.C // self.groups) * self.kernel[0] * self.kernel[1]
+        return (
+            2.0
+            * self.N
+            * self.K
+            * P
+            * Q
+            * (self.C // self.groups)
+            * self.kernel[0]
+            * self.kernel[1]
+        )
 
     def kwargs(self) -> dict:
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        return dict(
+            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
+        )
 
 
 @dataclass(frozen=True)
@@ -170,5 +181,9 @@ EDGE_CASES = [
     "n1_c16_h2_w2_k16_r2_s2_p0",
 ]
 
-ALL_CONV = [p for p in TUTORIAL_LAYERS + WIDE_LAYERS + GENERIC_LAYERS + EDGE_CASES if not p.startswith("pool_")]
+ALL_CONV = [
+    p
+    for p in TUTORIAL_LAYERS + WIDE_LAYERS + GENERIC_LAYERS + EDGE_CASES
+    if not p.startswith("pool_")
+]
 ALL_POOL = [p for p in TUTORIAL_LAYERS + WIDE_LAYERS if p.startswith("pool_")]

@@ -18,12 +18,16 @@ Environment:
     CONVCORE_VERBOSE=1                     log which kernel ran, per call.
     OMP_NUM_THREADS                        default thread count.
 
+Training: ``convcore.nn`` (layers), ``convcore.optim`` (SGD, Adam),
+``convcore.models`` (the Fashion-MNIST CNNs), ``convcore.data`` (the data set),
+and the ``convcore-train`` program (``python -m convcore.train``).
+
 GPU: ``convcore.cuda`` (built when nvcc is found; see ``convcore.cuda.is_available()``).
 """
 
 from __future__ import annotations
 
-from . import _core, cuda
+from . import _core, cuda, data, models, nn, optim
 from .functional import (
     conv2d,
     conv2d_backward,
@@ -41,11 +45,15 @@ __all__ = [
     "conv2d",
     "conv2d_backward",
     "cuda",
+    "data",
     "get_num_threads",
     "implementations",
     "last_kernel",
     "max_pool2d",
     "max_pool2d_backward",
+    "models",
+    "nn",
+    "optim",
     "pad",
     "pad_backward",
     "set_max_isa",

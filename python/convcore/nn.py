@@ -52,6 +52,13 @@ _F32 = np.float32
 BLAS_THREADS: int | None = 1
 _blas_done = False
 
+#: The first forward pass of a Sequential model asks glibc to keep freed
+#: blocks for reuse instead of returning them to the OS, so each step does not
+#: page-fault its activations in again (convcore/_memory.py: 11 % of a wide
+#: model step).  Set to False before the first forward pass to leave malloc alone.
+KEEP_FREED_MEMORY = True
+_memory_done = False
+
 
 def _configure_blas() -> None:
     global _blas_done
@@ -610,6 +617,13 @@ class Sequential(Module):
         return iter(self.layers)
 
     def forward(self, x):
+        global _memory_done
+        if not _memory_done:
+            _memory_done = True
+            if KEEP_FREED_MEMORY:
+                from ._memory import keep_freed_memory
+
+                keep_freed_memory()
         for layer in self.layers:
             x = layer(x)
         return x

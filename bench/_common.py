@@ -69,8 +69,12 @@ def _fma_lib():
     global _lib
     if _lib is None:
         lib = ctypes.CDLL(str(_compile_fma()))
-        lib.fma_gflops.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-                                   ctypes.POINTER(ctypes.c_int)]
+        lib.fma_gflops.argtypes = [
+            ctypes.c_int64,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_int),
+        ]
         lib.fma_gflops.restype = ctypes.c_double
         lib.has_avx2_fma.restype = ctypes.c_int
         lib.has_avx512f.restype = ctypes.c_int
@@ -132,8 +136,10 @@ def avx512_note() -> str | None:
         g256.append(fma_gflops(1, 256, 0.003, 4)["best"])
         g512.append(fma_gflops(1, 512, 0.003, 4)["best"])
     a, b = max(g256), max(g512)
-    return (f"AVX-512 FMA on 1 thread: {b:.0f} GFLOP/s vs AVX2 {a:.0f} GFLOP/s "
-            f"(x{b / a:.2f}); % of peak below is against the AVX2 figure")
+    return (
+        f"AVX-512 FMA on 1 thread: {b:.0f} GFLOP/s vs AVX2 {a:.0f} GFLOP/s "
+        f"(x{b / a:.2f}); % of peak below is against the AVX2 figure"
+    )
 
 
 class CpuLoad:
@@ -240,16 +246,20 @@ def peak_gflops(checks: list[dict | None]) -> tuple[float | None, str]:
         return single, "best 1-thread AVX2 FMA check"
     if multi >= SCALING_MIN * single:
         return multi, f"best {n}-thread AVX2 FMA measurement of the run"
-    return n * single, (f"{n} x the best 1-thread AVX2 FMA check (no {n}-thread measurement "
-                        f"of the run saw the cores free: best {multi:.0f} GFLOP/s)")
+    return n * single, (
+        f"{n} x the best 1-thread AVX2 FMA check (no {n}-thread measurement "
+        f"of the run saw the cores free: best {multi:.0f} GFLOP/s)"
+    )
 
 
 def fma_line(chk: dict | None) -> str:
     if chk is None:
         return "n/a"
     s, m = chk["single"], chk["multi"]
-    return (f"1 thread {s['best']:.0f} GFLOP/s, {chk['threads']} threads {m['best']:.0f} GFLOP/s "
-            f"(x{m['best'] / s['best']:.2f}; medians {s['median']:.0f} / {m['median']:.0f})")
+    return (
+        f"1 thread {s['best']:.0f} GFLOP/s, {chk['threads']} threads {m['best']:.0f} GFLOP/s "
+        f"(x{m['best'] / s['best']:.2f}; medians {s['median']:.0f} / {m['median']:.0f})"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -303,8 +313,12 @@ def machine() -> dict:
 
 def git_describe() -> str:
     try:
-        res = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=10)
+        res = subprocess.run(
+            ["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return res.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -314,8 +328,13 @@ def git_describe() -> str:
 # Timing
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1,
-                deadline_s: float | None = None, min_rounds: int = 1) -> dict:
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    inner: int = 1,
+    deadline_s: float | None = None,
+    min_rounds: int = 1,
+) -> dict:
     """Time each callable ``rounds`` times, alternating between them, and
     return ``{name: [seconds per call, ...]}``.
 
@@ -329,8 +348,7 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, inner: int = 
     samples: dict[str, list[float]] = {k: [] for k in names}
     t_end = time.perf_counter() + deadline_s if deadline_s else None
     for r in range(rounds):
-        if (t_end is not None and r >= min_rounds and r % 2 == 0
-                and time.perf_counter() > t_end):
+        if t_end is not None and r >= min_rounds and r % 2 == 0 and time.perf_counter() > t_end:
             break
         order = names if r % 2 == 0 else names[::-1]
         for k in order:
@@ -354,16 +372,23 @@ def once(fn: Callable[[], object]) -> float:
 
 def markdown_table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
     right = right if right is not None else set(range(2, len(header)))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
 
     def line(cells):
-        out = [c.rjust(w) if i in right else c.ljust(w)
-               for i, (c, w) in enumerate(zip(cells, widths))]
+        out = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ]
         return "| " + " | ".join(out) + " |"
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                         for i, w in enumerate(widths)) + "|"
+    sep = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)
+        )
+        + "|"
+    )
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 

@@ -40,8 +40,15 @@ from convcore import problems as P
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-OPS = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight", "maxpool2d_fwd", "maxpool2d_bwd",
-       "pad_constant", "pad_reflect")
+OPS = (
+    "conv2d_fwd",
+    "conv2d_bwd_data",
+    "conv2d_bwd_weight",
+    "maxpool2d_fwd",
+    "maxpool2d_bwd",
+    "pad_constant",
+    "pad_reflect",
+)
 #: convcore.last_kernel name of each op.
 KERNEL_OP = {
     "conv2d_fwd": "conv2d_fwd",
@@ -113,28 +120,50 @@ def conv_cases(name: str, group: str, ops: set[str]) -> list[Case]:
     targs = (list(p.stride), list(p.padding), list(p.dilation), False, [0, 0], p.groups)
     out = []
     if "conv2d_fwd" in ops:
-        out.append(Case(
-            "conv2d_fwd", name, group,
-            lambda: convcore.conv2d(x, w, b, **kw),
-            lambda: F.conv2d(xt, wt, bt, **kw),
-            lambda a, t: _close("output", a, t),
-            p.flops, None))
+        out.append(
+            Case(
+                "conv2d_fwd",
+                name,
+                group,
+                lambda: convcore.conv2d(x, w, b, **kw),
+                lambda: F.conv2d(xt, wt, bt, **kw),
+                lambda a, t: _close("output", a, t),
+                p.flops,
+                None,
+            )
+        )
     if "conv2d_bwd_data" in ops:
-        out.append(Case(
-            "conv2d_bwd_data", name, group,
-            lambda: convcore.conv2d_backward(go, x, w, **kw, output_mask=(True, False, False)),
-            lambda: torch.ops.aten.convolution_backward(
-                got, xt, wt, [p.K], *targs, [True, False, False]),
-            lambda a, t: _close("grad_input", a[0], t[0]),
-            p.flops, None))
+        out.append(
+            Case(
+                "conv2d_bwd_data",
+                name,
+                group,
+                lambda: convcore.conv2d_backward(go, x, w, **kw, output_mask=(True, False, False)),
+                lambda: torch.ops.aten.convolution_backward(
+                    got, xt, wt, [p.K], *targs, [True, False, False]
+                ),
+                lambda a, t: _close("grad_input", a[0], t[0]),
+                p.flops,
+                None,
+            )
+        )
     if "conv2d_bwd_weight" in ops:
-        out.append(Case(
-            "conv2d_bwd_weight", name, group,
-            lambda: convcore.conv2d_backward(go, x, w, **kw, output_mask=(False, True, True)),
-            lambda: torch.ops.aten.convolution_backward(
-                got, xt, wt, [p.K], *targs, [False, True, True]),
-            lambda a, t: _join(_close("grad_weight", a[1], t[1]), _close("grad_bias", a[2], t[2])),
-            p.flops, None))
+        out.append(
+            Case(
+                "conv2d_bwd_weight",
+                name,
+                group,
+                lambda: convcore.conv2d_backward(go, x, w, **kw, output_mask=(False, True, True)),
+                lambda: torch.ops.aten.convolution_backward(
+                    got, xt, wt, [p.K], *targs, [False, True, True]
+                ),
+                lambda a, t: _join(
+                    _close("grad_weight", a[1], t[1]), _close("grad_bias", a[2], t[2])
+                ),
+                p.flops,
+                None,
+            )
+        )
     return out
 
 
@@ -150,20 +179,33 @@ def pool_cases(name: str, group: str, ops: set[str]) -> list[Case]:
     n_in, n_out = x.size, y.size
     out = []
     if "maxpool2d_fwd" in ops:
-        out.append(Case(
-            "maxpool2d_fwd", name, group,
-            lambda: convcore.max_pool2d(x, **kw, return_indices=True),
-            lambda: F.max_pool2d(xt, **kw, return_indices=True),
-            lambda a, t: _join(_equal("output", a[0], t[0]), _equal("indices", a[1], t[1])),
-            None, 4.0 * n_in + (4.0 + 8.0) * n_out))  # read x; write values + int64 indices
+        out.append(
+            Case(
+                "maxpool2d_fwd",
+                name,
+                group,
+                lambda: convcore.max_pool2d(x, **kw, return_indices=True),
+                lambda: F.max_pool2d(xt, **kw, return_indices=True),
+                lambda a, t: _join(_equal("output", a[0], t[0]), _equal("indices", a[1], t[1])),
+                None,
+                4.0 * n_in + (4.0 + 8.0) * n_out,
+            )
+        )  # read x; write values + int64 indices
     if "maxpool2d_bwd" in ops:
-        out.append(Case(
-            "maxpool2d_bwd", name, group,
-            lambda: convcore.max_pool2d_backward(go, idx, x.shape),
-            lambda: torch.ops.aten.max_pool2d_with_indices_backward(
-                got, xt, list(p.kernel), list(p.stride), list(p.padding), [1, 1], False, idxt),
-            lambda a, t: _close("grad_input", a, t, rtol=1e-6),
-            None, (4.0 + 8.0) * n_out + 4.0 * n_in))  # read grad + indices; write grad_input
+        out.append(
+            Case(
+                "maxpool2d_bwd",
+                name,
+                group,
+                lambda: convcore.max_pool2d_backward(go, idx, x.shape),
+                lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                    got, xt, list(p.kernel), list(p.stride), list(p.padding), [1, 1], False, idxt
+                ),
+                lambda a, t: _close("grad_input", a, t, rtol=1e-6),
+                None,
+                (4.0 + 8.0) * n_out + 4.0 * n_in,
+            )
+        )  # read grad + indices; write grad_input
     return out
 
 
@@ -198,12 +240,18 @@ def pad_cases(name: str, group: str, ops: set[str]) -> list[Case]:
         op = f"pad_{mode}"
         if op not in ops:
             continue
-        out.append(Case(
-            op, name, group,
-            lambda mode=mode: convcore.pad(x, pads, mode=mode),
-            lambda mode=mode: F.pad(xt, pads, mode=mode),
-            lambda a, t: _equal("output", a, t),
-            None, 4.0 * (x.size + n_out)))
+        out.append(
+            Case(
+                op,
+                name,
+                group,
+                lambda mode=mode: convcore.pad(x, pads, mode=mode),
+                lambda mode=mode: F.pad(xt, pads, mode=mode),
+                lambda a, t: _equal("output", a, t),
+                None,
+                4.0 * (x.size + n_out),
+            )
+        )
     return out
 
 
@@ -228,8 +276,9 @@ def build_cases(ops: set[str], filters: list[str] | None) -> list[Case]:
             for n, g in names:
                 cases += make(n, g, ops)
     if any(o.startswith("pad_") for o in ops):
-        pad_names = pad_problems([(n, g) for n, g in select_problems(None)
-                                  if not n.startswith("pool_")])
+        pad_names = pad_problems(
+            [(n, g) for n, g in select_problems(None) if not n.startswith("pool_")]
+        )
         for n, g in pad_names:
             if not filters or any(f == g or f in n for f in filters):
                 cases += pad_cases(n, g, ops)
@@ -242,8 +291,9 @@ def build_cases(ops: set[str], filters: list[str] | None) -> list[Case]:
 # Running
 
 
-def run_case(case: Case, budget_s: float, min_rounds: int, max_rounds: int,
-             min_sample_s: float) -> dict:
+def run_case(
+    case: Case, budget_s: float, min_rounds: int, max_rounds: int, min_sample_s: float
+) -> dict:
     with torch.no_grad():
         # Warm up (first calls allocate workspaces, fault pages in, start threads) and check.
         a = case.convcore()
@@ -260,9 +310,13 @@ def run_case(case: Case, budget_s: float, min_rounds: int, max_rounds: int,
         rounds = max(min_rounds, min(max_rounds, rounds))
         # A busy neighbour can make every call 100x slower than calibrated; the
         # deadline then ends the row early (after min_rounds, on a whole round).
-        samples = _common.interleaved({"convcore": case.convcore, "torch": case.torch},
-                                      rounds, inner, deadline_s=4 * budget_s,
-                                      min_rounds=min_rounds)
+        samples = _common.interleaved(
+            {"convcore": case.convcore, "torch": case.torch},
+            rounds,
+            inner,
+            deadline_s=4 * budget_s,
+            min_rounds=min_rounds,
+        )
         rounds = len(samples["convcore"])
     mc = statistics.median(samples["convcore"])
     mt = statistics.median(samples["torch"])
@@ -329,25 +383,40 @@ def add_peak(rows: list[dict], peak: float | None) -> None:
             r["torch_pct_peak"] = 100.0 * r["torch_gflops"] / peak
 
 
-HEADER = ["op", "problem", "convcore ms", "torch ms", "ratio", "GFLOP/s", "% peak", "torch %",
-          "GB/s", "others", "convcore kernel"]
+HEADER = [
+    "op",
+    "problem",
+    "convcore ms",
+    "torch ms",
+    "ratio",
+    "GFLOP/s",
+    "% peak",
+    "torch %",
+    "GB/s",
+    "others",
+    "convcore kernel",
+]
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
     out = []
     for r in rows:
         flag = "" if r["check"] == "ok" else " MISMATCH"
-        out.append([
-            r["op"], r["problem"],
-            _common.fmt_ms(r["convcore_ms"] / 1e3), _common.fmt_ms(r["torch_ms"] / 1e3),
-            _common.fmt(r["ratio"]) + ("?" if r.get("suspect") else "") + flag,
-            _common.fmt(r.get("convcore_gflops"), 1),
-            _common.fmt(r.get("convcore_pct_peak"), 0),
-            _common.fmt(r.get("torch_pct_peak"), 0),
-            _common.fmt(r.get("convcore_gbps"), 1),
-            _common.fmt(r.get("others_load"), 1),
-            r["kernel"],
-        ])
+        out.append(
+            [
+                r["op"],
+                r["problem"],
+                _common.fmt_ms(r["convcore_ms"] / 1e3),
+                _common.fmt_ms(r["torch_ms"] / 1e3),
+                _common.fmt(r["ratio"]) + ("?" if r.get("suspect") else "") + flag,
+                _common.fmt(r.get("convcore_gflops"), 1),
+                _common.fmt(r.get("convcore_pct_peak"), 0),
+                _common.fmt(r.get("torch_pct_peak"), 0),
+                _common.fmt(r.get("convcore_gbps"), 1),
+                _common.fmt(r.get("others_load"), 1),
+                r["kernel"],
+            ]
+        )
     return out
 
 
@@ -358,8 +427,10 @@ def summary(rows: list[dict]) -> list[str]:
         rs = [r["ratio"] for r in rows if r["op"] == op]
         if rs:
             g = math.exp(sum(math.log(x) for x in rs) / len(rs))
-            lines.append(f"{op}: geomean ratio {g:.2f} over {len(rs)} problems "
-                         f"(min {min(rs):.2f}, max {max(rs):.2f})")
+            lines.append(
+                f"{op}: geomean ratio {g:.2f} over {len(rs)} problems "
+                f"(min {min(rs):.2f}, max {max(rs):.2f})"
+            )
     return lines
 
 
@@ -380,39 +451,68 @@ def header_lines(meta: dict, rows: list[dict]) -> list[str]:
     if meta.get("avx512"):
         lines.append(meta["avx512"])
     peak = meta["peak_gflops"]
-    lines.append(f"% peak against {peak:.0f} GFLOP/s: {meta['peak_source']}"
-                 if peak else "% peak: no FMA measurement")
+    lines.append(
+        f"% peak against {peak:.0f} GFLOP/s: {meta['peak_source']}"
+        if peak
+        else "% peak: no FMA measurement"
+    )
     if meta["contended"]:
-        lines.append("CONTENDED RUN: " + "; ".join(meta["contended"])
-                     + " -- absolute numbers are low; ratios are still same-time comparisons")
+        lines.append(
+            "CONTENDED RUN: "
+            + "; ".join(meta["contended"])
+            + " -- absolute numbers are low; ratios are still same-time comparisons"
+        )
     else:
         lines.append("FMA checks agree and nothing else ran: no sign of contention")
-    lines.append(f"wall time {meta['wall_s']:.0f} s; other processes used "
-                 f"{_common.fmt(meta['others_load'])} cores on average ('others' column: per row)")
+    lines.append(
+        f"wall time {meta['wall_s']:.0f} s; other processes used "
+        f"{_common.fmt(meta['others_load'])} cores on average ('others' column: per row)"
+    )
     n_suspect = sum(1 for r in rows if r.get("suspect"))
-    lines.append(f"ratio? = suspect row ({n_suspect}): others > {_common.OTHERS_LIMIT} cores or "
-                 f"median/fastest sample > {SPREAD_LIMIT}; retried {meta['retries']}x, "
-                 "cleanest attempt kept")
+    lines.append(
+        f"ratio? = suspect row ({n_suspect}): others > {_common.OTHERS_LIMIT} cores or "
+        f"median/fastest sample > {SPREAD_LIMIT}; retried {meta['retries']}x, "
+        "cleanest attempt kept"
+    )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (about 4x shorter)")
-    ap.add_argument("--ops", default=None,
-                    help=f"comma-separated ops or parts of op names, from: {', '.join(OPS)} "
-                         "(e.g. 'conv2d', 'bwd' or 'pool,pad'); default all")
-    ap.add_argument("--problems", default=None,
-                    help="comma-separated filters: a group (tutorial, wide, generic) or a "
-                         "substring of the problem string (e.g. 'c64_h14,k128'); default all")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="target seconds per op and problem, both libraries (default 2, quick 0.5)")
-    ap.add_argument("--retries", type=int, default=None,
-                    help="measure suspect rows again up to this many times (default 1, quick 0)")
-    ap.add_argument("--peak", type=float, default=None,
-                    help="GFLOP/s to compute %% of peak against, instead of the measured FMA peak")
+    ap.add_argument(
+        "--ops",
+        default=None,
+        help=f"comma-separated ops or parts of op names, from: {', '.join(OPS)} "
+        "(e.g. 'conv2d', 'bwd' or 'pool,pad'); default all",
+    )
+    ap.add_argument(
+        "--problems",
+        default=None,
+        help="comma-separated filters: a group (tutorial, wide, generic) or a "
+        "substring of the problem string (e.g. 'c64_h14,k128'); default all",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="target seconds per op and problem, both libraries (default 2, quick 0.5)",
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="measure suspect rows again up to this many times (default 1, quick 0)",
+    )
+    ap.add_argument(
+        "--peak",
+        type=float,
+        default=None,
+        help="GFLOP/s to compute %% of peak against, instead of the measured FMA peak",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write rows and metadata as JSON")
     ap.add_argument("--markdown", type=Path, default=None, help="write the table as markdown")
     args = ap.parse_args(argv)
@@ -457,22 +557,29 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     convcore.set_num_threads(args.threads)
     if torch.get_num_threads() != args.threads or convcore.get_num_threads() != args.threads:
-        print(f"warning: threads torch {torch.get_num_threads()} convcore "
-              f"{convcore.get_num_threads()} (asked {args.threads})", file=sys.stderr)
+        print(
+            f"warning: threads torch {torch.get_num_threads()} convcore "
+            f"{convcore.get_num_threads()} (asked {args.threads})",
+            file=sys.stderr,
+        )
 
     print(f"{len(cases)} cases, {args.threads} threads, about {budget:g} s each", file=sys.stderr)
+
     def measure(case: Case, label: str) -> dict:
         load = _common.CpuLoad()
         row = run_case(case, budget, min_rounds, max_rounds, min_sample_s)
         row["others_load"] = load.others()
         row["suspect"] = suspect(row)
-        print(f"{label} {row['op']:<18} {row['problem']:<32} "
-              f"convcore {_common.fmt_ms(row['convcore_ms'] / 1e3):>7} ms  "
-              f"torch {_common.fmt_ms(row['torch_ms'] / 1e3):>7} ms  "
-              f"ratio {row['ratio']:5.2f}{'?' if row['suspect'] else ' '} "
-              f"others {_common.fmt(row['others_load'], 1)}  {row['kernel']}"
-              + ("" if row["check"] == "ok" else f"  CHECK: {row['check']}"),
-              file=sys.stderr, flush=True)
+        print(
+            f"{label} {row['op']:<18} {row['problem']:<32} "
+            f"convcore {_common.fmt_ms(row['convcore_ms'] / 1e3):>7} ms  "
+            f"torch {_common.fmt_ms(row['torch_ms'] / 1e3):>7} ms  "
+            f"ratio {row['ratio']:5.2f}{'?' if row['suspect'] else ' '} "
+            f"others {_common.fmt(row['others_load'], 1)}  {row['kernel']}"
+            + ("" if row["check"] == "ok" else f"  CHECK: {row['check']}"),
+            file=sys.stderr,
+            flush=True,
+        )
         return row
 
     run_load = _common.CpuLoad()
@@ -501,13 +608,15 @@ def main(argv: list[str] | None = None) -> int:
 
     meta["others_load"] = run_load.others()
     meta["fma_after"] = _common.fma_check(args.threads, quick=args.quick)
-    meta["contended"] = _common.contention(meta["fma_before"], meta["fma_after"],
-                                           meta["others_load"])
+    meta["contended"] = _common.contention(
+        meta["fma_before"], meta["fma_after"], meta["others_load"]
+    )
     if args.peak:
         meta["peak_gflops"], meta["peak_source"] = args.peak, "--peak"
     else:
         meta["peak_gflops"], meta["peak_source"] = _common.peak_gflops(
-            [meta["fma_before"], meta["fma_after"]])
+            [meta["fma_before"], meta["fma_after"]]
+        )
     meta["wall_s"] = time.perf_counter() - t_start
     add_peak(rows, meta["peak_gflops"])
 

@@ -59,7 +59,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if path.suffix == ".gz":
         raw = gzip.decompress(raw)
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -98,7 +98,7 @@ class Batches:
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.order) // BATCH
-        idx = self.order[(self.k % n) * BATCH:(self.k % n + 1) * BATCH]
+        idx = self.order[(self.k % n) * BATCH : (self.k % n + 1) * BATCH]
         self.k += 1
         x = self.images[idx].reshape(BATCH, 1, 28, 28).astype(np.float32)
         x *= np.float32(1.0 / 255.0)
@@ -137,29 +137,43 @@ def torch_model(name: str):
 
     if name == "tutorial":
         return tnn.Sequential(
-            tnn.Conv2d(1, 6, 5), tnn.ReLU(inplace=True), tnn.MaxPool2d(2),
-            tnn.Conv2d(6, 12, 5), tnn.ReLU(inplace=True), tnn.MaxPool2d(2),
+            tnn.Conv2d(1, 6, 5),
+            tnn.ReLU(inplace=True),
+            tnn.MaxPool2d(2),
+            tnn.Conv2d(6, 12, 5),
+            tnn.ReLU(inplace=True),
+            tnn.MaxPool2d(2),
             tnn.Flatten(),
-            tnn.Linear(12 * 4 * 4, 120), tnn.ReLU(inplace=True),
-            tnn.Linear(120, 60), tnn.ReLU(inplace=True),
+            tnn.Linear(12 * 4 * 4, 120),
+            tnn.ReLU(inplace=True),
+            tnn.Linear(120, 60),
+            tnn.ReLU(inplace=True),
             tnn.Linear(60, 10),
         )
     if name == "wide":
         return tnn.Sequential(
-            tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(inplace=True),
-            tnn.Conv2d(32, 32, 3, padding=1), tnn.ReLU(inplace=True), tnn.MaxPool2d(2),
-            tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(inplace=True),
-            tnn.Conv2d(64, 64, 3, padding=1), tnn.ReLU(inplace=True), tnn.MaxPool2d(2),
+            tnn.Conv2d(1, 32, 3, padding=1),
+            tnn.ReLU(inplace=True),
+            tnn.Conv2d(32, 32, 3, padding=1),
+            tnn.ReLU(inplace=True),
+            tnn.MaxPool2d(2),
+            tnn.Conv2d(32, 64, 3, padding=1),
+            tnn.ReLU(inplace=True),
+            tnn.Conv2d(64, 64, 3, padding=1),
+            tnn.ReLU(inplace=True),
+            tnn.MaxPool2d(2),
             tnn.Flatten(),
-            tnn.Linear(64 * 7 * 7, 256), tnn.ReLU(inplace=True),
+            tnn.Linear(64 * 7 * 7, 256),
+            tnn.ReLU(inplace=True),
             tnn.Dropout(0.5),
             tnn.Linear(256, 10),
         )
     raise ValueError(f"unknown model {name!r}")
 
 
-def worker(framework: str, model_name: str, threads: int, data: str | None, seed: int,
-           warmup: int) -> int:
+def worker(
+    framework: str, model_name: str, threads: int, data: str | None, seed: int, warmup: int
+) -> int:
     """Run in a child process: set up, then obey 'run K' / 'exit' on stdin."""
     t0 = time.perf_counter()
     if framework == "torch":
@@ -172,8 +186,11 @@ def worker(framework: str, model_name: str, threads: int, data: str | None, seed
         loss_fn = torch.nn.CrossEntropyLoss()
         opt = torch.optim.Adam(model.parameters(), lr=LR)
         n_params = sum(p.numel() for p in model.parameters())
-        info = {"version": torch.__version__, "num_threads": torch.get_num_threads(),
-                "mkldnn": bool(torch.backends.mkldnn.is_available())}
+        info = {
+            "version": torch.__version__,
+            "num_threads": torch.get_num_threads(),
+            "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        }
 
         def step(x, y):
             logits = model(torch.from_numpy(x))
@@ -194,8 +211,11 @@ def worker(framework: str, model_name: str, threads: int, data: str | None, seed
         opt = convcore.optim.Adam(model.parameters(), lr=LR)
         n_params = sum(p.data.size for p in model.parameters())
         bi = convcore.build_info()
-        info = {"version": bi.get("version"), "num_threads": convcore.get_num_threads(),
-                "isa": bi.get("isa_active")}
+        info = {
+            "version": bi.get("version"),
+            "num_threads": convcore.get_num_threads(),
+            "isa": bi.get("isa_active"),
+        }
 
         def step(x, y):
             logits = model(x)
@@ -210,9 +230,17 @@ def worker(framework: str, model_name: str, threads: int, data: str | None, seed
     setup_s = time.perf_counter() - t0
     rss_setup = _rss_now_kb()
     losses = [step(*batches.next()) for _ in range(warmup)]
-    _send("ready", {"setup_s": setup_s, "rss_setup_kb": rss_setup, "n_params": int(n_params),
-                    "warmup_loss": losses[-1] if losses else None, "info": info,
-                    "openmp_runtime": _common.openmp_runtime()})
+    _send(
+        "ready",
+        {
+            "setup_s": setup_s,
+            "rss_setup_kb": rss_setup,
+            "n_params": int(n_params),
+            "warmup_loss": losses[-1] if losses else None,
+            "info": info,
+            "openmp_runtime": _common.openmp_runtime(),
+        },
+    )
     for line in sys.stdin:
         cmd = line.split()
         if not cmd:
@@ -223,12 +251,21 @@ def worker(framework: str, model_name: str, threads: int, data: str | None, seed
             t = time.perf_counter()
             losses = [step(*batches.next()) for _ in range(k)]
             dt = time.perf_counter() - t
-            _send("done", {"seconds": dt, "steps": k, "cpu_s": _cpu_s() - c0,
-                           "loss_mean": statistics.fmean(losses)})
+            _send(
+                "done",
+                {
+                    "seconds": dt,
+                    "steps": k,
+                    "cpu_s": _cpu_s() - c0,
+                    "loss_mean": statistics.fmean(losses),
+                },
+            )
         elif cmd[0] == "exit":
             break
-    _send("exit", {"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                   "steps_total": batches.k})
+    _send(
+        "exit",
+        {"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "steps_total": batches.k},
+    )
     return 0
 
 
@@ -237,15 +274,33 @@ class Worker:
 
     def __init__(self, framework: str, model: str, args):
         self.framework, self.model = framework, model
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", framework,
-               "--models", model, "--threads", str(args.threads), "--seed", str(args.seed),
-               "--warmup", str(args.warmup)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--_worker",
+            framework,
+            "--models",
+            model,
+            "--threads",
+            str(args.threads),
+            "--seed",
+            str(args.seed),
+            "--warmup",
+            str(args.warmup),
+        ]
         if args.data is not None:
             cmd += ["--data", args.data]
         self.stderr = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, bufsize=1, env=env)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
 
     def cpu_now(self) -> float:
         """CPU seconds the worker process (all its threads) has used so far."""
@@ -259,14 +314,16 @@ class Worker:
     def _expect(self, kind: str) -> dict:
         for line in self.proc.stdout:
             if line.startswith(PREFIX):
-                got, _, payload = line[len(PREFIX):].partition(" ")
+                got, _, payload = line[len(PREFIX) :].partition(" ")
                 if got == kind:
                     return json.loads(payload)
         self.proc.wait()
         self.stderr.seek(0)
         tail = self.stderr.read()[-3000:]
-        raise RuntimeError(f"{self.framework} worker for {self.model} exited "
-                           f"(code {self.proc.returncode}) before '{kind}':\n{tail}")
+        raise RuntimeError(
+            f"{self.framework} worker for {self.model} exited "
+            f"(code {self.proc.returncode}) before '{kind}':\n{tail}"
+        )
 
     def ready(self) -> dict:
         return self._expect("ready")
@@ -329,20 +386,35 @@ def bench_model(model: str, steps: int, chunks: int, args) -> dict:
                 per_step[fw].append(out["seconds"] / k)
                 losses[fw].append(out["loss_mean"])
             done_steps += k
-            print(f"  {model} chunk {i + 1}/{n_chunks}: "
-                  + "  ".join(f"{fw} {per_step[fw][-1] * 1e3:.1f} ms/step" for fw in FRAMEWORKS),
-                  file=sys.stderr, flush=True)
-            if (args.time_limit and i + 1 >= 2 and i + 1 < n_chunks
-                    and time.perf_counter() - t_start > args.time_limit):
-                print(f"  {model}: time limit ({args.time_limit:g} s) reached after "
-                      f"{done_steps} steps each", file=sys.stderr)
+            print(
+                f"  {model} chunk {i + 1}/{n_chunks}: "
+                + "  ".join(f"{fw} {per_step[fw][-1] * 1e3:.1f} ms/step" for fw in FRAMEWORKS),
+                file=sys.stderr,
+                flush=True,
+            )
+            if (
+                args.time_limit
+                and i + 1 >= 2
+                and i + 1 < n_chunks
+                and time.perf_counter() - t_start > args.time_limit
+            ):
+                print(
+                    f"  {model}: time limit ({args.time_limit:g} s) reached after "
+                    f"{done_steps} steps each",
+                    file=sys.stderr,
+                )
                 break
         exits = {fw: w.close() for fw, w in workers.items()}
     finally:
         for w in workers.values():
             w.kill()
-    res = {"model": model, "steps": done_steps, "steps_asked": steps, "chunk": chunk,
-           "frameworks": {}}
+    res = {
+        "model": model,
+        "steps": done_steps,
+        "steps_asked": steps,
+        "chunk": chunk,
+        "frameworks": {},
+    }
     for fw in FRAMEWORKS:
         med = statistics.median(per_step[fw])
         loads = [x for x in others[fw] if x is not None]
@@ -372,8 +444,18 @@ def bench_model(model: str, steps: int, chunks: int, args) -> dict:
     return res
 
 
-HEADER = ["model", "framework", "epoch s", "ms/step", "images/s", "ratio", "peak RSS MB",
-          "RSS setup MB", "loss first→last", "others"]
+HEADER = [
+    "model",
+    "framework",
+    "epoch s",
+    "ms/step",
+    "images/s",
+    "ratio",
+    "peak RSS MB",
+    "RSS setup MB",
+    "loss first→last",
+    "others",
+]
 
 
 def table_rows(results: list[dict]) -> list[list[str]]:
@@ -381,14 +463,22 @@ def table_rows(results: list[dict]) -> list[list[str]]:
     for r in results:
         for fw in FRAMEWORKS:
             f = r["frameworks"][fw]
-            rows.append([
-                r["model"], fw,
-                f"{f['epoch_s']:.1f}", f"{f['ms_per_step']:.1f}", f"{f['images_per_s']:.0f}",
-                (f"{r['ratio']:.2f}" + ("?" if r["suspect"] else "")) if fw == "convcore" else "",
-                f"{f['peak_rss_mb']:.0f}", f"{f['rss_setup_mb']:.0f}",
-                f"{f['loss_first_chunk']:.3f}→{f['loss_last_chunk']:.3f}",
-                _common.fmt(f["others_load"]),
-            ])
+            rows.append(
+                [
+                    r["model"],
+                    fw,
+                    f"{f['epoch_s']:.1f}",
+                    f"{f['ms_per_step']:.1f}",
+                    f"{f['images_per_s']:.0f}",
+                    (f"{r['ratio']:.2f}" + ("?" if r["suspect"] else ""))
+                    if fw == "convcore"
+                    else "",
+                    f"{f['peak_rss_mb']:.0f}",
+                    f"{f['rss_setup_mb']:.0f}",
+                    f"{f['loss_first_chunk']:.3f}→{f['loss_last_chunk']:.3f}",
+                    _common.fmt(f["others_load"]),
+                ]
+            )
     return rows
 
 
@@ -408,38 +498,64 @@ def header_lines(meta: dict) -> list[str]:
         f"FMA peak at end:   {_common.fma_line(meta['fma_after'])}",
     ]
     if meta["contended"]:
-        lines.append("CONTENDED RUN: " + "; ".join(meta["contended"])
-                     + " -- absolute times are high; ratios compare chunks run side by side")
+        lines.append(
+            "CONTENDED RUN: "
+            + "; ".join(meta["contended"])
+            + " -- absolute times are high; ratios compare chunks run side by side"
+        )
     else:
         lines.append("FMA checks agree and nothing else ran: no sign of contention")
-    lines.append(f"epoch s = median ms/step over chunks x {STEPS_PER_EPOCH} steps; "
-                 f"wall time {meta['wall_s']:.0f} s; ratio? = other processes used more than "
-                 f"{_common.OTHERS_LIMIT} cores during that model's chunks")
+    lines.append(
+        f"epoch s = median ms/step over chunks x {STEPS_PER_EPOCH} steps; "
+        f"wall time {meta['wall_s']:.0f} s; ratio? = other processes used more than "
+        f"{_common.OTHERS_LIMIT} cores during that model's chunks"
+    )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS),
-                    help="comma-separated: tutorial, wide (default both)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated: tutorial, wide (default both)"
+    )
     ap.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="timed steps per framework and model (default: tutorial "
-                         f"{DEFAULT_STEPS['tutorial']}, wide {DEFAULT_STEPS['wide']}); "
-                         f"{STEPS_PER_EPOCH} = one full epoch")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"short run (tutorial {QUICK_STEPS['tutorial']}, wide "
-                         f"{QUICK_STEPS['wide']} steps)")
-    ap.add_argument("--chunks", type=int, default=6,
-                    help="chunks per framework; the two alternate chunk by chunk (default 6)")
-    ap.add_argument("--time-limit", type=float, default=90.0,
-                    help="seconds per model after which no new round of chunks starts "
-                         "(default 90; 0 = none; at least 2 rounds always run)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per framework and model (default: tutorial "
+        f"{DEFAULT_STEPS['tutorial']}, wide {DEFAULT_STEPS['wide']}); "
+        f"{STEPS_PER_EPOCH} = one full epoch",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"short run (tutorial {QUICK_STEPS['tutorial']}, wide {QUICK_STEPS['wide']} steps)",
+    )
+    ap.add_argument(
+        "--chunks",
+        type=int,
+        default=6,
+        help="chunks per framework; the two alternate chunk by chunk (default 6)",
+    )
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=90.0,
+        help="seconds per model after which no new round of chunks starts "
+        "(default 90; 0 = none; at least 2 rounds always run)",
+    )
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    ap.add_argument("--data", nargs="?", const=str(DATA_DIR), default=None,
-                    help=f"train on the real Fashion-MNIST files (folder, default {DATA_DIR}) "
-                         "instead of random data of the same shape")
+    ap.add_argument(
+        "--data",
+        nargs="?",
+        const=str(DATA_DIR),
+        default=None,
+        help=f"train on the real Fashion-MNIST files (folder, default {DATA_DIR}) "
+        "instead of random data of the same shape",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write results as JSON")
     ap.add_argument("--markdown", type=Path, default=None, help="write the table as markdown")
@@ -456,8 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     # Turn SIGTERM into an exception so the workers are reaped (bench_model's finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.perf_counter()
-    meta = {"machine": _common.machine(), "threads": args.threads, "data": args.data,
-            "git": _common.git_describe(), "chunks": args.chunks, "warmup": args.warmup}
+    meta = {
+        "machine": _common.machine(),
+        "threads": args.threads,
+        "data": args.data,
+        "git": _common.git_describe(),
+        "chunks": args.chunks,
+        "warmup": args.warmup,
+    }
     meta["fma_before"] = _common.fma_check(args.threads, quick=args.quick)
     run_load = _common.CpuLoad()
     results, failures = [], []
@@ -471,8 +593,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {model}: {e}", file=sys.stderr)
     meta["others_load"] = run_load.others()  # None-safe: workers' time is in children_*
     meta["fma_after"] = _common.fma_check(args.threads, quick=args.quick)
-    meta["contended"] = _common.contention(meta["fma_before"], meta["fma_after"],
-                                           meta["others_load"])
+    meta["contended"] = _common.contention(
+        meta["fma_before"], meta["fma_after"], meta["others_load"]
+    )
     meta["wall_s"] = time.perf_counter() - t_start
     if results:
         fws = results[0]["frameworks"]
@@ -481,30 +604,41 @@ def main(argv: list[str] | None = None) -> int:
             f"convcore {cinfo.get('version')} ISA {cinfo.get('isa')} "
             f"(threads {cinfo.get('num_threads')}, OpenMP {fws['convcore']['openmp_runtime']})   "
             f"torch {tinfo.get('version')} (threads {tinfo.get('num_threads')}, "
-            f"OpenMP {fws['torch']['openmp_runtime']})"]
+            f"OpenMP {fws['torch']['openmp_runtime']})"
+        ]
 
     head = header_lines(meta)
     table = _common.markdown_table(HEADER, table_rows(results), right=set(range(2, 10)))
     notes = []
     for r in results:
         c, t = r["frameworks"]["convcore"], r["frameworks"]["torch"]
-        notes.append(f"{r['model']}: convcore {r['ratio']:.2f}x PyTorch's speed "
-                     f"(epoch {c['epoch_s']:.1f} s vs {t['epoch_s']:.1f} s), peak RSS "
-                     f"{c['peak_rss_mb']:.0f} MB vs {t['peak_rss_mb']:.0f} MB "
-                     f"({r['rss_ratio']:.2f}x); {r['steps']} steps each in chunks of {r['chunk']}"
-                     + (f" (stopped by --time-limit; {r['steps_asked']} asked)"
-                        if r["steps"] < r["steps_asked"] else ""))
+        notes.append(
+            f"{r['model']}: convcore {r['ratio']:.2f}x PyTorch's speed "
+            f"(epoch {c['epoch_s']:.1f} s vs {t['epoch_s']:.1f} s), peak RSS "
+            f"{c['peak_rss_mb']:.0f} MB vs {t['peak_rss_mb']:.0f} MB "
+            f"({r['rss_ratio']:.2f}x); {r['steps']} steps each in chunks of {r['chunk']}"
+            + (
+                f" (stopped by --time-limit; {r['steps_asked']} asked)"
+                if r["steps"] < r["steps_asked"]
+                else ""
+            )
+        )
         if not r["params_match"]:
-            notes.append(f"{r['model']}: PARAMETER COUNTS DIFFER: convcore {c['n_params']}, "
-                         f"torch {t['n_params']}")
+            notes.append(
+                f"{r['model']}: PARAMETER COUNTS DIFFER: convcore {c['n_params']}, "
+                f"torch {t['n_params']}"
+            )
     print("\n".join(head))
     print()
     print(table)
     print()
     print("\n".join(notes + failures))
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": results,
-                                         "notes": notes, "failures": failures}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"meta": meta, "results": results, "notes": notes, "failures": failures}, indent=1
+            )
+        )
     if args.markdown:
         md = ["```", *head, "```", "", table, "", *(f"- {s}" for s in notes + failures)]
         args.markdown.write_text("\n".join(md) + "\n")

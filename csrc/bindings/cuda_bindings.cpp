@@ -46,13 +46,9 @@ struct DeviceArray {
   int ndim() const { return int(shape.size()); }
 };
 
-std::string shape_str(const int64_t* s, int n) {
-  std::string r = "(";
-  for (int i = 0; i < n; ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + ")";  // as module.cpp writes shapes, so messages match the CPU path
-}
-
-std::string shape_str(const std::vector<int64_t>& s) { return shape_str(s.data(), int(s.size())); }
+// Shapes in messages are written as the CPU path writes them.
+std::string shape_str(const int64_t* s, int n) { return convcore::shape_string(s, size_t(n)); }
+std::string shape_str(const std::vector<int64_t>& s) { return convcore::shape_string(s); }
 
 // Allocates an uninitialised array; the GIL is released by the caller.
 DeviceArray new_array(int device, std::vector<int64_t> shape, DType dtype) {
@@ -65,14 +61,6 @@ DeviceArray new_array(int device, std::vector<int64_t> shape, DType dtype) {
   return a;
 }
 
-std::vector<int64_t> shape_arg(const std::vector<int64_t>& s, const char* name, size_t n) {
-  if (s.size() != n)
-    throw ArgumentError(std::string(name) + ": expected " + std::to_string(n) + " sizes, got " +
-                        std::to_string(s.size()));
-  for (int64_t v : s)
-    if (v < 0) throw ArgumentError(std::string(name) + ": sizes must be non-negative");
-  return s;
-}
 
 DeviceArray to_device(const py::array& host, int device) {
   DType dtype;
@@ -130,7 +118,7 @@ DeviceArray empty_array(const std::vector<int64_t>& shape, const std::string& dt
     t = DType::Int64;
   else
     throw py::type_error("dtype: expected 'float32' or 'int64', got '" + dtype + "'");
-  const auto s = shape_arg(shape, "shape", shape.size());
+  const auto s = convcore::checked_shape(shape, "shape", 0);
   py::gil_scoped_release release;
   cu::DeviceGuard guard(device);
   DeviceArray a = new_array(device, s, t);
@@ -430,26 +418,13 @@ py::tuple max_pool2d_forward(const DeviceArray& input, int64_t kh, int64_t kw, i
 
 DeviceArray max_pool2d_backward(const DeviceArray& grad_output, const DeviceArray& indices,
                                 const std::vector<int64_t>& input_shape) {
-  const auto in = shape_arg(input_shape, "input_shape", 4);
   float_input(grad_output, "grad_output", 4);
   index_input(indices, "indices", 4);
   same_device(indices, "indices", grad_output, "grad_output");
-  if (in[1] < 1 || in[2] < 1 || in[3] < 1)
-    throw ArgumentError("input_shape: expected (N, C, H, W) with C, H, W >= 1, got " + shape_str(in));
-  convcore::checked_numel(in.data(), 4, "input_shape");
   const std::vector<int64_t>& go = grad_output.shape;
-  if (go[0] != in[0] || go[1] != in[1] || go[2] < 1 || go[3] < 1)
-    throw ArgumentError("grad_output: expected shape (" + std::to_string(in[0]) + ", " + std::to_string(in[1]) +
-                        ", P, Q) matching input_shape " + shape_str(in) + ", got " + shape_str(go));
+  const auto g = convcore::make_pool2d_backward_geometry(input_shape, go);
   require_shape(indices, "indices", go.data(), 4);
-  // Only the sizes matter for the backward pass (as in module.cpp).
-  convcore::Pool2dGeometry g;
-  g.N = in[0];
-  g.C = in[1];
-  g.H = in[2];
-  g.W = in[3];
-  g.P = go[2];
-  g.Q = go[3];
+  const std::vector<int64_t> in = {g.N, g.C, g.H, g.W};
   py::gil_scoped_release release;
   cu::DeviceGuard guard(grad_output.device());
   DeviceArray out = new_array(grad_output.device(), in, DType::Float32);
@@ -458,21 +433,10 @@ DeviceArray max_pool2d_backward(const DeviceArray& grad_output, const DeviceArra
   return out;
 }
 
-convcore::Pad2dGeometry pad_geometry(const std::vector<int64_t>& shape, int64_t l, int64_t r, int64_t t,
-                                     int64_t b, const std::string& mode) {
-  const auto m = convcore::parse_pad_mode(mode);
-  int64_t planes = 1;
-  for (size_t i = 0; i + 2 < shape.size(); ++i) planes = convcore::checked_mul(planes, shape[i], "input");
-  return convcore::make_pad2d_geometry(planes, shape[shape.size() - 2], shape.back(), l, r, t, b, m);
-}
-
 DeviceArray pad_forward(const DeviceArray& input, int64_t l, int64_t r, int64_t t, int64_t b,
                         const std::string& mode, float value) {
-  if (input.ndim() < 2)
-    throw ArgumentError("input: expected an array with at least 2 dimensions (..., H, W), got " +
-                        std::to_string(input.ndim()) + "-D");
   float_input(input, "input", input.ndim());
-  const auto g = pad_geometry(input.shape, l, r, t, b, mode);
+  const auto g = convcore::make_pad2d_geometry(input.shape, l, r, t, b, mode);
   std::vector<int64_t> out_shape = input.shape;
   out_shape[out_shape.size() - 2] = g.OH;
   out_shape.back() = g.OW;
@@ -488,9 +452,9 @@ DeviceArray pad_backward(const DeviceArray& grad_output, const std::vector<int64
   if (input_shape.size() < 2)
     throw ArgumentError("input_shape: expected at least 2 sizes (..., H, W), got " +
                         std::to_string(input_shape.size()));
-  const auto shape = shape_arg(input_shape, "input_shape", input_shape.size());
+  const auto shape = convcore::checked_shape(input_shape, "input_shape", 0);
   float_input(grad_output, "grad_output", int(shape.size()));
-  const auto g = pad_geometry(shape, l, r, t, b, mode);
+  const auto g = convcore::make_pad2d_geometry(shape, l, r, t, b, mode);
   std::vector<int64_t> expected(shape);
   expected[expected.size() - 2] = g.OH;
   expected.back() = g.OW;

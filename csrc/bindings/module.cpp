@@ -58,19 +58,14 @@ void shape_of(const py::array& a, int64_t* out) {
   for (py::ssize_t i = 0; i < a.ndim(); ++i) out[i] = a.shape(i);
 }
 
-std::string shape_str(const int64_t* s, int n) {
-  std::string r = "(";
-  for (int i = 0; i < n; ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + ")";
-}
-
 void require_shape(const py::array& a, const char* name, const int64_t* expected, int n) {
   std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
   bool same = int(got.size()) == n;
   for (int i = 0; same && i < n; ++i) same = got[i] == expected[i];
   if (!same)
-    throw ArgumentError(std::string(name) + ": expected shape " + shape_str(expected, n) + ", got " +
-                        shape_str(got.data(), int(got.size())));
+    throw ArgumentError(std::string(name) + ": expected shape " +
+                        convcore::shape_string(expected, size_t(n)) + ", got " +
+                        convcore::shape_string(got));
 }
 
 py::array_t<float> new_float(std::vector<py::ssize_t> shape) { return py::array_t<float>(shape); }
@@ -169,39 +164,13 @@ py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int
   return py::make_tuple(out, idx);
 }
 
-std::vector<int64_t> shape_arg(const std::vector<int64_t>& s, const char* name, size_t n) {
-  if (s.size() != n)
-    throw ArgumentError(std::string(name) + ": expected " + std::to_string(n) + " sizes, got " +
-                        std::to_string(s.size()));
-  for (int64_t v : s)
-    if (v < 0) throw ArgumentError(std::string(name) + ": sizes must be non-negative");
-  return s;
-}
-
 py::array_t<float> max_pool2d_backward(const py::array& grad_output, const py::array& indices,
                                        const std::vector<int64_t>& input_shape) {
-  const auto in = shape_arg(input_shape, "input_shape", 4);
   const float* dy = float_input(grad_output, "grad_output", 4);
   const int64_t* ip = index_input(indices, "indices", 4);
-  if (in[1] < 1 || in[2] < 1 || in[3] < 1)
-    throw ArgumentError("input_shape: expected (N, C, H, W) with C, H, W >= 1, got " + shape_str(in.data(), 4));
-  convcore::checked_numel(in.data(), 4, "input_shape");
-  int64_t go[4];
-  shape_of(grad_output, go);
-  if (go[0] != in[0] || go[1] != in[1] || go[2] < 1 || go[3] < 1)
-    throw ArgumentError("grad_output: expected shape (" + std::to_string(in[0]) + ", " +
-                        std::to_string(in[1]) + ", P, Q) matching input_shape " +
-                        shape_str(in.data(), 4) + ", got " + shape_str(go, 4));
-  require_shape(indices, "indices", go, 4);
-  // Only the sizes matter for the backward pass: a geometry with the
-  // output size of grad_output (any kernel that produced it).
-  convcore::Pool2dGeometry g;
-  g.N = in[0];
-  g.C = in[1];
-  g.H = in[2];
-  g.W = in[3];
-  g.P = go[2];
-  g.Q = go[3];
+  const std::vector<int64_t> go(grad_output.shape(), grad_output.shape() + 4);
+  const auto g = convcore::make_pool2d_backward_geometry(input_shape, go);
+  require_shape(indices, "indices", go.data(), 4);
   auto out = new_float({g.N, g.C, g.H, g.W});
   float* dx = out.mutable_data();
   {
@@ -211,23 +180,11 @@ py::array_t<float> max_pool2d_backward(const py::array& grad_output, const py::a
   return out;
 }
 
-// pad works on the last two dimensions; leading dimensions are flattened.
-convcore::Pad2dGeometry pad_geometry(const std::vector<int64_t>& shape, int64_t l, int64_t r,
-                                     int64_t t, int64_t b, const std::string& mode) {
-  const auto m = convcore::parse_pad_mode(mode);
-  int64_t planes = 1;
-  for (size_t i = 0; i + 2 < shape.size(); ++i) planes = convcore::checked_mul(planes, shape[i], "input");
-  return convcore::make_pad2d_geometry(planes, shape[shape.size() - 2], shape.back(), l, r, t, b, m);
-}
-
 py::array_t<float> pad_forward(const py::array& input, int64_t l, int64_t r, int64_t t, int64_t b,
                                const std::string& mode, float value) {
-  if (input.ndim() < 2)
-    throw ArgumentError("input: expected an array with at least 2 dimensions (..., H, W), got " +
-                        std::to_string(input.ndim()) + "-D");
   const float* x = float_input(input, "input", int(input.ndim()));
   std::vector<int64_t> shape(input.shape(), input.shape() + input.ndim());
-  const auto g = pad_geometry(shape, l, r, t, b, mode);
+  const auto g = convcore::make_pad2d_geometry(shape, l, r, t, b, mode);
   std::vector<py::ssize_t> out_shape(shape.begin(), shape.end());
   out_shape[out_shape.size() - 2] = g.OH;
   out_shape.back() = g.OW;
@@ -245,9 +202,9 @@ py::array_t<float> pad_backward(const py::array& grad_output, const std::vector<
   if (input_shape.size() < 2)
     throw ArgumentError("input_shape: expected at least 2 sizes (..., H, W), got " +
                         std::to_string(input_shape.size()));
-  const auto shape = shape_arg(input_shape, "input_shape", input_shape.size());
+  const auto shape = convcore::checked_shape(input_shape, "input_shape", 0);
+  const auto g = convcore::make_pad2d_geometry(shape, l, r, t, b, mode);
   const float* dy = float_input(grad_output, "grad_output", int(shape.size()));
-  const auto g = pad_geometry(shape, l, r, t, b, mode);
   std::vector<int64_t> expected(shape);
   expected[expected.size() - 2] = g.OH;
   expected.back() = g.OW;

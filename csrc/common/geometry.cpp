@@ -17,14 +17,6 @@ template <class... Args>
   throw ArgumentError(os.str());
 }
 
-std::string shape_str(const int64_t* s, int n) {
-  std::ostringstream os;
-  os << "(";
-  for (int i = 0; i < n; ++i) os << (i ? ", " : "") << s[i];
-  os << ")";
-  return os.str();
-}
-
 void require_positive(int64_t v, const char* arg, const char* dim) {
   if (v < 1) fail(arg, " must be positive, got ", v, " for ", dim);
 }
@@ -49,6 +41,41 @@ int64_t checked_numel(const int64_t* dims, int ndim, const char* what) {
   int64_t n = 1;
   for (int i = 0; i < ndim; ++i) n = checked_mul(n, dims[i], what);
   return n;
+}
+
+std::string shape_string(const int64_t* dims, size_t n) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < n; ++i) os << (i ? ", " : "") << dims[i];
+  os << (n == 1 ? ",)" : ")");
+  return os.str();
+}
+
+std::vector<int64_t> checked_shape(const std::vector<int64_t>& sizes, const char* name, size_t count) {
+  if (count != 0 && sizes.size() != count)
+    fail(name, ": expected ", count, " sizes, got ", sizes.size());
+  for (int64_t v : sizes)
+    if (v < 0) fail(name, ": sizes must be non-negative, got ", shape_string(sizes));
+  checked_numel(sizes.data(), int(sizes.size()), name);
+  return sizes;
+}
+
+Pool2dGeometry make_pool2d_backward_geometry(const std::vector<int64_t>& input_shape,
+                                             const std::vector<int64_t>& go) {
+  const auto in = checked_shape(input_shape, "input_shape", 4);
+  if (in[1] < 1 || in[2] < 1 || in[3] < 1)
+    fail("input_shape: expected (N, C, H, W) with C, H, W >= 1, got ", shape_string(in));
+  if (go.size() != 4 || go[0] != in[0] || go[1] != in[1] || go[2] < 1 || go[3] < 1)
+    fail("grad_output: expected shape (", in[0], ", ", in[1], ", P, Q) matching input_shape ",
+         shape_string(in), ", got ", shape_string(go));
+  Pool2dGeometry g;
+  g.N = in[0];
+  g.C = in[1];
+  g.H = in[2];
+  g.W = in[3];
+  g.P = go[2];
+  g.Q = go[3];
+  return g;
 }
 
 namespace {
@@ -76,10 +103,10 @@ Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], in
                                     int64_t dil_w, int64_t groups) {
   if (in[0] < 0 || in[1] < 1 || in[2] < 1 || in[3] < 1)
     fail("input: expected shape (N, C, H, W) with N >= 0 and C, H, W >= 1, got ",
-         shape_str(in, 4));
+         shape_string(in, 4));
   if (wt[0] < 1 || wt[1] < 1 || wt[2] < 1 || wt[3] < 1)
     fail("weight: expected shape (out_channels, in_channels/groups, kH, kW) with every size >= 1, got ",
-         shape_str(wt, 4));
+         shape_string(wt, 4));
   if (groups < 1) fail("groups must be positive, got ", groups);
   require_positive(stride_h, "stride", "height");
   require_positive(stride_w, "stride", "width");
@@ -95,7 +122,7 @@ Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], in
   if (wt[1] * groups != in[1])
     fail("weight: expected in_channels/groups = ", in[1] / groups,
          " (input C=", in[1], ", groups=", groups, ") in weight.shape[1], got weight of shape ",
-         shape_str(wt, 4));
+         shape_string(wt, 4));
 
   checked_numel(in, 4, "input");
   checked_numel(wt, 4, "weight");
@@ -175,7 +202,7 @@ Pool2dGeometry make_pool2d_geometry(const int64_t in[4], int64_t kernel_h, int64
                                     int64_t pad_w, int64_t dil_h, int64_t dil_w, bool ceil_mode) {
   if (in[0] < 0 || in[1] < 1 || in[2] < 1 || in[3] < 1)
     fail("input: expected shape (N, C, H, W) with N >= 0 and C, H, W >= 1, got ",
-         shape_str(in, 4));
+         shape_string(in, 4));
   require_positive(kernel_h, "kernel_size", "height");
   require_positive(kernel_w, "kernel_size", "width");
   require_positive(stride_h, "stride", "height");
@@ -289,6 +316,18 @@ Pad2dGeometry make_pad2d_geometry(int64_t planes, int64_t H, int64_t W, int64_t 
   const int64_t out[3] = {planes, g.OH, g.OW};
   checked_numel(out, 3, "output");
   return g;
+}
+
+Pad2dGeometry make_pad2d_geometry(const std::vector<int64_t>& shape, int64_t pad_left,
+                                  int64_t pad_right, int64_t pad_top, int64_t pad_bottom,
+                                  const std::string& mode) {
+  const PadMode m = parse_pad_mode(mode);
+  if (shape.size() < 2)
+    fail("input: expected an array with at least 2 dimensions (..., H, W), got ", shape.size(), "-D");
+  int64_t planes = 1;
+  for (size_t i = 0; i + 2 < shape.size(); ++i) planes = checked_mul(planes, shape[i], "input");
+  return make_pad2d_geometry(planes, shape[shape.size() - 2], shape.back(), pad_left, pad_right,
+                             pad_top, pad_bottom, m);
 }
 
 }  // namespace convcore

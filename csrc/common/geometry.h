@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace convcore {
 
@@ -26,6 +27,16 @@ class ArgumentError : public std::invalid_argument {
 int64_t checked_mul(int64_t a, int64_t b, const char* what);
 int64_t checked_add(int64_t a, int64_t b, const char* what);
 int64_t checked_numel(const int64_t* dims, int ndim, const char* what);
+
+// "(2, 3, 4)": how shapes are written in every error message.
+std::string shape_string(const int64_t* dims, size_t n);
+inline std::string shape_string(const std::vector<int64_t>& dims) {
+  return shape_string(dims.data(), dims.size());
+}
+// A shape given as a list of sizes (e.g. input_shape): `count` sizes (0: any
+// number), each >= 0, with an element count that fits; else ArgumentError
+// naming `name`.
+std::vector<int64_t> checked_shape(const std::vector<int64_t>& sizes, const char* name, size_t count);
 
 struct Conv2dGeometry {
   int64_t N = 0, C = 0, H = 0, W = 0;  // input
@@ -81,6 +92,12 @@ Pool2dGeometry make_pool2d_geometry(const int64_t input_shape[4], int64_t kernel
                                     int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w,
                                     bool ceil_mode);
 
+// Validates max_pool2d_backward's shapes: input_shape (N, C, H, W) with C, H,
+// W >= 1, and grad_output (N, C, P, Q) with P, Q >= 1.  Only the sizes are
+// set: the backward pass scatters through the indices whatever the kernel was.
+Pool2dGeometry make_pool2d_backward_geometry(const std::vector<int64_t>& input_shape,
+                                             const std::vector<int64_t>& grad_output_shape);
+
 enum class PadMode { Constant, Reflect, Replicate, Circular };
 
 // Parses 'constant' | 'reflect' | 'replicate' | 'circular'.
@@ -100,5 +117,10 @@ struct Pad2dGeometry {
 Pad2dGeometry make_pad2d_geometry(int64_t planes, int64_t H, int64_t W, int64_t pad_left,
                                   int64_t pad_right, int64_t pad_top, int64_t pad_bottom,
                                   PadMode mode);
+// The same for an array of shape `shape` (at least 2 dimensions; the leading
+// ones are flattened into planes) and a mode given by name.
+Pad2dGeometry make_pad2d_geometry(const std::vector<int64_t>& shape, int64_t pad_left,
+                                  int64_t pad_right, int64_t pad_top, int64_t pad_bottom,
+                                  const std::string& mode);
 
 }  // namespace convcore

@@ -129,6 +129,18 @@ void pad_planes(const PaddedPlanes& pp, int64_t channels, const float* src, floa
   }
 }
 
+// offsets[(c*R + r)*S + s] = distance from a group's first channel to tap
+// (c, r, s) of output position t = 0, in padded phase planes.
+std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64_t R, int64_t S,
+                                 int64_t dh, int64_t dw) {
+  std::vector<int64_t> offsets(static_cast<size_t>(channels * R * S));
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        offsets[size_t((c * R + r) * S + s)] = c * pp.plane() + pp.tap(r * dh, s * dw);
+  return offsets;
+}
+
 // A convolution as the direct kernels see it.  The forward pass is one; the
 // data gradient of a stride-1 convolution is another (a full convolution of
 // dy with the flipped, transposed weights).
@@ -198,11 +210,7 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
   const int64_t T = d.P * Wh;  // output positions t = p * Wh + q (q >= Q: discarded)
   const int64_t slack = (d.S - 1) * d.dw + nr;
   const int64_t in_img = Cin_all * d.pp.H * d.pp.W, out_img = d.G * d.Kout * d.P * d.Q;
-  std::vector<int64_t> offsets(static_cast<size_t>(steps));
-  for (int64_t c = 0; c < d.Cin; ++c)
-    for (int64_t r = 0; r < d.R; ++r)
-      for (int64_t s = 0; s < d.S; ++s)
-        offsets[size_t((c * d.R + r) * d.S + s)] = c * plane + d.pp.tap(r * d.dh, s * d.dw);
+  const std::vector<int64_t> offsets = tap_offsets(d.pp, d.Cin, d.R, d.S, d.dh, d.dw);
   // Split each image's panels into blocks when the batch alone cannot keep
   // every thread busy; blocking changes no result.
   int64_t blocks = 1;
@@ -316,11 +324,7 @@ void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g
   const int64_t chunks = std::min<int64_t>(g.N, kMaxWeightChunks);
   const int64_t per_chunk = (g.N + chunks - 1) / chunks;
   std::vector<float> partials(size_t(chunks * wsize));
-  std::vector<int64_t> tap_offset(static_cast<size_t>(CRS));
-  for (int64_t c = 0; c < g.Cg(); ++c)
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s)
-        tap_offset[size_t((c * g.R + r) * g.S + s)] = c * plane + d.pp.tap(r * g.dil_h, s * g.dil_w);
+  const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
   const int nt = conv_threads(g);
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
@@ -398,11 +402,7 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
   const int64_t per_chunk = (g.N + chunks - 1) / chunks;
   constexpr int64_t kBlockT = 256;  // a 16 KiB block of the dy panel stays in L1
   std::vector<float> partials(static_cast<size_t>(chunks * part_size));
-  std::vector<int64_t> tap_offset(static_cast<size_t>(CRS));
-  for (int64_t c = 0; c < g.Cg(); ++c)
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s)
-        tap_offset[size_t((c * g.R + r) * g.S + s)] = c * plane + d.pp.tap(r * g.dil_h, s * g.dil_w);
+  const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
   const int nt = conv_threads(g);
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)

@@ -1,0 +1,133 @@
+"""Type stub of convcore's compiled module (csrc/bindings).
+
+The public API is convcore.functional (argument normalisation, docs); these
+are its low-level entry points with every size resolved to ints.  Arrays are
+C-contiguous numpy arrays: float32 data, int64 indices.  Invalid arguments
+raise ValueError (or TypeError for a wrong dtype) naming the argument.
+"""
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+def conv2d_forward(
+    input: F32,
+    weight: F32,
+    bias: F32 | None,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_bottom: int,
+    pad_left: int,
+    pad_right: int,
+    dilation_h: int,
+    dilation_w: int,
+    groups: int,
+) -> F32: ...
+def conv2d_backward(
+    grad_output: F32,
+    input: F32,
+    weight: F32,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_bottom: int,
+    pad_left: int,
+    pad_right: int,
+    dilation_h: int,
+    dilation_w: int,
+    groups: int,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[F32 | None, F32 | None, F32 | None]: ...
+def max_pool2d_forward(
+    input: F32,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    ceil_mode: bool,
+) -> tuple[F32, I64]: ...
+def max_pool2d_backward(grad_output: F32, indices: I64, input_shape: Sequence[int]) -> F32: ...
+def pad_forward(
+    input: F32, left: int, right: int, top: int, bottom: int, mode: str, value: float
+) -> F32: ...
+def pad_backward(
+    grad_output: F32,
+    input_shape: Sequence[int],
+    left: int,
+    right: int,
+    top: int,
+    bottom: int,
+    mode: str,
+) -> F32: ...
+def same_padding(kernel: int, dilation: int, stride: int, dim: str) -> tuple[int, int]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def set_max_isa(name: str) -> None: ...
+def active_isa() -> str: ...
+def detected_isa() -> str: ...
+def last_kernel(op: str) -> str: ...
+def implementations(op: str) -> list[str]: ...
+def build_info() -> dict[str, Any]: ...
+
+class _DeviceArray:
+    """A float32 or int64 array in GPU memory (built with CUDA only)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+    @property
+    def data_ptr(self) -> int: ...
+    def numpy(self) -> npt.NDArray[Any]: ...
+    def copy(self) -> _DeviceArray: ...
+    def reshape(self, shape: Sequence[int]) -> _DeviceArray: ...
+    def __dlpack__(
+        self,
+        *,
+        stream: Any = None,
+        max_version: Any = None,
+        dl_device: Any = None,
+        copy: Any = None,
+    ) -> Any: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
+    def __len__(self) -> int: ...
+
+class _CudaModule(ModuleType):
+    """convcore._core.cuda: present only when the CUDA path was compiled in.
+    Its ops mirror the CPU entry points above on DeviceArray arguments."""
+
+    DeviceArray: type[_DeviceArray]
+    def device_count(self) -> int: ...
+    def unavailable_reason(self) -> str: ...
+    def device_name(self, device: int) -> str: ...
+    def runtime_version(self) -> int: ...
+    def driver_version(self) -> int: ...
+    def synchronize(self, device: int) -> None: ...
+    def to_device(self, array: npt.NDArray[Any], device: int) -> _DeviceArray: ...
+    def from_dlpack(self, obj: Any) -> _DeviceArray: ...
+    def empty(self, shape: Sequence[int], dtype: str, device: int) -> _DeviceArray: ...
+    def zeros(self, shape: Sequence[int], dtype: str, device: int) -> _DeviceArray: ...
+    def __getattr__(self, name: str) -> Any: ...
+
+cuda: _CudaModule

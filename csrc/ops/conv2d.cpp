@@ -141,6 +141,26 @@ std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64
   return offsets;
 }
 
+// The batch split of the weight gradient: at most kMaxWeightChunks chunks
+// whose bounds depend on N alone (never on the thread count), each summed
+// into its own partial, the partials then added in chunk order -- what makes
+// the result bitwise the same for any number of threads.  Within a chunk,
+// images are fed to the kernel in groups whose input and dy fit the L2
+// budget (again a function of the shape only).
+struct BatchChunks {
+  int64_t count, per_chunk, N;
+  explicit BatchChunks(int64_t n)
+      : count(std::min<int64_t>(n, kMaxWeightChunks)),
+        per_chunk(count > 0 ? (n + count - 1) / count : 0),
+        N(n) {}
+  int64_t begin(int64_t chunk) const { return chunk * per_chunk; }
+  int64_t end(int64_t chunk) const { return std::min(N, begin(chunk) + per_chunk); }
+  int64_t images_per_call(int64_t chunk, int64_t floats_per_image) const {
+    const int64_t bytes = floats_per_image * int64_t(sizeof(float));
+    return std::clamp<int64_t>(kDotWorkingSetBytes / bytes, 1, end(chunk) - begin(chunk));
+  }
+};
+
 // A convolution as the direct kernels see it.  The forward pass is one; the
 // data gradient of a stride-1 convolution is another (a full convolution of
 // dy with the flipped, transposed weights).
@@ -321,22 +341,18 @@ void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g
   const int64_t slack = (g.S - 1) * g.dil_w + 8;
   const int64_t x_img = g.C * plane, dy_img = g.K * T8;
   const int64_t wsize = g.weight_numel();
-  const int64_t chunks = std::min<int64_t>(g.N, kMaxWeightChunks);
-  const int64_t per_chunk = (g.N + chunks - 1) / chunks;
+  const BatchChunks split(g.N);
+  const int64_t chunks = split.count;
   std::vector<float> partials(size_t(chunks * wsize));
   const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
   const int nt = conv_threads(g);
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
-    const int64_t n0 = chunk * per_chunk, n1 = std::min(g.N, n0 + per_chunk);
+    const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
     float* part = partials.data() + chunk * wsize;
     std::fill(part, part + wsize, 0.0f);
-    // Images per kernel call: as many as keep x and dy of the group of
-    // images in L2 (depends on the shape only, so the summation order never
-    // depends on the thread count).
-    const int64_t per_image_bytes = (x_img + dy_img) * int64_t(sizeof(float));
-    const int64_t ib = std::clamp<int64_t>(kDotWorkingSetBytes / per_image_bytes, 1, n1 - n0);
+    const int64_t ib = split.images_per_call(chunk, x_img + dy_img);
     float* xpad = thread_scratch(1).floats(ib * x_img + slack);
     float* dyp = thread_scratch(2).floats(ib * dy_img);
     for (int64_t nb = n0; nb < n1; nb += ib) {
@@ -398,8 +414,8 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
   const int64_t crs_panels = (CRS + 5) / 6, k_panels = (Kg + 15) / 16, ldw = k_panels * 16;
   const int64_t part_size = g.G * crs_panels * 6 * ldw;
   const int64_t x_img = g.C * plane, dyt_img = g.G * k_panels * T * 16;
-  const int64_t chunks = std::min<int64_t>(g.N, kMaxWeightChunks);
-  const int64_t per_chunk = (g.N + chunks - 1) / chunks;
+  const BatchChunks split(g.N);
+  const int64_t chunks = split.count;
   constexpr int64_t kBlockT = 256;  // a 16 KiB block of the dy panel stays in L1
   std::vector<float> partials(static_cast<size_t>(chunks * part_size));
   const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
@@ -407,11 +423,10 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
-    const int64_t n0 = chunk * per_chunk, n1 = std::min(g.N, n0 + per_chunk);
+    const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
     float* part = partials.data() + chunk * part_size;
     std::fill(part, part + part_size, 0.0f);
-    const int64_t per_image_bytes = (x_img + dyt_img) * int64_t(sizeof(float));
-    const int64_t ib = std::clamp<int64_t>(kDotWorkingSetBytes / per_image_bytes, 1, n1 - n0);
+    const int64_t ib = split.images_per_call(chunk, x_img + dyt_img);
     float* xpad = thread_scratch(1).floats(ib * x_img + slack);
     float* dyt = thread_scratch(2).floats(ib * dyt_img);
     for (int64_t nb = n0; nb < n1; nb += ib) {

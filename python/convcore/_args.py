@@ -81,3 +81,14 @@ def shape_tuple(shape, name: str, ndim: int | None = None) -> tuple[int, ...]:
     if ndim is not None and len(dims) != ndim:
         raise ValueError(f"{name}: expected {ndim} sizes, got {len(dims)}")
     return tuple(as_int(d, name) for d in dims)
+
+
+def output_mask(mask) -> tuple[bool, bool, bool]:
+    """conv2d_backward's output_mask: three bools (input, weight, bias)."""
+    try:
+        bits = tuple(bool(m) for m in mask)
+    except TypeError:
+        raise TypeError("output_mask: expected a sequence of 3 bools") from None
+    if len(bits) != 3:
+        raise ValueError(f"output_mask: expected 3 bools (input, weight, bias), got {len(bits)}")
+    return bits

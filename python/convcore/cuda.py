@@ -32,6 +32,7 @@ import numpy as np
 
 from . import _core
 from ._args import as_int, pair, shape_tuple
+from ._args import output_mask as _output_mask
 
 _ext = getattr(_core, "cuda", None)  # None: the module was built without CUDA
 
@@ -292,12 +293,7 @@ def _conv2d_backward(grad_output, input, weight, stride, padding, dilation, grou
     grad_output = _device_array(grad_output, "grad_output")
     input = _device_array(input, "input", "grad_output")
     weight = _device_array(weight, "weight", "grad_output")
-    try:
-        mask = tuple(bool(m) for m in output_mask)
-    except TypeError:
-        raise TypeError("output_mask: expected a sequence of 3 bools") from None
-    if len(mask) != 3:
-        raise ValueError(f"output_mask: expected 3 bools (input, weight, bias), got {len(mask)}")
+    mask = _output_mask(output_mask)
     x, unbatched = _batched(input, "input")
     if unbatched:
         if grad_output.ndim != 3:

@@ -20,6 +20,7 @@ import numpy as np
 from . import _core
 from . import cuda as _cuda  # CUDA dispatch: DeviceArray arguments run on the GPU
 from ._args import as_int, batched, float_array, index_array, pair, shape_tuple
+from ._args import output_mask as parse_output_mask
 
 __all__ = [
     "conv2d",
@@ -136,12 +137,7 @@ def conv2d_backward(
     grad_output = float_array(grad_output, "grad_output")
     input = float_array(input, "input")
     weight = float_array(weight, "weight")
-    try:
-        mask = tuple(bool(m) for m in output_mask)
-    except TypeError:
-        raise TypeError("output_mask: expected a sequence of 3 bools") from None
-    if len(mask) != 3:
-        raise ValueError(f"output_mask: expected 3 bools (input, weight, bias), got {len(mask)}")
+    mask = parse_output_mask(output_mask)
     x, unbatched = batched(input, "input")
     if unbatched:
         if grad_output.ndim != 3:

@@ -137,5 +137,41 @@ void pad2d_forward(const Pad2dGeometry& g, const float* x, float* y, float value
 // reference's order of additions: bitwise equal).
 void pad2d_backward(const Pad2dGeometry& g, const float* dy, float* dx);
 
+// ---- the rest of a training step (train_ops.cu); n elements, contiguous ----
+
+// y = max(x, 0) as numpy.maximum (NaN kept, -0.0 -> +0.0); y may be x.
+void relu_forward(const float* x, float* y, int64_t n);
+// dx = dy * (y > 0) as a float product (NaN * 0 is NaN); dx may be dy.
+void relu_backward(const float* dy, const float* y, float* dx, int64_t n);
+// out = a * b; out may be a or b.
+void multiply(const float* a, const float* b, float* out, int64_t n);
+// dst += src.
+void add_inplace(float* dst, const float* src, int64_t n);
+
+// Softmax cross-entropy of logits (N x C) against int64 targets (N):
+// grad (N x C) = (softmax - onehot) * scale, row_loss (N, double) =
+// log(sum exp(z - max)) - (z[t] - max), pred (N) = first argmax (first NaN).
+// A target outside [0, C) yields NaN for its row (the caller checks first).
+void cross_entropy(int64_t N, int64_t C, const float* logits, const int64_t* target, float scale, float* grad,
+                   double* row_loss, int64_t* pred);
+
+// Adam (torch.optim.Adam, amsgrad off) on n packed elements, with the
+// float32 constants the caller derived from the hyper-parameters and the
+// step count; bitwise equal to optim.Adam's numpy update.
+struct AdamConstants {
+  float one_minus_beta1, beta2, one_minus_beta2;
+  float bias_correction2_sqrt, eps, neg_step_size, weight_decay;
+};
+void adam_step(const AdamConstants& k, float* p, const float* g, float* m, float* v, int64_t n);
+
+// SGD (torch.optim.SGD); buf is the momentum buffer, or null without
+// momentum; `first` copies the gradient into it (PyTorch's first step).
+// Bitwise equal to optim.SGD's numpy update.
+struct SgdConstants {
+  float momentum, one_minus_dampening, weight_decay, neg_lr;
+  bool nesterov, first;
+};
+void sgd_step(const SgdConstants& k, float* p, const float* g, float* buf, int64_t n);
+
 }  // namespace cuda
 }  // namespace convcore

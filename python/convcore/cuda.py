@@ -40,10 +40,12 @@ __all__ = [
     "CudaError",
     "DeviceArray",
     "device_count",
+    "device_name",
     "empty",
     "from_dlpack",
     "is_available",
     "is_built",
+    "parse_device",
     "synchronize",
     "to_device",
     "unavailable_reason",
@@ -74,7 +76,9 @@ Created by :func:`to_device`, :func:`from_dlpack`, :func:`empty`,
 (a numpy dtype), ``ndim``, ``size``, ``nbytes``, ``device`` (the CUDA
 device index) and ``data_ptr`` (the device address); methods ``numpy()``
 (copy to the host), ``copy()``, ``reshape(shape)`` (a view, one size may
-be -1), ``__dlpack__`` and
+be -1), ``subarray(start, shape)`` (a view of elements
+``start ...`` of the flattened array), ``copy_from_host(array)`` (in
+place, same shape and dtype), ``zero_()``, ``__dlpack__`` and
 ``__dlpack_device__`` (zero-copy exchange with PyTorch, CuPy, JAX...).
 Implicit conversion to numpy (``numpy.asarray``) is refused: call
 ``.numpy()``.
@@ -371,3 +375,113 @@ def _pad_backward(grad_output, input_shape, pad, mode):
         )
         return _unbatch(out)
     return _ext.pad_backward(grad_output, list(shape), left, right, top, bottom, mode)
+
+
+# ---------------------------------------------------------------------------
+# The rest of a training step on the GPU (convcore.nn and convcore.optim call
+# these when their arrays are DeviceArrays).
+# ---------------------------------------------------------------------------
+
+
+def parse_device(device) -> int | None:
+    """``'cpu'`` -> None; ``'cuda'`` -> 0; ``'cuda:N'`` or an int N -> N.
+
+    Raises:
+        ValueError: any other spelling.
+    """
+    if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
+        index = int(device)
+    elif isinstance(device, str) and device == "cpu":
+        return None
+    elif isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        tail = device[5:] if device != "cuda" else "0"
+        if not tail.isdigit():
+            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        index = int(tail)
+    else:
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if index < 0:
+        raise ValueError(f"device: a CUDA device index must be >= 0, got {index}")
+    return index
+
+
+def device_name(device: int = 0) -> str:
+    """The GPU's name, e.g. ``'NVIDIA H100 80GB HBM3'``."""
+    _require("device_name")
+    return _ext.device_name(as_int(device, "device"))
+
+
+def _relu(x: DeviceArray, inplace: bool) -> DeviceArray:
+    return _ext.relu_forward(x, bool(inplace))
+
+
+def _relu_backward(grad_output: DeviceArray, output: DeviceArray, inplace: bool) -> DeviceArray:
+    return _ext.relu_backward(grad_output, output, bool(inplace))
+
+
+def _multiply(a: DeviceArray, b: DeviceArray) -> DeviceArray:
+    return _ext.multiply(a, b)
+
+
+def _add_(dst: DeviceArray, src: DeviceArray) -> None:
+    _ext.add_(dst, src)
+
+
+def _as_1x1(x: DeviceArray, features: int, name: str) -> DeviceArray:
+    if x.ndim < 1 or x.shape[-1] != features:
+        raise ValueError(f"{name}: expected shape (..., {features}), got {tuple(x.shape)}")
+    return x.reshape((-1, features, 1, 1))
+
+
+# A linear layer is a 1x1 convolution of a 1x1 image: y (N, out) = x (N, in)
+# @ w.T + b runs on the GPU's implicit-GEMM convolution kernels, which take
+# the batch as the GEMM's N dimension and the features as its reduction.
+_LINEAR_ARGS = (1, 1, 0, 0, 0, 0, 1, 1, 1)
+
+
+def _linear(x: DeviceArray, weight: DeviceArray, bias: DeviceArray | None) -> DeviceArray:
+    out_features, in_features = weight.shape
+    y = _ext.conv2d_forward(
+        _as_1x1(x, in_features, "input"),
+        weight.reshape((out_features, in_features, 1, 1)),
+        bias,
+        *_LINEAR_ARGS,
+    )
+    return y.reshape((*x.shape[:-1], out_features))
+
+
+def _linear_backward(grad_output, x, weight, need_input: bool, need_weight: bool, need_bias: bool):
+    out_features, in_features = weight.shape
+    gi, gw, gb = _ext.conv2d_backward(
+        _as_1x1(grad_output, out_features, "grad_output"),
+        _as_1x1(x, in_features, "input"),
+        weight.reshape((out_features, in_features, 1, 1)),
+        *_LINEAR_ARGS,
+        bool(need_input),
+        bool(need_weight),
+        bool(need_bias),
+    )
+    if gi is not None:
+        gi = gi.reshape(tuple(x.shape))
+    if gw is not None:
+        gw = gw.reshape((out_features, in_features))
+    return gi, gw, gb
+
+
+def _cross_entropy(logits: DeviceArray, target: np.ndarray, scale: float):
+    """(grad on the device, sum of the row losses, predictions on the host)."""
+    return _ext.cross_entropy(logits, np.ascontiguousarray(target, dtype=np.int64), float(scale))
+
+
+# The optimiser constants arrive as numpy float32 values (those the host
+# update uses); float() widens them exactly and the binding narrows them back.
+
+
+def _adam_step(p, g, m, v, *, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step, wd):
+    k = (one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step, wd)
+    _ext.adam_step(p, g, m, v, *(float(c) for c in k))
+
+
+def _sgd_step(p, g, buf, *, momentum, one_minus_dampening, wd, neg_lr, nesterov, first):
+    k = (momentum, one_minus_dampening, wd, neg_lr)
+    _ext.sgd_step(p, g, buf, *(float(c) for c in k), bool(nesterov), bool(first))

@@ -28,19 +28,26 @@ def evaluate_model(
 ) -> dict:
     """Loss and accuracy of ``model`` (put in eval mode) on a data set.
 
+    The model may be on the GPU (``model.to('cuda')``): each batch is then
+    copied there.
+
     Returns:
         dict with ``loss`` (mean cross-entropy), ``accuracy`` (fraction) and
         ``predictions`` (int64 array of predicted labels).
     """
+    from . import cuda
+
+    device = cuda.parse_device(model.device)
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total = 0.0
     preds = np.empty(len(labels), dtype=np.int64)
     start = 0
     for x, y in MiniBatches(images, labels, batch_size, shuffle=False, normalize=normalize):
-        logits = model(x)
-        total += loss_fn(logits, y)
-        preds[start : start + len(y)] = logits.argmax(axis=1)
+        if device is not None:
+            x = cuda.to_device(x, device)
+        total += loss_fn(model(x), y)
+        preds[start : start + len(y)] = loss_fn.predictions()
         start += len(y)
     n = max(len(labels), 1)
     return {

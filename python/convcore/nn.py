@@ -13,10 +13,14 @@ gradient of its input while *adding* the gradients of its parameters into
     optimizer.step()
 
 Convolution and pooling run on convcore's compiled kernels, ``Linear`` on
-numpy's BLAS.  Everything stays float32; parameter names and default
-initialisation follow PyTorch (``'0.weight'``; kaiming-uniform with
-a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases),
-drawn from a numpy ``Generator`` so a seed fixes the model.
+numpy's BLAS.  ``model.to('cuda')`` moves the parameters to the GPU; the
+layers then take and return :class:`convcore.cuda.DeviceArray` activations
+and run every step there (``Linear`` as a 1x1 convolution, ReLU, dropout,
+the loss and the optimisers on their own kernels).  Everything stays
+float32; parameter names and default initialisation follow PyTorch
+(``'0.weight'``; kaiming-uniform with a = sqrt(5), i.e.
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases), drawn from a
+numpy ``Generator`` so a seed fixes the model.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from . import cuda as _cuda
 from .functional import conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, pad, pad_backward
 
 __all__ = [
@@ -76,6 +81,17 @@ def _rng(rng) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
+def _on_gpu(a) -> bool:
+    return isinstance(a, _cuda.DeviceArray)
+
+
+def _zero(a) -> None:
+    if _on_gpu(a):
+        a.zero_()
+    else:
+        a.fill(0)
+
+
 def _pair(v, name: str) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
@@ -107,9 +123,11 @@ class Parameter:
 class ParameterPack:
     """Parameters whose ``data`` and ``grad`` are views into two contiguous
     buffers (see :meth:`Module.pack_parameters`), so optimisers and
-    ``zero_grad`` can treat them as one array: one numpy call instead of one
-    per parameter.  Each view starts on a 64-byte boundary; the gaps hold
-    zeros, which every update rule leaves at zero."""
+    ``zero_grad`` can treat them as one array: one numpy call (or one GPU
+    kernel) instead of one per parameter.  Each view starts on a 64-byte
+    boundary; the gaps hold zeros, which every update rule leaves at zero.
+    The buffers live on the host (``device`` None) or on a GPU (``device``
+    the CUDA index; they are then DeviceArrays), see :meth:`to`."""
 
     ALIGN = 16  # floats
 
@@ -120,28 +138,72 @@ class ParameterPack:
         for p in self.params:
             self.offsets.append(total)
             total += -(-p.data.size // self.ALIGN) * self.ALIGN
-        self.data = np.zeros(total, _F32)
-        self.grad = np.zeros(total, _F32)
+        self.device: int | None = None
+        self.shapes = [tuple(p.data.shape) for p in self.params]
+        data = np.zeros(total, _F32)
+        grad = np.zeros(total, _F32)
         for p, off in zip(self.params, self.offsets):
             n = p.data.size
-            self.data[off : off + n] = p.data.ravel()
-            self.grad[off : off + n] = p.grad.ravel()
-            p.data = self.data[off : off + n].reshape(p.data.shape)
-            p.grad = self.grad[off : off + n].reshape(p.grad.shape)
-            p.pack = self
+            data[off : off + n] = _host(p.data).ravel()
+            grad[off : off + n] = _host(p.grad).ravel()
+        self._bind(data, grad)
 
-    def view(self, flat: np.ndarray, i: int) -> np.ndarray:
-        """Parameter ``i``'s part of a buffer laid out like this pack."""
-        p, off = self.params[i], self.offsets[i]
-        return flat[off : off + p.data.size].reshape(p.data.shape)
+    def _bind(self, data, grad) -> None:
+        """Make ``data``/``grad`` the buffers and point every parameter at its views."""
+        self.data, self.grad = data, grad
+        self._views = []
+        for i, p in enumerate(self.params):
+            p.data, p.grad = self.view(data, i), self.view(grad, i)
+            p.pack = self
+            self._views.append((p.data, p.grad))
+
+    def view(self, flat, i: int):
+        """Parameter ``i``'s part of a buffer laid out like this pack (a numpy
+        view, or a DeviceArray view for a buffer on the GPU)."""
+        off, shape = self.offsets[i], self.shapes[i]
+        if _on_gpu(flat):
+            return flat.subarray(off, shape)
+        return flat[off : off + math.prod(shape)].reshape(shape)
+
+    def is_view(self, a, flat, i: int) -> bool:
+        """Whether ``a`` is parameter ``i``'s view of ``flat``."""
+        if _on_gpu(flat):
+            return (
+                _on_gpu(a)
+                and a.data_ptr == flat.data_ptr + 4 * self.offsets[i]
+                and tuple(a.shape) == self.shapes[i]
+            )
+        return isinstance(a, np.ndarray) and a.base is flat and a.shape == self.shapes[i]
+
+    def zeros_like(self):
+        """A zero buffer laid out like this pack, on the pack's device."""
+        if self.device is None:
+            return np.zeros_like(self.data)
+        return _cuda.zeros(self.data.shape, device=self.device)
 
     def intact(self, params: list[Parameter]) -> bool:
         """True if ``params`` are exactly this pack's parameters, in order,
         still viewing its buffers (nobody rebound ``.data`` or ``.grad``)."""
         return len(params) == len(self.params) and all(
-            p is q and p.data.base is self.data and p.grad.base is self.grad
-            for p, q in zip(params, self.params)
+            p is q and p.data is d and p.grad is g
+            for p, q, (d, g) in zip(params, self.params, self._views)
         )
+
+    def to(self, device: int | None) -> None:
+        """Move both buffers to CUDA device ``device`` (None: the host),
+        keeping the values; the parameters then view the new buffers.
+        Optimiser state is not moved: create the optimiser afterwards."""
+        if device == self.device:
+            return
+        data = _host(self.data) if device is None else _cuda.to_device(_host(self.data), device)
+        grad = _host(self.grad) if device is None else _cuda.to_device(_host(self.grad), device)
+        self.device = device
+        self._bind(data, grad)
+
+
+def _host(a) -> np.ndarray:
+    """A numpy copy of a DeviceArray, or the numpy array itself."""
+    return a.numpy() if _on_gpu(a) else a
 
 
 class Module:
@@ -198,10 +260,44 @@ class Module:
         params = self.parameters()
         pack = params[0].pack if params else None
         if pack is not None and pack.intact(params):
-            pack.grad.fill(0)
+            _zero(pack.grad)
             return
         for p in params:
-            p.grad.fill(0)
+            _zero(p.grad)
+
+    def to(self, device) -> Module:
+        """Move the parameters (and gradients) to ``device``: ``'cpu'``,
+        ``'cuda'`` or ``'cuda:N'``.  They are packed first if they are not
+        (:meth:`pack_parameters`).  Inputs must then be on the same device
+        (:func:`convcore.cuda.to_device`), and an optimiser must be created
+        after the move.  Returns ``self``.
+
+        Raises:
+            ValueError: an unknown device spelling.
+            RuntimeError: no CUDA build or no such device (the reason is given).
+        """
+        index = _cuda.parse_device(device)
+        if index is not None:
+            if not _cuda.is_available():
+                raise RuntimeError(f"to: no CUDA device: {_cuda.unavailable_reason()}")
+            if index >= _cuda.device_count():
+                raise RuntimeError(f"to: no CUDA device {index} ({_cuda.device_count()} visible)")
+        params = self.parameters()
+        if not params:
+            return self
+        pack = params[0].pack
+        if pack is None or not pack.intact(params):
+            pack = self.pack_parameters()
+        pack.to(index)
+        return self
+
+    @property
+    def device(self) -> str:
+        """``'cpu'`` or ``'cuda:N'``: where the parameters are."""
+        params = self.parameters()
+        if params and _on_gpu(params[0].data):
+            return f"cuda:{params[0].data.device}"
+        return "cpu"
 
     def pack_parameters(self) -> ParameterPack:
         """Move all parameters (data and grad) into two contiguous buffers,
@@ -213,7 +309,10 @@ class Module:
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of the parameters, by PyTorch-style name ('0.weight')."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        return OrderedDict(
+            (name, p.data.numpy() if _on_gpu(p.data) else p.data.copy())
+            for name, p in self.named_parameters()
+        )
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters in place (optimisers keep working).
@@ -236,7 +335,10 @@ class Module:
                 raise ValueError(
                     f"load_state_dict: {name} has shape {value.shape}, expected {p.data.shape}"
                 )
-            np.copyto(p.data, value, casting="same_kind")
+            if _on_gpu(p.data):
+                p.data.copy_from_host(value.astype(_F32, casting="same_kind", copy=False))
+            else:
+                np.copyto(p.data, value, casting="same_kind")
 
     def rng_state(self) -> dict[str, dict]:
         """The random-generator state of every layer that draws random
@@ -279,8 +381,11 @@ class Module:
         return "\n".join(lines)
 
 
-def _accumulate(p: Parameter, g: np.ndarray) -> None:
-    np.add(p.grad, g, out=p.grad)
+def _accumulate(p: Parameter, g) -> None:
+    if _on_gpu(p.grad):
+        _cuda._add_(p.grad, g)
+    else:
+        np.add(p.grad, g, out=p.grad)
 
 
 class Conv2d(Module):
@@ -466,7 +571,10 @@ class ReLU(Module):
         self._y = None
 
     def forward(self, x):
-        y = np.maximum(x, _F32(0), out=x if self.inplace else None)
+        if _on_gpu(x):
+            y = _cuda._relu(x, self.inplace)
+        else:
+            y = np.maximum(x, _F32(0), out=x if self.inplace else None)
         self._y = y
         return y
 
@@ -475,6 +583,8 @@ class ReLU(Module):
             raise RuntimeError("ReLU.backward: call forward first")
         if not self.input_grad:
             return None
+        if _on_gpu(grad_output):
+            return _cuda._relu_backward(grad_output, self._y, self.inplace)
         # Pass the gradient where the output is positive.  Multiplying by the
         # bool mask runs at memory speed; boolean indexing and np.where were
         # 5-10x slower here.
@@ -496,11 +606,13 @@ class Flatten(Module):
         self._in_shape = x.shape
         s = self.start_dim % x.ndim
         e = self.end_dim % x.ndim
-        return x.reshape(*x.shape[:s], -1, *x.shape[e + 1 :])
+        return x.reshape((*x.shape[:s], -1, *x.shape[e + 1 :]))
 
     def backward(self, grad_output):
         if not self.input_grad:
             return None
+        if _on_gpu(grad_output):
+            return grad_output.reshape(self._in_shape)
         return np.ascontiguousarray(grad_output.reshape(self._in_shape))
 
 
@@ -509,7 +621,8 @@ class Linear(Module):
 
     Computed with numpy's matmul (BLAS sgemm), float32 throughout.  The
     first call limits numpy's OpenBLAS to ``convcore.nn.BLAS_THREADS`` threads
-    (default 1; see that setting).
+    (default 1; see that setting).  On the GPU it runs as a 1x1 convolution
+    on convcore's convolution kernels.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None):
@@ -524,9 +637,12 @@ class Linear(Module):
     def forward(self, x):
         if x.dtype != _F32:
             raise TypeError(f"Linear: expected a float32 input, got {x.dtype}")
+        self._x = x
+        if _on_gpu(x):
+            b = self.bias.data if self.bias is not None else None
+            return _cuda._linear(x, self.weight.data, b)
         if not _blas_done:
             _configure_blas()
-        self._x = x
         y = np.matmul(x, self.weight.data.T)
         if self.bias is not None:
             y += self.bias.data
@@ -537,6 +653,16 @@ class Linear(Module):
         if x is None:
             raise RuntimeError("Linear.backward: call forward first")
         w, b = self.weight, self.bias
+        if _on_gpu(x):
+            need_b = b is not None and b.requires_grad
+            gi, gw, gb = _cuda._linear_backward(
+                grad_output, x, w.data, self.input_grad, w.requires_grad, need_b
+            )
+            if gw is not None:
+                _accumulate(w, gw)
+            if gb is not None:
+                _accumulate(b, gb)
+            return gi
         if w.requires_grad:
             x2 = x.reshape(-1, self.in_features)
             g2 = grad_output.reshape(-1, self.out_features)
@@ -573,12 +699,18 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
+        shape = tuple(x.shape)
         if self.p == 1.0:
-            self._mask = np.zeros(x.shape, _F32)
+            self._mask = np.zeros(shape, _F32)
         else:
-            keep = self.rng.random(x.shape, dtype=_F32) >= _F32(self.p)
+            keep = self.rng.random(shape, dtype=_F32) >= _F32(self.p)
             self._mask = keep.astype(_F32)
             self._mask *= _F32(1.0 / (1.0 - self.p))
+        if _on_gpu(x):
+            # The mask is drawn on the host from the same generator, so a
+            # seed gives the same masks on the CPU and on the GPU.
+            self._mask = _cuda.to_device(self._mask, x.device)
+            return _cuda._multiply(x, self._mask)
         return x * self._mask
 
     def backward(self, grad_output):
@@ -586,6 +718,8 @@ class Dropout(Module):
             return None
         if self._mask is None:
             return grad_output
+        if _on_gpu(grad_output):
+            return _cuda._multiply(grad_output, self._mask)
         return grad_output * self._mask
 
     def extra_repr(self) -> str:
@@ -645,7 +779,13 @@ class CrossEntropyLoss:
     class labels (N,) in [0, C) and returns the loss as a Python float (the
     mean over the batch, or the sum with ``reduction='sum'``), computed with a
     stable log-softmax (max subtracted before exp).  ``loss_fn.backward()``
-    then returns d loss / d logits (float32, (N, C)).
+    then returns d loss / d logits (float32, (N, C)), and
+    ``loss_fn.predictions()`` the predicted classes (int64 (N,), the first
+    maximum of each row) on the host.
+
+    Logits on the GPU (a :class:`convcore.cuda.DeviceArray`) are handled by
+    one kernel; the labels stay a host array, the gradient stays on the GPU,
+    and the call waits for the device to return the loss.
     """
 
     def __init__(self, reduction: str = "mean"):
@@ -653,11 +793,16 @@ class CrossEntropyLoss:
             raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
         self._probs = None
+        self._grad = None
+        self._pred = None
+        self._logits = None
 
     def __call__(self, logits, target) -> float:
         return self.forward(logits, target)
 
     def forward(self, logits, target) -> float:
+        if _on_gpu(logits):
+            return self._forward_gpu(logits, target)
         if not isinstance(logits, np.ndarray) or logits.dtype != _F32 or logits.ndim != 2:
             raise TypeError("logits: expected a float32 array of shape (N, C)")
         target = np.asarray(target)
@@ -679,9 +824,44 @@ class CrossEntropyLoss:
         total = float(np.sum(np.log(s[:, 0], dtype=np.float64) - z[rows, target]))
         e /= s
         self._probs, self._target = e, target
+        self._logits, self._grad, self._pred = logits, None, None
         return total / n if self.reduction == "mean" and n else total
 
-    def backward(self) -> np.ndarray:
+    def _forward_gpu(self, logits, target) -> float:
+        if logits.dtype != _F32 or logits.ndim != 2:
+            raise TypeError("logits: expected a float32 array of shape (N, C)")
+        if _on_gpu(target):
+            raise TypeError(
+                "target: expected the labels as a host array (numpy); "
+                "the loss copies them to the GPU itself"
+            )
+        target = np.asarray(target)
+        if not np.issubdtype(target.dtype, np.integer) or target.shape != tuple(logits.shape[:1]):
+            raise ValueError(
+                f"target: expected {logits.shape[0]} integer labels, "
+                f"got {target.dtype} {target.shape}"
+            )
+        n, c = logits.shape
+        if n and (target.min() < 0 or target.max() >= c):
+            raise ValueError(
+                f"target: labels must be in [0, {c}), got [{target.min()}, {target.max()}]"
+            )
+        scale = _F32(1.0 / n) if self.reduction == "mean" and n else _F32(1)
+        self._grad, total, self._pred = _cuda._cross_entropy(logits, target, scale)
+        self._probs = self._logits = None
+        return total / n if self.reduction == "mean" and n else total
+
+    def predictions(self) -> np.ndarray:
+        """The predicted class of each row of the last logits (int64, host)."""
+        if self._pred is not None:
+            return self._pred
+        if self._logits is None:
+            raise RuntimeError("CrossEntropyLoss.predictions: call the loss first")
+        return self._logits.argmax(axis=1)
+
+    def backward(self):
+        if self._grad is not None:
+            return self._grad.copy()
         if self._probs is None:
             raise RuntimeError("CrossEntropyLoss.backward: call the loss first")
         g = self._probs.copy()

@@ -12,6 +12,13 @@ done by :func:`convcore.models.build`), the state buffers are packed the same
 way and a step updates the whole model with about a dozen numpy calls
 instead of a dozen per parameter; the arithmetic is the same element by
 element, so the results are identical.
+
+Parameters on the GPU (``model.to('cuda')`` before creating the optimiser)
+keep their state buffers on the GPU too, and a step is one fused kernel
+that performs the same float32 operations in the same order, so it is
+bitwise equal to the host update.  ``state_dict()`` always returns host
+(numpy) arrays, and ``load_state_dict`` copies them to wherever the
+parameters are.
 """
 
 from __future__ import annotations
@@ -21,11 +28,23 @@ import math
 
 import numpy as np
 
+from . import cuda as _cuda
 from .nn import Parameter
 
 __all__ = ["Adam", "Optimizer", "SGD"]
 
 _F32 = np.float32
+
+
+def _on_gpu(a) -> bool:
+    return isinstance(a, _cuda.DeviceArray)
+
+
+def _host_copy(value):
+    """A host copy of a state entry (DeviceArray -> numpy)."""
+    if _on_gpu(value):
+        return value.numpy()
+    return copy.deepcopy(value)
 
 
 class Optimizer:
@@ -57,16 +76,20 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         if self._pack is not None and self._pack.intact(self.params):
-            self._pack.grad.fill(0)
-            return
-        for p in self.params:
-            p.grad.fill(0)
+            grads = [self._pack.grad]
+        else:
+            grads = [p.grad for p in self.params]
+        for g in grads:
+            if _on_gpu(g):
+                g.zero_()
+            else:
+                g.fill(0)
 
     # -- buffers -------------------------------------------------------------
     def _flat_buffer(self, name: str) -> np.ndarray:
         buf = self._flat.get(name)
         if buf is None:
-            buf = self._flat[name] = np.zeros_like(self._pack.data)
+            buf = self._flat[name] = self._pack.zeros_like()
         return buf
 
     def _buffer(self, i: int, name: str) -> np.ndarray:
@@ -74,7 +97,10 @@ class Optimizer:
         ``name`` when the parameters are packed)."""
         if self._pack is not None:
             return self._pack.view(self._flat_buffer(name), i)
-        return np.zeros_like(self.params[i].data)
+        data = self.params[i].data
+        if _on_gpu(data):
+            return _cuda.zeros(data.shape, device=data.device)
+        return np.zeros_like(data)
 
     def _scratch(self, i: int) -> np.ndarray:
         if i < 0:
@@ -103,17 +129,19 @@ class Optimizer:
             return False
         for name in names:
             flat = self._flat.get(name)
-            for s in self.state.values():
+            for i, s in self.state.items():
                 v = s.get(name)
-                if v is None or flat is None or v.base is not flat:
+                if v is None or flat is None or not self._pack.is_view(v, flat, i):
                     return False
         return True
 
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> dict:
-        """A deep copy of the state, in PyTorch's layout."""
+        """A deep copy of the state, in PyTorch's layout (numpy arrays, also
+        for parameters on the GPU)."""
         group = dict(self.defaults, params=list(range(len(self.params))))
-        return {"state": copy.deepcopy(self.state), "param_groups": [group]}
+        state = {i: {k: _host_copy(v) for k, v in s.items()} for i, s in self.state.items()}
+        return {"state": state, "param_groups": [group]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore :meth:`state_dict` output (hyper-parameters included).
@@ -145,7 +173,10 @@ class Optimizer:
                             f"expected {p.data.shape}"
                         )
                     s[name] = self._buffer(i, name)
-                    np.copyto(s[name], arr, casting="same_kind")
+                    if _on_gpu(s[name]):
+                        s[name].copy_from_host(arr.astype(_F32, casting="same_kind", copy=False))
+                    else:
+                        np.copyto(s[name], arr, casting="same_kind")
             new_state[i] = s
         defaults = {k: v for k, v in groups[0].items() if k != "params"}
         if "betas" in defaults:
@@ -203,7 +234,8 @@ class SGD(Optimizer):
                 buf, first = self._flat["momentum_buffer"], True
             else:
                 buf, first = self._flat.get("momentum_buffer"), False
-            self._update(self._pack.data, self._pack.grad, buf, first, self._scratch(-1))
+            tmp = None if _on_gpu(self._pack.data) else self._scratch(-1)
+            self._update(self._pack.data, self._pack.grad, buf, first, tmp)
             return
         for i, p in enumerate(self.params):
             if not p.requires_grad:
@@ -215,12 +247,26 @@ class SGD(Optimizer):
                 if buf is None:
                     buf = state["momentum_buffer"] = self._buffer(i, "momentum_buffer")
                     first = True
-            self._update(p.data, p.grad, buf, first, self._scratch(i))
+            tmp = None if _on_gpu(p.data) else self._scratch(i)
+            self._update(p.data, p.grad, buf, first, tmp)
 
     def _update(self, p, g, buf, first: bool, tmp) -> None:
         d = self.defaults
         lr, momentum, dampening = d["lr"], d["momentum"], d["dampening"]
         wd, nesterov = d["weight_decay"], d["nesterov"]
+        if _on_gpu(p):
+            _cuda._sgd_step(
+                p,
+                g,
+                buf,
+                momentum=_F32(momentum),
+                one_minus_dampening=_F32(1 - dampening),
+                wd=_F32(wd),
+                neg_lr=_F32(-lr),
+                nesterov=nesterov and momentum != 0,
+                first=first,
+            )
+            return
         if wd != 0:
             g = g + p * _F32(wd)
         if momentum != 0:
@@ -287,7 +333,7 @@ class Adam(Optimizer):
                 self._flat["exp_avg"],
                 self._flat["exp_avg_sq"],
                 t,
-                self._scratch(-1),
+                None if _on_gpu(self._pack.data) else self._scratch(-1),
             )
             return
         for i, p in enumerate(self.params):
@@ -303,12 +349,30 @@ class Adam(Optimizer):
                 state["exp_avg"],
                 state["exp_avg_sq"],
                 state["step"],
-                self._scratch(i),
+                None if _on_gpu(p.data) else self._scratch(i),
             )
 
     def _update(self, p, g, m, v, t: int, tmp) -> None:
         d = self.defaults
         lr, (beta1, beta2), eps, wd = d["lr"], d["betas"], d["eps"], d["weight_decay"]
+        step_size = lr / (1 - beta1**t)
+        bias_correction2_sqrt = math.sqrt(1 - beta2**t)
+        if _on_gpu(p):
+            # The same float32 constants and operations as below, in one kernel.
+            _cuda._adam_step(
+                p,
+                g,
+                m,
+                v,
+                one_minus_beta1=_F32(1 - beta1),
+                beta2=_F32(beta2),
+                one_minus_beta2=_F32(1 - beta2),
+                bc2_sqrt=_F32(bias_correction2_sqrt),
+                eps=_F32(eps),
+                neg_step=_F32(-step_size),
+                wd=_F32(wd),
+            )
+            return
         if wd != 0:
             g = g + p * _F32(wd)
         # m.lerp_(g, 1 - beta1)
@@ -320,8 +384,6 @@ class Adam(Optimizer):
         np.multiply(g, _F32(1 - beta2), out=tmp)
         tmp *= g
         v += tmp
-        step_size = lr / (1 - beta1**t)
-        bias_correction2_sqrt = math.sqrt(1 - beta2**t)
         # denom = v.sqrt() / bias_correction2_sqrt + eps
         np.sqrt(v, out=tmp)
         tmp /= _F32(bias_correction2_sqrt)

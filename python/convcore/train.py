@@ -7,6 +7,7 @@ with lr 1e-3, batch 100, 10 epochs, inputs scaled to [0, 1].  Examples::
     convcore-train --model wide --out runs/wide
     convcore-train --epochs 12 --resume runs/wide/checkpoint-epoch010.npz
     convcore-train --limit-train 2000 --epochs 1     # a quick smoke run
+    convcore-train --device cuda                     # on the GPU (a CUDA build)
 
 Writes into ``--out`` (default ``runs/<model>-<date>-<time>``):
 
@@ -23,6 +24,11 @@ Both files are rewritten atomically after each epoch.  ``--resume`` restores
 the weights, the optimiser state and the random generators (data order and
 dropout) saved after an epoch, so the run ends with bitwise the same weights
 as an uninterrupted run with the same settings and thread count.
+
+``--device cuda`` keeps the parameters, gradients, activations and optimiser
+state on the GPU (see :mod:`convcore.cuda`); each batch of images is copied
+there, and the loss comes back once per step.  The device is not a setting
+of the run: a checkpoint written on one device resumes on the other.
 """
 
 from __future__ import annotations
@@ -106,6 +112,23 @@ def _complete(config: dict) -> dict:
     return c
 
 
+def _resolve_device(device: str) -> int | None:
+    """The CUDA index of ``device`` (None for the CPU); UsageError when it
+    cannot be used here, saying why."""
+    from . import cuda
+
+    try:
+        index = cuda.parse_device(device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
+    if index is not None:
+        if not cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device: {cuda.unavailable_reason()}")
+        if index >= cuda.device_count():
+            raise UsageError(f"--device {device}: no such device ({cuda.device_count()} visible)")
+    return index
+
+
 def _write_json(path: Path, obj) -> None:
     text = json.dumps(obj, indent=2) + "\n"
     ckpt_io.write_atomic(path, lambda f: f.write(text.encode()))
@@ -129,6 +152,7 @@ def run(
     progress: str = "auto",
     plots: bool = True,
     limit_test: int | None = None,
+    device: str = "cpu",
     log=print,
 ) -> dict:
     """Train (or continue training) and write checkpoints, metrics and pictures.
@@ -144,13 +168,16 @@ def run(
         progress: ``'auto'``, ``'bar'``, ``'lines'`` or ``'none'``.
         plots: draw the PNG pictures (when matplotlib is installed).
         limit_test: evaluate on the first N test images only (smoke tests).
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``: where to train.
         log: function that prints one line.
 
     Returns:
         The metrics dictionary written to ``metrics.json``.
     """
     import convcore
+    from convcore import cuda
 
+    device_index = _resolve_device(device)
     out_dir = Path(out_dir)
     ckpt = None
     if resume is not None:
@@ -181,6 +208,7 @@ def run(
         xte, yte = xte[:limit_test], yte[:limit_test]
 
     model = models.build(config["model"], seed=config["seed"], dropout=config["dropout"])
+    model.to(device)  # before the optimiser, whose state lives beside the parameters
     opt = make_optimizer(config, model.parameters())
     shuffle_rng = models.seed_stream(config["seed"], 2)
     history: list[dict] = []
@@ -199,8 +227,14 @@ def run(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = f"{info['num_threads']} thread" + ("s" if info["num_threads"] != 1 else "")
+    if device_index is None:
+        where = f"{info['isa_active']}, {threads}"
+        device_label = "cpu"
+    else:
+        device_label = f"cuda:{device_index} ({cuda.device_name(device_index)})"
+        where = device_label
     log(
-        f"convcore {convcore.__version__} ({info['isa_active']}, {threads}) | "
+        f"convcore {convcore.__version__} ({where}) | "
         f"model {config['model']} ({n_params:,} parameters) | "
         f"{config['optimizer']} lr {config['lr']:g} | "
         f"batch {config['batch_size']} | {len(ytr)} train / {len(yte)} test images | out {out_dir}"
@@ -221,11 +255,12 @@ def run(
         t0 = time.perf_counter()
         try:
             for x, y in batches:
-                logits = model(x)
-                loss = loss_fn(logits, y)
+                if device_index is not None:
+                    x = cuda.to_device(x, device_index)
+                loss = loss_fn(model(x), y)
                 if not np.isfinite(loss):
                     raise _Stop(f"the loss became {loss} in epoch {epoch}; try a smaller --lr")
-                correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
+                correct += int(np.count_nonzero(loss_fn.predictions() == y))
                 model.zero_grad()
                 model.backward(loss_fn.backward())
                 opt.step()
@@ -275,13 +310,16 @@ def run(
             ),
         )
         metrics = _metrics(config, history, last_eval, yte, last_ckpt, info, n_params, started)
+        metrics["device"] = device_label
         _write_json(out_dir / "metrics.json", metrics)
 
     if last_eval is None:  # nothing left to train: report the checkpoint's model
         last_eval = evaluate_model(model, xte, yte, normalize=config["normalize"])
         last_ckpt = Path(resume)
     metrics = _metrics(config, history, last_eval, yte, last_ckpt, info, n_params, started)
+    metrics["device"] = device_label
     cm = np.array(metrics["confusion_matrix"])
+    model.to("cpu")  # the pictures run the model on host arrays
     if plots:
         try:
             from . import plots as plots_mod
@@ -359,6 +397,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, help="seed of weights, dropout and data order (default 0)")
     ap.add_argument("--threads", type=int, help="convcore threads (default: OpenMP's)")
     ap.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="cpu (default), cuda or cuda:N (needs convcore built with CUDA and a GPU)",
+    )
+    ap.add_argument(
         "--data",
         metavar="DIR",
         help="Fashion-MNIST folder (default: search path, see python -m convcore.data --help)",
@@ -402,6 +446,7 @@ def main(argv=None) -> int:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{args.model or DEFAULTS['model']}-{stamp}"
     try:
+        _resolve_device(args.device)  # before loading the data
         data = load_fashion_mnist(args.data)
         run(
             config,
@@ -411,6 +456,7 @@ def main(argv=None) -> int:
             progress=args.progress,
             plots=not args.no_plots,
             limit_test=args.limit_test,
+            device=args.device,
             log=lambda s: print(s, flush=True),
         )
     except DataError as e:

@@ -5,7 +5,9 @@
 // the pooling window and the padding source / preimage maps -- is compiled
 // for the host and replayed here thread by thread between the barriers,
 // then compared with the scalar reference kernels: conv within float32
-// rounding, pooling and padding bitwise.  Not covered: the CUDA semantics
+// rounding, pooling and padding bitwise; the training-step ops (ReLU,
+// cross-entropy, Adam, SGD) against double-precision formulas and on the
+// special values (NaN, -0.0, ties, bad labels).  Not covered: the CUDA semantics
 // themselves (barriers, __match_any_sync, launch sizes), which only a GPU
 // run of tests/test_cuda.py checks.
 //
@@ -20,6 +22,7 @@
 #include "cuda/conv2d.cu"
 #include "cuda/maxpool2d.cu"
 #include "cuda/pad2d.cu"
+#include "cuda/train_ops.cu"
 #include "kernels/ref/ref_kernels.h"
 
 using namespace convcore;
@@ -353,9 +356,122 @@ static void pool_pad_all() {
   std::printf("pad: %d valid cases; max_pool2d: %d valid cases\n", pad_cases, pool_cases);
 }
 
+// ---------------------------------------------------------------------------
+// training-step ops (train_ops.cu)
+// ---------------------------------------------------------------------------
+
+static int train_cases = 0;
+
+static void expect(bool ok, const char* what) {
+  ++train_cases;
+  if (!ok) {
+    std::printf("FAIL train_ops: %s\n", what);
+    ++failures;
+  }
+}
+
+static bool close(double got, double want, double tol) { return std::fabs(got - want) <= tol * (1 + std::fabs(want)); }
+
+static void relu_checks() {
+  expect(same_bits(relu_value(-0.0f), 0.0f), "relu(-0) is +0 (numpy.maximum)");
+  expect(std::isnan(relu_value(NAN)), "relu(NaN) is NaN");
+  expect(relu_value(-2.0f) == 0.0f && relu_value(3.5f) == 3.5f, "relu values");
+  expect(std::isnan(relu_grad_value(NAN, -1.0f)), "NaN * 0 stays NaN");
+  expect(same_bits(relu_grad_value(-3.0f, -1.0f), -0.0f), "-3 * 0 is -0");
+  expect(relu_grad_value(2.0f, 0.5f) == 2.0f && relu_grad_value(2.0f, 0.0f) == 0.0f, "relu grad values");
+}
+
+static void cross_entropy_checks() {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (int64_t C : {1, 2, 10, 33}) {
+    const int64_t N = 17;
+    std::vector<float> z(static_cast<size_t>(N * C)), grad(static_cast<size_t>(N * C));
+    std::vector<int64_t> t(static_cast<size_t>(N)), pred(static_cast<size_t>(N));
+    std::vector<double> loss(static_cast<size_t>(N));
+    for (float& v : z) v = nd(rng);
+    for (int64_t r = 0; r < N; ++r) t[size_t(r)] = int64_t(rng() % uint32_t(C));
+    if (C > 2) z[size_t(C + 2)] = z[size_t(C)];  // row 1: a tie decided by the first index
+    const float scale = 1.0f / float(N);
+    for (int64_t r = 0; r < N; ++r) cross_entropy_row(r, C, z.data(), t.data(), scale, grad.data(), loss.data(), pred.data());
+    for (int64_t r = 0; r < N; ++r) {
+      const float* zr = &z[size_t(r * C)];
+      double mx = zr[0], s = 0;
+      int64_t best = 0;
+      for (int64_t j = 1; j < C; ++j)
+        if (zr[j] > zr[best]) best = j;
+      mx = zr[best];
+      for (int64_t j = 0; j < C; ++j) s += std::exp(double(zr[j]) - mx);
+      const double want_loss = std::log(s) - (double(zr[t[size_t(r)]]) - mx);
+      expect(close(loss[size_t(r)], want_loss, 1e-6), "cross-entropy loss");
+      expect(pred[size_t(r)] == best, "cross-entropy prediction (first maximum)");
+      for (int64_t j = 0; j < C; ++j) {
+        const double want = (std::exp(double(zr[j]) - mx) / s - (j == t[size_t(r)] ? 1.0 : 0.0)) * scale;
+        expect(std::fabs(grad[size_t(r * C + j)] - want) <= 1e-6 * scale, "cross-entropy gradient");
+      }
+    }
+  }
+  // NaN logits: the first NaN is the prediction; a bad label gives NaN, no read.
+  float z[4] = {1.0f, NAN, 5.0f, NAN};
+  int64_t t = 0, pred = -1, bad = 4;
+  double loss = 0;
+  float grad[4];
+  cross_entropy_row(0, 4, z, &t, 1.0f, grad, &loss, &pred);
+  expect(pred == 1 && std::isnan(loss), "cross-entropy with NaN logits");
+  float ok[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  cross_entropy_row(0, 4, ok, &bad, 1.0f, grad, &loss, &pred);
+  expect(std::isnan(loss) && std::isnan(grad[3]), "cross-entropy with a label out of range");
+  cross_entropy_row(0, 4, ok, &t, 1.0f, grad, &loss, &pred);
+  expect(close(loss, std::log(4.0), 1e-12) && grad[0] == -0.75f && grad[1] == 0.25f, "uniform logits");
+}
+
+static void optimizer_checks() {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (double wd : {0.0, 0.01}) {
+    // Adam, several steps, against the formula in double precision.
+    const double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    float p = nd(rng), m = 0, v = 0;
+    double pd = p, md = 0, vd = 0;
+    for (int step = 1; step <= 5; ++step) {
+      const float g = nd(rng);
+      const double step_size = lr / (1 - std::pow(b1, step)), bc2 = std::sqrt(1 - std::pow(b2, step));
+      const AdamConstants k{float(1 - b1), float(b2), float(1 - b2), float(bc2), float(eps), float(-step_size),
+                            float(wd)};
+      adam_element(k, p, g, m, v);
+      const double gd = g + wd * pd;
+      md = b1 * md + (1 - b1) * gd;
+      vd = b2 * vd + (1 - b2) * gd * gd;
+      pd -= step_size * md / (std::sqrt(vd) / bc2 + eps);
+    }
+    expect(close(p, pd, 1e-5) && close(m, md, 1e-5) && close(v, vd, 1e-5), "adam against the formula");
+  }
+  for (int nesterov = 0; nesterov < 2; ++nesterov) {
+    const double lr = 0.05, mom = 0.9, damp = nesterov ? 0.0 : 0.1, wd = 1e-3;
+    float p = nd(rng), buf = 0;
+    double pd = p, bd = 0;
+    for (int step = 1; step <= 4; ++step) {
+      const float g = nd(rng);
+      const SgdConstants k{float(mom), float(1 - damp), float(wd), float(-lr), nesterov != 0, step == 1};
+      sgd_element(k, p, g, &buf);
+      const double gd = g + wd * pd;
+      bd = step == 1 ? gd : mom * bd + (1 - damp) * gd;
+      pd -= lr * (nesterov ? gd + mom * bd : bd);
+    }
+    expect(close(p, pd, 1e-5) && close(buf, bd, 1e-5), "sgd with momentum against the formula");
+  }
+  float p = 1.0f;
+  sgd_element(SgdConstants{0.0f, 1.0f, 0.0f, -0.5f, false, false}, p, 0.25f, nullptr);
+  expect(p == 0.875f, "plain sgd");
+}
+
 int main() {
   conv_all();
   pool_pad_all();
+  relu_checks();
+  cross_entropy_checks();
+  optimizer_checks();
+  std::printf("train ops: %d checks\n", train_cases);
   std::printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
   return failures != 0;
 }

@@ -1,0 +1,229 @@
+"""A stand-in for the compiled GPU module (``convcore._core.cuda``) that keeps
+"device" arrays in host memory, for testing the Python side of the GPU path
+on machines without a GPU.
+
+It is not a GPU emulator: conv, pooling and padding call the CPU kernels,
+and the training ops below are numpy transcriptions of the kernels in
+csrc/cuda/train_ops.cu.  What it tests is the plumbing above the kernels --
+that ``model.to('cuda')``, the layers, the loss, the optimisers, the
+checkpoints and ``convcore-train --device cuda`` keep every array of a step
+on the device, hand the right arrays to the right ops, and move state
+between host and device correctly.  Like the real DeviceArray, a
+:class:`FakeDeviceArray` refuses to become a numpy array implicitly and
+refuses numpy arithmetic, and every op refuses host arrays, so a code path
+that silently falls back to numpy fails here.  The kernels themselves are
+checked by the host emulation (csrc/cuda/emulation) and, on a GPU, by
+tests/test_cuda.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from convcore import _core
+
+_F32 = np.float32
+
+
+class CudaError(RuntimeError):
+    pass
+
+
+class FakeDeviceArray:
+    """A C-contiguous float32 or int64 array "on device 0" (host memory)."""
+
+    __array_ufunc__ = None  # numpy arithmetic on it raises TypeError
+
+    def __init__(self, host: np.ndarray):
+        assert host.flags.c_contiguous and host.dtype in (np.float32, np.int64)
+        self._a = host
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("FakeDeviceArray cannot be converted to numpy implicitly")
+
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    nbytes = property(lambda self: self._a.nbytes)
+    device = property(lambda self: 0)
+    data_ptr = property(lambda self: self._a.ctypes.data)
+
+    def __len__(self):
+        return len(self._a)
+
+    def numpy(self) -> np.ndarray:
+        return self._a.copy()
+
+    def copy(self) -> FakeDeviceArray:
+        return FakeDeviceArray(self._a.copy())
+
+    def reshape(self, shape) -> FakeDeviceArray:
+        view = self._a.reshape(tuple(shape))
+        assert np.shares_memory(view, self._a) or self._a.size == 0
+        return FakeDeviceArray(view)
+
+    def subarray(self, start: int, shape) -> FakeDeviceArray:
+        n = int(np.prod(shape))
+        if start < 0 or start + n > self._a.size:
+            raise ValueError("subarray: out of range")
+        return FakeDeviceArray(self._a.reshape(-1)[start : start + n].reshape(tuple(shape)))
+
+    def copy_from_host(self, array) -> None:
+        if not isinstance(array, np.ndarray) or array.dtype != self.dtype:
+            raise TypeError("copy_from_host: dtype mismatch")
+        if array.shape != self.shape:
+            raise ValueError("copy_from_host: shape mismatch")
+        self._a[...] = array
+
+    def zero_(self) -> None:
+        self._a[...] = 0
+
+    def __repr__(self) -> str:
+        return f"FakeDeviceArray(shape={self.shape}, dtype={self.dtype})"
+
+
+def _dev(a, name="array") -> np.ndarray:
+    """The host storage of a device argument; a host array is an error."""
+    if not isinstance(a, FakeDeviceArray):
+        raise TypeError(f"{name}: expected a DeviceArray, got {type(a).__name__}")
+    return a._a
+
+
+def _wrap(a) -> FakeDeviceArray | None:
+    return None if a is None else FakeDeviceArray(np.ascontiguousarray(a))
+
+
+class FakeExt:
+    """The functions of ``convcore._core.cuda``, on FakeDeviceArrays."""
+
+    CudaError = CudaError
+    DeviceArray = FakeDeviceArray
+
+    def __init__(self):
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name):
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    # -- devices and memory
+    def device_count(self):
+        return 1
+
+    def unavailable_reason(self):
+        return ""
+
+    def device_name(self, device):
+        return "fake GPU (host memory, tests/fake_cuda.py)"
+
+    def synchronize(self, device):
+        pass
+
+    def to_device(self, array, device):
+        assert device == 0
+        if array.dtype not in (np.float32, np.int64):
+            raise TypeError("to_device: expected float32 or int64")
+        return FakeDeviceArray(np.array(array, order="C", copy=True))
+
+    def zeros(self, shape, dtype, device):
+        return FakeDeviceArray(np.zeros(tuple(shape), dtype))
+
+    def empty(self, shape, dtype, device):
+        return FakeDeviceArray(np.full(tuple(shape), 7, dtype))
+
+    # -- the kernels of the functional API: the CPU ones
+    def conv2d_forward(self, x, w, b, *args):
+        self._count("conv2d_forward")
+        bias = None if b is None else _dev(b, "bias")
+        return _wrap(_core.conv2d_forward(_dev(x, "input"), _dev(w, "weight"), bias, *args))
+
+    def conv2d_backward(self, dy, x, w, *args):
+        self._count("conv2d_backward")
+        out = _core.conv2d_backward(
+            _dev(dy, "grad_output"), _dev(x, "input"), _dev(w, "weight"), *args
+        )
+        return tuple(_wrap(a) for a in out)
+
+    def max_pool2d_forward(self, x, *args):
+        out, idx = _core.max_pool2d_forward(_dev(x, "input"), *args)
+        return _wrap(out), _wrap(idx)
+
+    def max_pool2d_backward(self, dy, idx, shape):
+        return _wrap(_core.max_pool2d_backward(_dev(dy), _dev(idx), shape))
+
+    def pad_forward(self, x, *args):
+        return _wrap(_core.pad_forward(_dev(x), *args))
+
+    def pad_backward(self, dy, *args):
+        return _wrap(_core.pad_backward(_dev(dy), *args))
+
+    # -- train_ops.cu, transcribed
+    def relu_forward(self, x, inplace):
+        self._count("relu_forward")
+        a = _dev(x)
+        y = np.maximum(a, _F32(0), out=a if inplace else None)
+        return x if inplace else FakeDeviceArray(y)
+
+    def relu_backward(self, dy, y, inplace):
+        self._count("relu_backward")
+        g = _dev(dy)
+        out = np.multiply(g, _dev(y) > 0, out=g if inplace else None)
+        return dy if inplace else FakeDeviceArray(out)
+
+    def multiply(self, a, b):
+        self._count("multiply")
+        return FakeDeviceArray(_dev(a) * _dev(b))
+
+    def add_(self, dst, src):
+        self._count("add_")
+        d = _dev(dst)
+        np.add(d, _dev(src), out=d)
+
+    def cross_entropy(self, logits, target, scale):
+        self._count("cross_entropy")
+        z = _dev(logits, "logits")
+        assert isinstance(target, np.ndarray) and target.dtype == np.int64
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        rows = np.arange(len(target))
+        total = float(np.sum(np.log(s[:, 0], dtype=np.float64) - z[rows, target]))
+        g = e / s
+        g[rows, target] -= _F32(1)
+        g *= _F32(scale)
+        return FakeDeviceArray(g), total, _dev(logits).argmax(axis=1)
+
+    def adam_step(self, p, g, m, v, omb1, b2, omb2, bc2, eps, neg_step, wd):
+        self._count("adam_step")
+        p, g, m, v = (_dev(a) for a in (p, g, m, v))
+        if _F32(wd) != 0:
+            g = g + p * _F32(wd)
+        m += (g - m) * _F32(omb1)
+        v *= _F32(b2)
+        v += (g * _F32(omb2)) * g
+        p += (m / (np.sqrt(v) / _F32(bc2) + _F32(eps))) * _F32(neg_step)
+
+    def sgd_step(self, p, g, buf, momentum, omd, wd, neg_lr, nesterov, first):
+        self._count("sgd_step")
+        p, g = _dev(p), _dev(g)
+        if _F32(wd) != 0:
+            g = g + p * _F32(wd)
+        if buf is not None:
+            b = _dev(buf)
+            if first:
+                b[...] = g
+            else:
+                b *= _F32(momentum)
+                b += g * _F32(omd)
+            g = g + b * _F32(momentum) if nesterov else b
+        p += g * _F32(neg_lr)
+
+
+def install(monkeypatch) -> FakeExt:
+    """Make ``convcore.cuda`` use a FakeExt for the rest of the test."""
+    import convcore.cuda as cuda
+
+    ext = FakeExt()
+    monkeypatch.setattr(cuda, "_ext", ext)
+    monkeypatch.setattr(cuda, "DeviceArray", FakeDeviceArray)
+    monkeypatch.setattr(cuda, "CudaError", CudaError)
+    return ext

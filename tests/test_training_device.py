@@ -15,6 +15,7 @@ Each test runs twice, through the ``gpu`` fixture:
 
 from __future__ import annotations
 
+import json
 import os
 
 import convcore
@@ -22,7 +23,7 @@ import convcore.cuda as cc
 import fake_cuda
 import numpy as np
 import pytest
-from convcore import data, models, nn, optim, train
+from convcore import data, evaluate, models, nn, optim, train
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REASON = f"no CUDA device: {cc.unavailable_reason()}"
@@ -323,7 +324,18 @@ def test_convcore_train_device_cuda_cli(gpu, fmnist, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "(cuda:0 (" in out and "final test accuracy" in out
-    assert (tmp_path / "run" / "checkpoint-epoch001.npz").exists()
+    ckpt = tmp_path / "run" / "checkpoint-epoch001.npz"
+    assert ckpt.exists()
+
+    # python -m convcore.evaluate --device cuda agrees with the host.
+    results = {}
+    for device in ("cpu", "cuda"):
+        assert evaluate.main([str(ckpt), "--json", "--device", device]) == 0
+        results[device] = json.loads(capsys.readouterr().out)
+    assert results["cuda"]["test_accuracy"] == pytest.approx(
+        results["cpu"]["test_accuracy"], abs=2e-4
+    )
+    assert results["cuda"]["test_loss"] == pytest.approx(results["cpu"]["test_loss"], rel=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -332,13 +344,18 @@ def test_convcore_train_device_cuda_cli(gpu, fmnist, tmp_path, capsys):
 
 
 @pytest.mark.skipif(cc.is_available(), reason="a CUDA device is visible")
-def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+def test_device_cuda_without_a_gpu_is_a_clear_error(fmnist, tmp_path, capsys):
     rc = train.main(["--device", "cuda", "--epochs", "1", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 2
     assert "--device cuda: no CUDA device:" in err
     with pytest.raises(RuntimeError, match="no CUDA device"):
         models.build("tutorial").to("cuda")
+    small = dict(SMALL, epochs=1, limit_train=100)
+    train.run(small, tmp_path / "cpu", data=fmnist, progress="none", plots=False, log=quiet)
+    ckpt = tmp_path / "cpu" / "checkpoint-epoch001.npz"
+    assert evaluate.main([str(ckpt), "--device", "cuda"]) == 2
+    assert "--device cuda: to: no CUDA device" in capsys.readouterr().err
 
 
 def test_device_names_are_checked(tmp_path, capsys):

@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--threads", type=int, help="convcore threads (default: OpenMP's)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = ap.parse_args(argv)
 
     from . import checkpoint, set_num_threads
@@ -109,6 +110,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     model = ckpt.build_model()
+    try:
+        model.to(args.device)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: --device {args.device}: {e}", file=sys.stderr)
+        return 2
     res = evaluate_model(
         model, xte, yte, batch_size=args.batch_size, normalize=ckpt.config.get("normalize", False)
     )

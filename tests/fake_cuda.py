@@ -192,9 +192,18 @@ class FakeExt:
         g *= _F32(scale)
         return FakeDeviceArray(g), total, _dev(logits).argmax(axis=1)
 
+    @staticmethod
+    def _disjoint(*arrays):
+        arrays = [a for a in arrays if a is not None]
+        for i, a in enumerate(arrays):
+            for b in arrays[i + 1 :]:
+                if np.shares_memory(a, b):
+                    raise ValueError("optimiser arrays: expected separate arrays")
+
     def adam_step(self, p, g, m, v, omb1, b2, omb2, bc2, eps, neg_step, wd):
         self._count("adam_step")
         p, g, m, v = (_dev(a) for a in (p, g, m, v))
+        self._disjoint(p, g, m, v)
         if _F32(wd) != 0:
             g = g + p * _F32(wd)
         m += (g - m) * _F32(omb1)
@@ -205,6 +214,7 @@ class FakeExt:
     def sgd_step(self, p, g, buf, momentum, omd, wd, neg_lr, nesterov, first):
         self._count("sgd_step")
         p, g = _dev(p), _dev(g)
+        self._disjoint(p, g, None if buf is None else _dev(buf))
         if _F32(wd) != 0:
             g = g + p * _F32(wd)
         if buf is not None:

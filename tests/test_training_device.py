@@ -272,6 +272,69 @@ def test_model_to_device_and_back_keeps_the_values(gpu):
     assert lin.weight.pack is not None and _on_device(lin.weight.data)
 
 
+def test_an_optimizer_must_be_created_after_the_move(gpu):
+    model = models.build("tutorial")
+    opt = optim.Adam(model.parameters())
+    model.to("cuda")
+    with pytest.raises(RuntimeError, match="moved from cpu to cuda:0 after this Adam was created"):
+        opt.step()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt.step()  # created after the move: fine
+    model.to("cpu")
+    with pytest.raises(RuntimeError, match="create the optimiser after model.to"):
+        opt.step()
+
+
+def test_packing_a_model_on_the_device_keeps_it_there(gpu):
+    model = models.build("tutorial").to("cuda")
+    before = model.state_dict()
+    pack = model.pack_parameters()
+    assert pack.device == 0 and model.device == "cuda:0"
+    assert pack.intact(model.parameters())
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_optimizer_arrays_must_not_overlap(gpu):
+    p = cc.to_device(np.ones(8, np.float32))
+    g = cc.to_device(np.ones(8, np.float32))
+    m = cc.to_device(np.zeros(8, np.float32))
+    k = dict(one_minus_beta1=0.1, beta2=0.999, one_minus_beta2=1e-3, bc2_sqrt=1.0, eps=1e-8)
+    with pytest.raises(ValueError, match="separate arrays"):
+        cc._adam_step(p, g, m, m, neg_step=-1e-3, wd=0.0, **k)
+    with pytest.raises(ValueError, match="separate arrays"):
+        cc._sgd_step(
+            p,
+            p,
+            None,
+            momentum=0,
+            one_minus_dampening=1,
+            wd=0,
+            neg_lr=-1,
+            nesterov=False,
+            first=False,
+        )
+
+
+def test_a_copied_model_is_not_taken_for_the_packed_original():
+    import copy
+
+    model = models.build("tutorial")
+    twin = copy.deepcopy(model)
+    # The copy's parameters are independent arrays, no longer views of its
+    # pack's buffers: optimisers must update them one by one.
+    assert not twin.parameters()[0].pack.intact(twin.parameters())
+    opt = optim.SGD(twin.parameters(), lr=1.0)
+    for p in twin.parameters():
+        p.grad[...] = 1.0
+    before = twin.state_dict()
+    opt.step()
+    for k, v in twin.state_dict().items():
+        np.testing.assert_array_equal(v, before[k] - 1.0)
+    twin.zero_grad()
+    assert all(not p.grad.any() for p in twin.parameters())
+
+
 # ---------------------------------------------------------------------------
 # convcore-train --device cuda
 # ---------------------------------------------------------------------------

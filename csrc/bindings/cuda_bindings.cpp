@@ -9,8 +9,10 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/geometry.h"
@@ -605,6 +607,20 @@ py::tuple cross_entropy(const DeviceArray& logits, const py::array& target, floa
   return py::make_tuple(grad, total, pred);
 }
 
+// The optimiser kernels read and write through restrict pointers: their
+// arrays must be distinct memory.
+void require_disjoint(std::initializer_list<std::pair<const DeviceArray*, const char*>> arrays) {
+  for (auto a = arrays.begin(); a != arrays.end(); ++a)
+    for (auto b = a + 1; b != arrays.end(); ++b) {
+      if (a->first == nullptr || b->first == nullptr) continue;
+      const char* pa = static_cast<const char*>(a->first->data);
+      const char* pb = static_cast<const char*>(b->first->data);
+      if (pa < pb + b->first->nbytes() && pb < pa + a->first->nbytes())
+        throw ArgumentError(std::string(a->second) + " and " + b->second +
+                            ": expected separate arrays, got overlapping memory");
+    }
+}
+
 void adam_step(const DeviceArray& p, const DeviceArray& g, const DeviceArray& m, const DeviceArray& v,
                float one_minus_beta1, float beta2, float one_minus_beta2, float bias_correction2_sqrt, float eps,
                float neg_step_size, float weight_decay) {
@@ -615,6 +631,7 @@ void adam_step(const DeviceArray& p, const DeviceArray& g, const DeviceArray& m,
   same_shape(g, "grad", p, "param");
   same_shape(m, "exp_avg", p, "param");
   same_shape(v, "exp_avg_sq", p, "param");
+  require_disjoint({{&p, "param"}, {&g, "grad"}, {&m, "exp_avg"}, {&v, "exp_avg_sq"}});
   const cu::AdamConstants k{one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt,
                             eps, neg_step_size, weight_decay};
   py::gil_scoped_release release;
@@ -631,6 +648,7 @@ void sgd_step(const DeviceArray& p, const DeviceArray& g, const DeviceArray* buf
     float_any(*buf, "momentum_buffer");
     same_shape(*buf, "momentum_buffer", p, "param");
   }
+  require_disjoint({{&p, "param"}, {&g, "grad"}, {buf, "momentum_buffer"}});
   const cu::SgdConstants k{momentum, one_minus_dampening, weight_decay, neg_lr, nesterov, first};
   py::gil_scoped_release release;
   cu::DeviceGuard guard(p.device());

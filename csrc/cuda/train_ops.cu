@@ -2,10 +2,13 @@
 // GPU: ReLU forward and backward, element-wise product and in-place sum,
 // softmax cross-entropy with its gradient, and the Adam and SGD updates.
 //
-// Each result is bitwise equal to the numpy code it replaces in
-// python/convcore/nn.py and optim.py, except the cross-entropy (expf and
-// log differ from numpy's by an ulp or so): every float operation is one
-// IEEE round-to-nearest operation in the numpy code's order.  The explicit
+// ReLU, the product, the sum and the optimiser steps are bitwise equal to
+// the numpy code they replace in python/convcore/nn.py and optim.py: every
+// float operation is one IEEE round-to-nearest operation in the numpy
+// code's order.  The cross-entropy agrees within rounding only: expf and
+// log differ from numpy's by an ulp or so, and it sums each row (and the
+// batch's losses) left to right where numpy sums pairwise.  Optimiser
+// arguments must not overlap (the bindings check).  The explicit
 // __fmul_rn / __fadd_rn intrinsics keep nvcc from contracting a*b+c into
 // an FMA (one rounding instead of two), which would break that equality.
 //
@@ -151,7 +154,7 @@ __global__ void relu_fwd_f32__cuda(int64_t n, const float* x, float* y) {
     y[i] = relu_value(x[i]);
 }
 
-__global__ void relu_bwd_f32__cuda(int64_t n, const float* dy, const float* __restrict__ y, float* dx) {
+__global__ void relu_bwd_f32__cuda(int64_t n, const float* dy, const float* y, float* dx) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = relu_grad_value(dy[i], y[i]);
 }
@@ -161,7 +164,7 @@ __global__ void mul_f32__cuda(int64_t n, const float* a, const float* b, float* 
     out[i] = mul_rn(a[i], b[i]);
 }
 
-__global__ void add_inplace_f32__cuda(int64_t n, float* dst, const float* __restrict__ src) {
+__global__ void add_inplace_f32__cuda(int64_t n, float* dst, const float* src) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = add_rn(dst[i], src[i]);
 }

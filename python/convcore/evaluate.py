@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = ap.parse_args(argv)
 
-    from . import checkpoint, set_num_threads
+    from . import checkpoint, cuda, set_num_threads
     from .data import DataError, load_fashion_mnist
 
     if args.threads is not None:
@@ -115,9 +115,17 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"error: --device {args.device}: {e}", file=sys.stderr)
         return 2
-    res = evaluate_model(
-        model, xte, yte, batch_size=args.batch_size, normalize=ckpt.config.get("normalize", False)
-    )
+    try:
+        res = evaluate_model(
+            model,
+            xte,
+            yte,
+            batch_size=args.batch_size,
+            normalize=ckpt.config.get("normalize", False),
+        )
+    except cuda.CudaError as e:  # out of GPU memory, a failed kernel...
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     cm = confusion_matrix(yte, res["predictions"])
     if args.json:
         out = {

@@ -146,7 +146,10 @@ class ParameterPack:
             n = p.data.size
             data[off : off + n] = _host(p.data).ravel()
             grad[off : off + n] = _host(p.grad).ravel()
+        on_gpu = [p.data.device for p in self.params if _on_gpu(p.data)]
         self._bind(data, grad)
+        if on_gpu:  # packing a model on the GPU keeps it there
+            self.to(on_gpu[0])
 
     def _bind(self, data, grad) -> None:
         """Make ``data``/``grad`` the buffers and point every parameter at its views."""
@@ -185,8 +188,12 @@ class ParameterPack:
         """True if ``params`` are exactly this pack's parameters, in order,
         still viewing its buffers (nobody rebound ``.data`` or ``.grad``)."""
         return len(params) == len(self.params) and all(
-            p is q and p.data is d and p.grad is g
-            for p, q, (d, g) in zip(params, self.params, self._views)
+            p is q
+            and p.data is d
+            and p.grad is g
+            and self.is_view(d, self.data, i)
+            and self.is_view(g, self.grad, i)
+            for i, (p, q, (d, g)) in enumerate(zip(params, self.params, self._views))
         )
 
     def to(self, device: int | None) -> None:
@@ -795,7 +802,6 @@ class CrossEntropyLoss:
         self._probs = None
         self._grad = None
         self._pred = None
-        self._logits = None
 
     def __call__(self, logits, target) -> float:
         return self.forward(logits, target)
@@ -824,7 +830,7 @@ class CrossEntropyLoss:
         total = float(np.sum(np.log(s[:, 0], dtype=np.float64) - z[rows, target]))
         e /= s
         self._probs, self._target = e, target
-        self._logits, self._grad, self._pred = logits, None, None
+        self._grad, self._pred = None, logits.argmax(axis=1)
         return total / n if self.reduction == "mean" and n else total
 
     def _forward_gpu(self, logits, target) -> float:
@@ -848,16 +854,14 @@ class CrossEntropyLoss:
             )
         scale = _F32(1.0 / n) if self.reduction == "mean" and n else _F32(1)
         self._grad, total, self._pred = _cuda._cross_entropy(logits, target, scale)
-        self._probs = self._logits = None
+        self._probs = None
         return total / n if self.reduction == "mean" and n else total
 
     def predictions(self) -> np.ndarray:
         """The predicted class of each row of the last logits (int64, host)."""
-        if self._pred is not None:
-            return self._pred
-        if self._logits is None:
+        if self._pred is None:
             raise RuntimeError("CrossEntropyLoss.predictions: call the loss first")
-        return self._logits.argmax(axis=1)
+        return self._pred
 
     def backward(self):
         if self._grad is not None:

@@ -65,6 +65,21 @@ class Optimizer:
         self._pack = pack if pack is not None and pack.intact(self.params) else None
         self._flat: dict[str, np.ndarray] = {}  # packed state buffers, by name
         self._tmp: dict[int, np.ndarray] = {}
+        self._device = self._where()
+
+    def _where(self) -> str:
+        d = self.params[0].data
+        return f"cuda:{d.device}" if _on_gpu(d) else "cpu"
+
+    def _check_device(self) -> None:
+        """The parameters must still be where they were when the optimiser
+        was created: its state lives beside them."""
+        now = self._where()
+        if now != self._device:
+            raise RuntimeError(
+                f"step: the parameters moved from {self._device} to {now} after this "
+                f"{type(self).__name__} was created; create the optimiser after model.to(...)"
+            )
 
     @property
     def lr(self) -> float:
@@ -226,6 +241,7 @@ class SGD(Optimizer):
         )
 
     def step(self) -> None:
+        self._check_device()
         momentum = self.defaults["momentum"]
         if self._packed(("momentum_buffer",) if momentum != 0 else ()):
             if momentum != 0 and not self.state:
@@ -320,6 +336,7 @@ class Adam(Optimizer):
         }
 
     def step(self) -> None:
+        self._check_device()
         if self._packed(("exp_avg", "exp_avg_sq")):
             if not self.state:
                 self.state = {i: self._new_state(i) for i in range(len(self.params))}

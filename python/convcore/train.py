@@ -431,6 +431,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     import convcore
+    from convcore import cuda
 
     if args.threads is not None:
         if args.threads < 1:
@@ -465,6 +466,9 @@ def main(argv=None) -> int:
     except (UsageError, _Stop) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except cuda.CudaError as e:  # out of GPU memory, a failed kernel...
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         done = sorted(out.glob("checkpoint-epoch*.npz"))
         hint = f"; continue with --resume {done[-1]}" if done else ""

@@ -102,6 +102,30 @@ def isa(request):
         yield name
 
 
+@pytest.fixture(scope="module")
+def fmnist():
+    """The four Fashion-MNIST arrays from disk (apt-get install
+    dataset-fashion-mnist); a failure in CI when missing, else a skip."""
+    from convcore import data
+
+    try:
+        return data.load_fashion_mnist(download=False, progress=False)
+    except data.DataError as e:
+        if CI:
+            pytest.fail(f"Fashion-MNIST is required in CI: {e}")
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture
+def one_thread():
+    """Kernels on one thread (training tests: on a busy two-core machine an
+    OpenMP team of two waits in steps of milliseconds)."""
+    before = convcore.get_num_threads()
+    convcore.set_num_threads(1)
+    yield
+    convcore.set_num_threads(before)
+
+
 def _summary() -> dict:
     ops = {
         key: {

@@ -21,26 +21,10 @@ import pytest
 from convcore import checkpoint, data, models, train
 from convcore._progress import Progress
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PNGS = ["confusion_matrix.png", "curves.png", "feature_maps.png", "filters.png", "predictions.png"]
 
 
-@pytest.fixture(scope="module")
-def fmnist():
-    try:
-        return data.load_fashion_mnist(download=False, progress=False)
-    except data.DataError as e:
-        if IN_CI:
-            pytest.fail(f"Fashion-MNIST is required in CI: {e}")
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = convcore.get_num_threads()
-    convcore.set_num_threads(1)
-    yield
-    convcore.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(*_):

@@ -16,16 +16,13 @@ Each test runs twice, through the ``gpu`` fixture:
 from __future__ import annotations
 
 import json
-import os
 
-import convcore
 import convcore.cuda as cc
 import fake_cuda
 import numpy as np
 import pytest
-from convcore import data, evaluate, models, nn, optim, train
+from convcore import evaluate, models, nn, optim, train
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REASON = f"no CUDA device: {cc.unavailable_reason()}"
 
 
@@ -39,22 +36,7 @@ def gpu(request, monkeypatch):
     return None
 
 
-@pytest.fixture(scope="module")
-def fmnist():
-    try:
-        return data.load_fashion_mnist(download=False, progress=False)
-    except data.DataError as e:
-        if IN_CI:
-            pytest.fail(f"Fashion-MNIST is required in CI: {e}")
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = convcore.get_num_threads()
-    convcore.set_num_threads(1)
-    yield
-    convcore.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(*_):

@@ -807,34 +807,8 @@ class CrossEntropyLoss:
         return self.forward(logits, target)
 
     def forward(self, logits, target) -> float:
-        if _on_gpu(logits):
-            return self._forward_gpu(logits, target)
-        if not isinstance(logits, np.ndarray) or logits.dtype != _F32 or logits.ndim != 2:
-            raise TypeError("logits: expected a float32 array of shape (N, C)")
-        target = np.asarray(target)
-        if not np.issubdtype(target.dtype, np.integer) or target.shape != logits.shape[:1]:
-            raise ValueError(
-                f"target: expected {logits.shape[0]} integer labels, "
-                f"got {target.dtype} {target.shape}"
-            )
-        n, c = logits.shape
-        if n and (target.min() < 0 or target.max() >= c):
-            raise ValueError(
-                f"target: labels must be in [0, {c}), got [{target.min()}, {target.max()}]"
-            )
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        s = e.sum(axis=1, keepdims=True)
-        rows = np.arange(n)
-        # -log softmax[target] = log(sum exp z) - z[target]; summed in float64.
-        total = float(np.sum(np.log(s[:, 0], dtype=np.float64) - z[rows, target]))
-        e /= s
-        self._probs, self._target = e, target
-        self._grad, self._pred = None, logits.argmax(axis=1)
-        return total / n if self.reduction == "mean" and n else total
-
-    def _forward_gpu(self, logits, target) -> float:
-        if logits.dtype != _F32 or logits.ndim != 2:
+        gpu = _on_gpu(logits)
+        if not (gpu or isinstance(logits, np.ndarray)) or logits.dtype != _F32 or logits.ndim != 2:
             raise TypeError("logits: expected a float32 array of shape (N, C)")
         if _on_gpu(target):
             raise TypeError(
@@ -852,9 +826,20 @@ class CrossEntropyLoss:
             raise ValueError(
                 f"target: labels must be in [0, {c}), got [{target.min()}, {target.max()}]"
             )
-        scale = _F32(1.0 / n) if self.reduction == "mean" and n else _F32(1)
-        self._grad, total, self._pred = _cuda._cross_entropy(logits, target, scale)
-        self._probs = None
+        if gpu:
+            scale = _F32(1.0 / n) if self.reduction == "mean" and n else _F32(1)
+            self._grad, total, self._pred = _cuda._cross_entropy(logits, target, scale)
+            self._probs = None
+            return total / n if self.reduction == "mean" and n else total
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        rows = np.arange(n)
+        # -log softmax[target] = log(sum exp z) - z[target]; summed in float64.
+        total = float(np.sum(np.log(s[:, 0], dtype=np.float64) - z[rows, target]))
+        e /= s
+        self._probs, self._target = e, target
+        self._grad, self._pred = None, logits.argmax(axis=1)
         return total / n if self.reduction == "mean" and n else total
 
     def predictions(self) -> np.ndarray:

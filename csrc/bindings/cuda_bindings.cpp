@@ -301,11 +301,13 @@ DeviceArray import_dlpack(py::object obj) {
                          std::to_string(dev.first) + (dev.first == kDLCPU ? " (CPU)" : "") +
                          "; copy host arrays with convcore.cuda.to_device");
   py::object capsule;
+  bool ordered = true;  // the producer ordered its work before our stream
   try {
     capsule = obj.attr("__dlpack__")(py::arg("stream") = 1);  // 1: the legacy default stream, ours
   } catch (py::error_already_set& e) {
     if (!e.matches(PyExc_TypeError)) throw;
-    capsule = obj.attr("__dlpack__")();
+    capsule = obj.attr("__dlpack__")();  // an old producer: no stream handshake
+    ordered = false;
   }
   if (!PyCapsule_IsValid(capsule.ptr(), "dltensor"))
     throw py::type_error("from_dlpack: __dlpack__ did not return an unused 'dltensor' capsule");
@@ -321,7 +323,9 @@ DeviceArray import_dlpack(py::object obj) {
                          std::to_string(t.dtype.code) + ", bits " + std::to_string(t.dtype.bits) +
                          ", lanes " + std::to_string(t.dtype.lanes) + ")");
   std::vector<int64_t> shape(t.shape, t.shape + t.ndim);
-  if (t.strides != nullptr) {
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  if (t.strides != nullptr && numel != 0) {  // an empty array's strides say nothing
     int64_t expected = 1;
     for (int i = t.ndim - 1; i >= 0; --i) {
       if (shape[i] != 1 && t.strides[i] != expected)
@@ -336,15 +340,21 @@ DeviceArray import_dlpack(py::object obj) {
                         std::to_string(dev.first) + ", " + std::to_string(dev.second) + ")");
   const int device = t.device.device_id;
   cu::require_device(device);
+  if (!ordered) {
+    // The producer may still be writing the data on a stream of its own.
+    py::gil_scoped_release release;
+    cu::DeviceGuard guard(device);
+    cu::synchronize_device();
+  }
   DeviceArray a;
   a.shape = shape;
   a.dtype = dtype;
   a.data = static_cast<char*>(t.data) + t.byte_offset;
-  // From here on the memory is ours to release (through the producer's deleter).
-  PyCapsule_SetName(capsule.ptr(), "used_dltensor");
   a.buffer = cu::DeviceBuffer::wrap(device, a.data, a.nbytes(), [mt] {
     if (mt->deleter != nullptr) mt->deleter(mt);
   });
+  // From here on the memory is ours to release (through the producer's deleter).
+  PyCapsule_SetName(capsule.ptr(), "used_dltensor");
   return a;
 }
 

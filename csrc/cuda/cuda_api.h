@@ -49,7 +49,10 @@ class CudaError : public std::runtime_error {
 int device_count();
 // "" when a device is visible, else why not (CUDA's error text included).
 std::string unavailable_reason();
-// Throws CudaError naming the reason unless 0 <= device < device_count().
+// Throws CudaError naming the reason unless 0 <= device < device_count()
+// and this build has code the device can run (its compute capability is
+// covered by the CUDA architectures compiled in; when no visible device is
+// covered, device_count() is 0 and unavailable_reason() says why).
 void require_device(int device);
 std::string device_name(int device);
 int runtime_version();  // e.g. 13000
@@ -109,6 +112,8 @@ void copy_device_to_device(void* dst, const void* src, size_t bytes);
 void fill_zero(void* dst, size_t bytes);
 // Waits for all work queued on the current device's default stream.
 void synchronize();
+// Waits for all work on the current device, on every stream.
+void synchronize_device();
 
 // ---- ops (device pointers on the current device; geometry validated) ----
 

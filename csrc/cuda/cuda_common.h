@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "cuda/cuda_api.h"
 
@@ -47,6 +48,10 @@ inline unsigned blocks_for(int64_t items, int64_t per_block = kThreads) {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Why a build for the CUDA architectures `archs` ("80-real,90-real,90-virtual")
+// cannot run on a device of compute capability major.minor, or "" if it can.
+std::string missing_kernel_image(const std::string& archs, int major, int minor);
 
 // Stream-ordered scratch memory on the current device for one op.
 class Scratch {

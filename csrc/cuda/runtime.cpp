@@ -2,11 +2,13 @@
 // only (no kernels), so it is compiled by the C++ compiler, not nvcc.
 #include <cuda_runtime.h>
 
+#include <cctype>
 #include <cstdint>
 #include <map>
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "cuda/cuda_api.h"
 #include "cuda/cuda_common.h"
@@ -96,6 +98,32 @@ Scratch::Scratch(size_t bytes) {
 
 Scratch::~Scratch() { device_release(data_, pooled_); }
 
+// Why a build for `archs` (CMAKE_CUDA_ARCHITECTURES, comma-separated) has no code a device of compute capability major.minor can
+// run, or "".  CMAKE_CUDA_ARCHITECTURES entries: "NN-real" is machine code,
+// which runs on the same major version with a minor >= its own; "NN-virtual"
+// is PTX, which the driver compiles for any newer device; "NN" is both.
+// Other spellings ("native", "all") are taken on trust.
+std::string missing_kernel_image(const std::string& archs, int major, int minor) {
+  if (archs.empty()) return "";
+  const int cc = major * 10 + minor;
+  std::istringstream in(archs);
+  std::string entry;
+  while (std::getline(in, entry, ',')) {
+    size_t digits = 0;
+    while (digits < entry.size() && std::isdigit(static_cast<unsigned char>(entry[digits]))) ++digits;
+    if (digits == 0) return "";  // "native", "all", "all-major": cannot tell
+    const int arch = std::stoi(entry.substr(0, digits));
+    const std::string kind = entry.substr(digits);
+    const bool real = kind.empty() || kind == "-real", ptx = kind.empty() || kind == "-virtual";
+    if (real && arch / 10 == major && arch <= cc) return "";
+    if (ptx && arch <= cc) return "";
+  }
+  std::ostringstream os;
+  os << "convcore was built for CUDA architectures " << archs << ", which a device of compute capability "
+     << major << "." << minor << " cannot run; rebuild with -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=" << cc;
+  return os.str();
+}
+
 }  // namespace detail
 
 using detail::check;
@@ -104,9 +132,33 @@ bool CudaError::out_of_memory() const { return code_ == int(cudaErrorMemoryAlloc
 
 namespace {
 
+#ifndef CONVCORE_CUDA_ARCHS
+#define CONVCORE_CUDA_ARCHS ""
+#endif
+
+// "" when `device` can run this build's kernels, else why not.
+std::string device_problem(int device) {
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";  // let the first real call report the error
+  }
+  const std::string why = detail::missing_kernel_image(CONVCORE_CUDA_ARCHS, major, minor);
+  if (why.empty()) return "";
+  cudaDeviceProp prop;
+  std::string name = "?";
+  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess)
+    name = prop.name;
+  else
+    cudaGetLastError();
+  return "device " + std::to_string(device) + " (" + name + "): " + why;
+}
+
 struct Probe {
   int count = 0;
   std::string reason;
+  std::vector<std::string> problems;  // per device, "" when usable
 };
 
 // Devices do not come and go during a process's life (the runtime
@@ -131,7 +183,15 @@ const Probe& probe() {
     } else if (n == 0) {
       r.reason = "no device visible (cudaGetDeviceCount returned 0)";
     } else {
-      r.count = n;
+      bool any = false;
+      for (int d = 0; d < n; ++d) {
+        r.problems.push_back(device_problem(d));
+        any = any || r.problems.back().empty();
+      }
+      if (any)
+        r.count = n;  // indices stay those of CUDA; an unusable one fails in require_device
+      else
+        r.reason = "no usable device: " + r.problems[0];
     }
     return r;
   }();
@@ -150,6 +210,8 @@ void require_device(int device) {
   if (device < 0 || device >= n)
     throw ArgumentError("device: expected a CUDA device index in [0, " + std::to_string(n) +
                         "), got " + std::to_string(device));
+  const std::string& problem = probe().problems[size_t(device)];
+  if (!problem.empty()) throw CudaError("convcore.cuda: " + problem, int(cudaErrorNoKernelImageForDevice));
 }
 
 std::string device_name(int device) {
@@ -208,8 +270,12 @@ DeviceBuffer::~DeviceBuffer() {
                         cudaSetDevice(device_) == cudaSuccess;
   if (release_) {
     // Foreign memory goes back to its owner, which may reuse it on a stream
-    // that does not wait for ours.
-    cudaStreamSynchronize(cudaStreamLegacy);
+    // that does not wait for ours (and, once exported again, a third library
+    // may still be using it on its own streams).
+    if (shared_)
+      cudaDeviceSynchronize();
+    else
+      cudaStreamSynchronize(cudaStreamLegacy);
     cudaGetLastError();
     release_();
   } else {
@@ -239,6 +305,8 @@ void fill_zero(void* dst, size_t bytes) {
 }
 
 void synchronize() { check(cudaStreamSynchronize(cudaStreamLegacy), "cudaStreamSynchronize"); }
+
+void synchronize_device() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
 }  // namespace cuda
 }  // namespace convcore

@@ -465,7 +465,28 @@ static void optimizer_checks() {
   expect(p == 0.875f, "plain sgd");
 }
 
+// The compute-capability check of require_device (runtime.cpp).
+static void arch_checks() {
+  const std::string ours = "80-real,90-real,90-virtual";
+  using detail::missing_kernel_image;
+  expect(missing_kernel_image(ours, 8, 0).empty(), "sm_80 runs 80-real");
+  expect(missing_kernel_image(ours, 8, 6).empty() && missing_kernel_image(ours, 8, 9).empty(),
+         "sm_86 and sm_89 run 80-real");
+  expect(missing_kernel_image(ours, 9, 0).empty(), "sm_90 runs 90-real");
+  expect(missing_kernel_image(ours, 10, 0).empty() && missing_kernel_image(ours, 12, 0).empty(),
+         "newer GPUs run the PTX of 90-virtual");
+  expect(!missing_kernel_image(ours, 7, 0).empty() && !missing_kernel_image(ours, 7, 5).empty(),
+         "V100 and T4 are refused");
+  expect(missing_kernel_image(ours, 7, 5).find("CMAKE_CUDA_ARCHITECTURES=75") != std::string::npos,
+         "the refusal says how to rebuild");
+  expect(!missing_kernel_image("80-real,90-real", 10, 0).empty(), "no PTX: a newer GPU is refused");
+  expect(missing_kernel_image("70", 7, 5).empty(), "a plain entry is machine code and PTX");
+  expect(missing_kernel_image("native", 6, 1).empty() && missing_kernel_image("", 6, 1).empty(),
+         "unknown spellings are taken on trust");
+}
+
 int main() {
+  arch_checks();
   conv_all();
   pool_pad_all();
   relu_checks();

@@ -31,7 +31,7 @@ namespace convcore {
 namespace cuda {
 
 // A failed CUDA runtime call or kernel; the message carries CUDA's own text
-// and error name, e.g. "convcore.cuda: cudaMallocAsync(4 GiB) failed: out of
+// and error name, e.g. "convcore.cuda: cudaMallocFromPoolAsync(4 GiB) failed: out of
 // memory (cudaErrorMemoryAllocation)".  The bindings raise it as
 // convcore.cuda.CudaError (a RuntimeError).
 class CudaError : public std::runtime_error {
@@ -71,9 +71,10 @@ class DeviceGuard {
 };
 
 // Owned device memory.  Allocation is stream-ordered on the device's default
-// stream (its memory pool keeps freed blocks for reuse, like PyTorch's
-// caching allocator), so a buffer may be released while kernels that use it
-// are still queued.  A buffer may instead wrap foreign memory (DLPack import)
+// stream, from a memory pool of convcore's own that keeps freed blocks for
+// reuse (like PyTorch's caching allocator; other libraries' pools are left
+// alone), so a buffer may be released while kernels that use it are still
+// queued.  A buffer may instead wrap foreign memory (DLPack import)
 // with its own release function, which runs after the device is idle.
 class DeviceBuffer {
  public:
@@ -98,7 +99,7 @@ class DeviceBuffer {
   void* data_ = nullptr;
   size_t bytes_ = 0;
   int device_ = 0;
-  bool pooled_ = false;  // from cudaMallocAsync (else cudaMalloc or foreign)
+  bool pooled_ = false;  // from convcore's memory pool (else cudaMalloc or foreign)
   bool shared_ = false;
   std::function<void()> release_;
 };

@@ -34,12 +34,15 @@ std::string byte_size(size_t bytes) {
   return os.str();
 }
 
-// Whether the device has stream-ordered memory pools; on first use, the
-// device's default pool is told to keep freed memory for reuse instead of
-// returning it to the driver at every synchronisation.
-bool pools_supported(int device) {
+// convcore's own stream-ordered memory pool on `device`, or null where the
+// device has no memory pools (cudaMalloc/cudaFree are used there).  A
+// private pool, not the device's default one, so its setting -- keep freed
+// blocks for reuse instead of returning them to the driver at every
+// synchronisation, like PyTorch's caching allocator -- touches no other
+// library in the process.
+cudaMemPool_t memory_pool(int device) {
   static std::mutex mutex;
-  static std::map<int, bool> cache;
+  static std::map<int, cudaMemPool_t> cache;
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(device);
   if (it != cache.end()) return it->second;
@@ -48,15 +51,24 @@ bool pools_supported(int device) {
     cudaGetLastError();
     supported = 0;
   }
+  cudaMemPool_t pool = nullptr;
   if (supported) {
-    cudaMemPool_t pool;
-    uint64_t keep = UINT64_MAX;
-    if (cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
-        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
-      cudaGetLastError();  // the pool still works, it just trims more often
+    cudaMemPoolProps props = {};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.handleTypes = cudaMemHandleTypeNone;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    if (cudaMemPoolCreate(&pool, &props) != cudaSuccess) {
+      cudaGetLastError();
+      pool = nullptr;  // fall back to cudaMalloc
+    } else {
+      uint64_t keep = UINT64_MAX;
+      if (cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
+        cudaGetLastError();  // the pool still works, it just trims more often
+    }
   }
-  cache[device] = supported != 0;
-  return supported != 0;
+  cache[device] = pool;  // lives as long as the process
+  return pool;
 }
 
 int current_device() {
@@ -65,13 +77,21 @@ int current_device() {
   return d;
 }
 
-// Allocation on the current device; pooled reports which free to use.
+// Allocation on the current device; pooled reports which free to use.  Out
+// of memory in the pool: wait for queued frees, give the pool's unused
+// memory back to the driver, and try once more before reporting it.
 void* device_alloc(size_t bytes, bool* pooled) {
   void* p = nullptr;
-  *pooled = pools_supported(current_device());
-  if (*pooled) {
-    const cudaError_t err = cudaMallocAsync(&p, bytes, cudaStreamLegacy);
-    if (err != cudaSuccess) throw_cuda_error(err, "cudaMallocAsync(" + byte_size(bytes) + ")");
+  cudaMemPool_t pool = memory_pool(current_device());
+  *pooled = pool != nullptr;
+  if (pool != nullptr) {
+    cudaError_t err = cudaMallocFromPoolAsync(&p, bytes, pool, cudaStreamLegacy);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      if (cudaStreamSynchronize(cudaStreamLegacy) == cudaSuccess && cudaMemPoolTrimTo(pool, 0) == cudaSuccess)
+        err = cudaMallocFromPoolAsync(&p, bytes, pool, cudaStreamLegacy);
+    }
+    if (err != cudaSuccess) throw_cuda_error(err, "cudaMallocFromPoolAsync(" + byte_size(bytes) + ")");
   } else {
     const cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess) throw_cuda_error(err, "cudaMalloc(" + byte_size(bytes) + ")");

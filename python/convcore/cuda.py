@@ -40,6 +40,7 @@ __all__ = [
     "CudaError",
     "DeviceArray",
     "device_count",
+    "device_index",
     "device_name",
     "empty",
     "from_dlpack",
@@ -402,6 +403,24 @@ def parse_device(device) -> int | None:
         raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if index < 0:
         raise ValueError(f"device: a CUDA device index must be >= 0, got {index}")
+    return index
+
+
+def device_index(device) -> int | None:
+    """:func:`parse_device`, and for a CUDA device, the check that it can be
+    used here.
+
+    Raises:
+        ValueError: an unknown spelling.
+        RuntimeError: no CUDA build, no usable device, or no device of that
+            index (the message says which).
+    """
+    index = parse_device(device)
+    if index is not None:
+        if not is_available():
+            raise RuntimeError(f"no CUDA device: {unavailable_reason()}")
+        if index >= device_count():
+            raise RuntimeError(f"no CUDA device {index} ({device_count()} visible)")
     return index
 
 

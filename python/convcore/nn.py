@@ -283,12 +283,10 @@ class Module:
             ValueError: an unknown device spelling.
             RuntimeError: no CUDA build or no such device (the reason is given).
         """
-        index = _cuda.parse_device(device)
-        if index is not None:
-            if not _cuda.is_available():
-                raise RuntimeError(f"to: no CUDA device: {_cuda.unavailable_reason()}")
-            if index >= _cuda.device_count():
-                raise RuntimeError(f"to: no CUDA device {index} ({_cuda.device_count()} visible)")
+        try:
+            index = _cuda.device_index(device)
+        except RuntimeError as e:
+            raise RuntimeError(f"to: {e}") from None
         params = self.parameters()
         if not params:
             return self

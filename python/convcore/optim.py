@@ -29,15 +29,11 @@ import math
 import numpy as np
 
 from . import cuda as _cuda
-from .nn import Parameter
+from .nn import Parameter, _on_gpu, _zero
 
 __all__ = ["Adam", "Optimizer", "SGD"]
 
 _F32 = np.float32
-
-
-def _on_gpu(a) -> bool:
-    return isinstance(a, _cuda.DeviceArray)
 
 
 def _host_copy(value):
@@ -91,14 +87,10 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         if self._pack is not None and self._pack.intact(self.params):
-            grads = [self._pack.grad]
-        else:
-            grads = [p.grad for p in self.params]
-        for g in grads:
-            if _on_gpu(g):
-                g.zero_()
-            else:
-                g.fill(0)
+            _zero(self._pack.grad)
+            return
+        for p in self.params:
+            _zero(p.grad)
 
     # -- buffers -------------------------------------------------------------
     def _flat_buffer(self, name: str) -> np.ndarray:
@@ -117,7 +109,11 @@ class Optimizer:
             return _cuda.zeros(data.shape, device=data.device)
         return np.zeros_like(data)
 
-    def _scratch(self, i: int) -> np.ndarray:
+    def _scratch(self, i: int) -> np.ndarray | None:
+        """Host scratch for parameter i's update (i < 0: the packed one);
+        None on the GPU, where an update is one kernel that needs none."""
+        if _on_gpu(self.params[0].data):
+            return None
         if i < 0:
             return self._flat_buffer("_tmp")
         if self._pack is not None:
@@ -250,8 +246,7 @@ class SGD(Optimizer):
                 buf, first = self._flat["momentum_buffer"], True
             else:
                 buf, first = self._flat.get("momentum_buffer"), False
-            tmp = None if _on_gpu(self._pack.data) else self._scratch(-1)
-            self._update(self._pack.data, self._pack.grad, buf, first, tmp)
+            self._update(self._pack.data, self._pack.grad, buf, first, self._scratch(-1))
             return
         for i, p in enumerate(self.params):
             if not p.requires_grad:
@@ -263,8 +258,7 @@ class SGD(Optimizer):
                 if buf is None:
                     buf = state["momentum_buffer"] = self._buffer(i, "momentum_buffer")
                     first = True
-            tmp = None if _on_gpu(p.data) else self._scratch(i)
-            self._update(p.data, p.grad, buf, first, tmp)
+            self._update(p.data, p.grad, buf, first, self._scratch(i))
 
     def _update(self, p, g, buf, first: bool, tmp) -> None:
         d = self.defaults
@@ -350,7 +344,7 @@ class Adam(Optimizer):
                 self._flat["exp_avg"],
                 self._flat["exp_avg_sq"],
                 t,
-                None if _on_gpu(self._pack.data) else self._scratch(-1),
+                self._scratch(-1),
             )
             return
         for i, p in enumerate(self.params):
@@ -366,7 +360,7 @@ class Adam(Optimizer):
                 state["exp_avg"],
                 state["exp_avg_sq"],
                 state["step"],
-                None if _on_gpu(p.data) else self._scratch(i),
+                self._scratch(i),
             )
 
     def _update(self, p, g, m, v, t: int, tmp) -> None:

@@ -118,15 +118,11 @@ def _resolve_device(device: str) -> int | None:
     from . import cuda
 
     try:
-        index = cuda.parse_device(device)
+        return cuda.device_index(device)
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
-    if index is not None:
-        if not cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device: {cuda.unavailable_reason()}")
-        if index >= cuda.device_count():
-            raise UsageError(f"--device {device}: no such device ({cuda.device_count()} visible)")
-    return index
+    except RuntimeError as e:
+        raise UsageError(f"--device {device}: {e}") from None
 
 
 def _write_json(path: Path, obj) -> None:
@@ -309,15 +305,17 @@ def run(
                 metrics=history,
             ),
         )
-        metrics = _metrics(config, history, last_eval, yte, last_ckpt, info, n_params, started)
-        metrics["device"] = device_label
+        metrics = _metrics(
+            config, history, last_eval, yte, last_ckpt, info, n_params, started, device_label
+        )
         _write_json(out_dir / "metrics.json", metrics)
 
     if last_eval is None:  # nothing left to train: report the checkpoint's model
         last_eval = evaluate_model(model, xte, yte, normalize=config["normalize"])
         last_ckpt = Path(resume)
-    metrics = _metrics(config, history, last_eval, yte, last_ckpt, info, n_params, started)
-    metrics["device"] = device_label
+    metrics = _metrics(
+        config, history, last_eval, yte, last_ckpt, info, n_params, started, device_label
+    )
     cm = np.array(metrics["confusion_matrix"])
     model.to("cpu")  # the pictures run the model on host arrays
     if plots:
@@ -350,7 +348,9 @@ def run(
     return metrics
 
 
-def _metrics(config, history, last_eval, labels, last_ckpt, info, n_params, started) -> dict:
+def _metrics(
+    config, history, last_eval, labels, last_ckpt, info, n_params, started, device
+) -> dict:
     cm = confusion_matrix(labels, last_eval["predictions"])
     return {
         "model": config["model"],
@@ -369,6 +369,7 @@ def _metrics(config, history, last_eval, labels, last_ckpt, info, n_params, star
         "threads": info["num_threads"],
         "isa": info["isa_active"],
         "convcore_version": info["version"],
+        "device": device,
         "wall_seconds": time.time() - started,
     }
 

@@ -64,20 +64,31 @@ DeviceArray new_array(int device, std::vector<int64_t> shape, DType dtype) {
 }
 
 
+// The DType of a host array; false for any other dtype.
+bool host_dtype(const py::array& host, DType* t) {
+  if (host.dtype().equal(py::dtype::of<float>()))
+    *t = DType::Float32;
+  else if (host.dtype().equal(py::dtype::of<int64_t>()))
+    *t = DType::Int64;
+  else
+    return false;
+  return true;
+}
+
+// `host` as a C-contiguous, aligned array to copy from (itself when it is
+// one; an explicit copy anyway, so a strided array is gathered first).
+py::array copyable(const py::array& host) {
+  if ((host.flags() & py::array::c_style) && (host.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) return host;
+  return py::module_::import("numpy").attr("ascontiguousarray")(host);
+}
+
 DeviceArray to_device(const py::array& host, int device) {
   DType dtype;
-  if (host.dtype().equal(py::dtype::of<float>()))
-    dtype = DType::Float32;
-  else if (host.dtype().equal(py::dtype::of<int64_t>()))
-    dtype = DType::Int64;
-  else
+  if (!host_dtype(host, &dtype))
     throw py::type_error("to_device: expected a float32 or int64 numpy array, got dtype " +
                          py::str(host.dtype()).cast<std::string>() +
                          " (convert with .astype(numpy.float32))");
-  // An explicit copy anyway: a strided array is gathered on the host first.
-  py::array src = host;
-  if (!(host.flags() & py::array::c_style) || !(host.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    src = py::module_::import("numpy").attr("ascontiguousarray")(host);
+  py::array src = copyable(host);
   std::vector<int64_t> shape(src.shape(), src.shape() + src.ndim());
   const void* p = src.data();
   DeviceArray a;
@@ -172,17 +183,14 @@ DeviceArray subarray(const DeviceArray& a, int64_t start, const std::vector<int6
 
 // Copies a host array of the same shape and dtype into `a` (in place).
 void copy_from_host(const DeviceArray& a, const py::array& host) {
-  const bool f32 = host.dtype().equal(py::dtype::of<float>());
-  const bool i64 = host.dtype().equal(py::dtype::of<int64_t>());
-  if (!(a.dtype == DType::Float32 ? f32 : i64))
+  DType dtype;
+  if (!host_dtype(host, &dtype) || dtype != a.dtype)
     throw py::type_error(std::string("copy_from_host: expected a ") + dtype_name(a.dtype) +
                          " numpy array, got dtype " + py::str(host.dtype()).cast<std::string>());
   std::vector<int64_t> shape(host.shape(), host.shape() + host.ndim());
   if (shape != a.shape)
     throw ArgumentError("copy_from_host: expected shape " + shape_str(a.shape) + ", got " + shape_str(shape));
-  py::array src = host;
-  if (!(host.flags() & py::array::c_style) || !(host.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    src = py::module_::import("numpy").attr("ascontiguousarray")(host);
+  py::array src = copyable(host);
   const void* p = src.data();
   py::gil_scoped_release release;
   cu::DeviceGuard guard(a.device());

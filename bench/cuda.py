@@ -29,7 +29,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import convcore
@@ -40,6 +39,7 @@ from convcore import problems as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+from train import torch_model  # noqa: E402  (bench/train.py: the same models in PyTorch)
 
 #: FP32 (non-tensor-core) peak in TFLOP/s by device-name fragment, first match wins.
 PEAK_TFLOPS = (("H200", 67.0), ("H100 PCIe", 51.0), ("H100", 67.0), ("A100", 19.5), ("L40S", 91.6))
@@ -57,24 +57,21 @@ def _time_pair(torch, fns: dict, rounds: int, target_s: float = 2e-3) -> dict:
         for _ in range(3):
             fn()
     _sync(torch)
+
+    def burst(fn, n):  # n calls, then wait for the device: one sample
+        def run():
+            for _ in range(n):
+                fn()
+            _sync(torch)
+
+        return run
+
     inner = {}
     for k, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        _sync(torch)
-        one = max(time.perf_counter() - t0, 1e-6)
+        one = max(_common.once(burst(fn, 1)), 1e-6)
         inner[k] = max(1, min(1000, int(target_s / one)))
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for k in names if r % 2 == 0 else names[::-1]:
-            _sync(torch)
-            t0 = time.perf_counter()
-            for _ in range(inner[k]):
-                fns[k]()
-            _sync(torch)
-            samples[k].append((time.perf_counter() - t0) / inner[k])
-    return {k: statistics.median(v) for k, v in samples.items()}
+    samples = _common.interleaved({k: burst(fn, inner[k]) for k, fn in fns.items()}, rounds)
+    return {k: statistics.median(v) / inner[k] for k, v in samples.items()}
 
 
 def _check(name: str, ours: np.ndarray, theirs: np.ndarray, rtol: float = 1e-3) -> None:
@@ -188,20 +185,13 @@ def op_rows(torch, rounds: int) -> list[dict]:
     return rows
 
 
-def _torch_model(torch, name: str):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train import torch_model
-
-    return torch_model(name)
-
-
 def _train_steps(torch, name: str, xs, ys):
     """Two callables running n training steps: convcore on the GPU, and the
     same model, loss and optimiser in PyTorch (cuDNN)."""
     model = models.build(name, seed=0).to("cuda")
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    tm = _torch_model(torch, name).cuda()
+    tm = torch_model(name).cuda()
     topt = torch.optim.Adam(tm.parameters(), lr=1e-3)
     tloss = torch.nn.CrossEntropyLoss()
 

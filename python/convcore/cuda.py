@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._args import as_int, pair, shape_tuple
+from ._args import as_int, shape_tuple
 from ._args import output_mask as _output_mask
 
 _ext = getattr(_core, "cuda", None)  # None: the module was built without CUDA
@@ -315,16 +315,12 @@ def _conv2d_backward(grad_output, input, weight, stride, padding, dilation, grou
 
 
 def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    from .functional import _pool_args
+
     input = _device_array(input, "input")
-    kh, kw = pair(kernel_size, "kernel_size")
-    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
-        sh, sw = kh, kw
-    else:
-        sh, sw = pair(stride, "stride")
-    ph, pw = pair(padding, "padding")
-    dh, dw = pair(dilation, "dilation")
+    args = _pool_args(kernel_size, stride, padding, dilation)
     x, unbatched = _batched(input, "input")
-    out, idx = _ext.max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, bool(ceil_mode))
+    out, idx = _ext.max_pool2d_forward(x, *args, bool(ceil_mode))
     if unbatched:
         out, idx = _unbatch(out), _unbatch(idx)
     return (out, idx) if return_indices else out

@@ -192,19 +192,25 @@ def max_pool2d(
             input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
         )
     input = float_array(input, "input")
+    args = _pool_args(kernel_size, stride, padding, dilation)
+    x, unbatched = batched(input, "input")
+    out, idx = _core.max_pool2d_forward(x, *args, bool(ceil_mode))
+    if unbatched:
+        out, idx = out[0], idx[0]
+    return (out, idx) if return_indices else out
+
+
+def _pool_args(kernel_size, stride, padding, dilation) -> tuple[int, ...]:
+    """(kh, kw, sh, sw, ph, pw, dh, dw) as the kernels take them; the stride
+    defaults to the kernel size (None or an empty sequence), as in PyTorch.
+    Shared with the GPU path."""
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = (
         (kh, kw)
         if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
         else pair(stride, "stride")
     )
-    ph, pw = pair(padding, "padding")
-    dh, dw = pair(dilation, "dilation")
-    x, unbatched = batched(input, "input")
-    out, idx = _core.max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, bool(ceil_mode))
-    if unbatched:
-        out, idx = out[0], idx[0]
-    return (out, idx) if return_indices else out
+    return (kh, kw, sh, sw, *pair(padding, "padding"), *pair(dilation, "dilation"))
 
 
 def max_pool2d_backward(grad_output, indices, input_shape):

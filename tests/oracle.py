@@ -65,8 +65,15 @@ U32 = 2.0**-24  # unit roundoff of float32
 LAMBDA = 10.0  # confidence factor of the probabilistic dot-product bound
 TINY = 1e-30  # absolute floor: zero-scale outputs must be (almost) exactly zero
 
-ISAS = ("scalar", "portable", "avx2")
-_ISA_SUFFIX = {"scalar": "__ref", "portable": "__portable", "avx2": "__avx2"}
+ISAS = ("scalar", "portable", "avx2", "avx512")
+# Kernels a cap may run, best first: an op without a kernel of the capped
+# level for a shape runs the best lower level that applies.
+_ISA_SUFFIX = {
+    "scalar": ("__ref",),
+    "portable": ("__portable",),
+    "avx2": ("__avx2",),
+    "avx512": ("__avx512", "__avx2"),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +197,7 @@ def isa_cap(isa: str | None):
         convcore.set_max_isa(saved)
 
 
-def _expect_kernel(op: str, isa: str, suffix: str) -> None:
+def _expect_kernel(op: str, isa: str, suffix) -> None:
     got = convcore.last_kernel(op)
     assert got.endswith(suffix), (
         f"under max ISA {isa!r}, {op} ran {got!r}; expected a {suffix} kernel"
@@ -415,7 +422,7 @@ def _check_max_pool2d(x, *, isa=None, impl=convcore, grad_output=None, seed=0, *
             k = kwargs.get("kernel_size")
             s = kwargs.get("stride", None)
             fast = (
-                isa == "avx2"
+                isa in ("avx2", "avx512")
                 and k in (2, (2, 2), [2, 2])
                 and s in (None, 2, (2, 2), [2, 2])
                 and kwargs.get("padding", 0) in (0, (0, 0), [0, 0])

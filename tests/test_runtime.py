@@ -16,7 +16,7 @@ import time
 import convcore
 import numpy as np
 import pytest
-from oracle import ISAS, conv_case, isa_cap, pool_case, rand
+from oracle import _ISA_SUFFIX, ISAS, conv_case, isa_cap, pool_case, rand
 
 OPS = [
     "conv2d_fwd",
@@ -123,7 +123,7 @@ def test_build_info():
 def test_implementations_end_with_reference(op):
     impls = convcore.implementations(op)
     assert impls and impls[-1].endswith("__ref"), impls
-    assert all(i.endswith(("__ref", "__portable", "__avx2")) for i in impls), impls
+    assert all(i.endswith(("__ref", "__portable", "__avx2", "__avx512")) for i in impls), impls
     prefix = op.replace("pad2d", "pad2d").split("_")[0]
     assert all(i.startswith(prefix) for i in impls), impls
     assert sum(i.endswith("__ref") for i in impls) == 1
@@ -172,7 +172,7 @@ def _run_every_op():
 
 
 def test_last_kernel_names_the_path(isa):
-    suffix = {"scalar": "__ref", "portable": "__portable", "avx2": "__avx2"}[isa]
+    suffix = _ISA_SUFFIX[isa]
     _run_every_op()
     for op in OPS:
         name = convcore.last_kernel(op)
@@ -181,7 +181,9 @@ def test_last_kernel_names_the_path(isa):
         assert convcore.last_kernel(op).endswith(suffix), (op, convcore.last_kernel(op))
     # 2x2/2 pooling has an AVX2 kernel; padding has row-wise portable kernels
     # (used under 'avx2' too); pooling backward has only the reference.
-    assert convcore.last_kernel("maxpool2d_fwd").endswith("__avx2" if isa == "avx2" else "__ref")
+    assert convcore.last_kernel("maxpool2d_fwd").endswith(
+        "__avx2" if isa in ("avx2", "avx512") else "__ref"
+    )
     assert convcore.last_kernel("maxpool2d_bwd").endswith("__ref")
     for op in ("pad2d_fwd", "pad2d_bwd"):
         assert convcore.last_kernel(op).endswith("__ref" if isa == "scalar" else "__portable")

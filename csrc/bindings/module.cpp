@@ -226,6 +226,9 @@ py::dict build_info() {
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
   isas.push_back("avx2");
 #endif
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+  isas.push_back("avx512");
+#endif
   d["isa_compiled"] = isas;
   d["isa_detected"] = convcore::isa_name(convcore::detected_isa());
   d["isa_active"] = convcore::isa_name(convcore::active_isa());

@@ -14,7 +14,7 @@ Quick start::
     p, idx = convcore.max_pool2d(y, 2, return_indices=True)
 
 Environment:
-    CONVCORE_MAX_ISA=scalar|portable|avx2  cap the kernels used (testing).
+    CONVCORE_MAX_ISA=scalar|portable|avx2|avx512  cap the kernels used (testing).
     CONVCORE_VERBOSE=1                     log which kernel ran, per call.
     OMP_NUM_THREADS                        default thread count.
 
@@ -79,7 +79,7 @@ def get_num_threads() -> int:
 
 def set_max_isa(name: str) -> None:
     """Cap the instruction set of the kernels: 'scalar' (reference loops),
-    'portable' (blocked C++), or 'avx2'.  The highest level the CPU supports
+    'portable' (blocked C++), 'avx2' or 'avx512'.  The highest level the CPU supports
     is used by default; ``CONVCORE_MAX_ISA`` sets the cap at import."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")

@@ -96,8 +96,10 @@ def isa(request):
     """Each instruction-set path in turn; the cap is restored afterwards."""
     name = request.param
     if name not in oracle.available_isas():
-        detected = convcore.build_info()["isa_detected"]
-        pytest.skip(f"the CPU does not support {name} (isa_detected={detected!r})")
+        info = convcore.build_info()
+        if name not in info["isa_compiled"]:
+            pytest.skip(f"convcore was built without {name} kernels ({info['isa_compiled']})")
+        pytest.skip(f"the CPU does not support {name} (isa_detected={info['isa_detected']!r})")
     with oracle.isa_cap(name):
         yield name
 

@@ -15,6 +15,7 @@
 #include "kernels/gemm_ukernels.h"
 #include "kernels/ref/ref_kernels.h"
 #include "ops/gemm.h"
+#include "ops/impl_list.h"
 #include "ops/ops.h"
 #include "ops/parallel.h"
 #include "ops/workspace.h"
@@ -521,12 +522,10 @@ void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const 
 }
 
 // ---------------------------------------------------------------------------
-// Implementation lists: tried in order, the first applicable one under the
-// active ISA cap runs; the scalar reference ends every list.
+// Implementation lists (ops/impl_list.h): tried in order, the first
+// applicable one under the active ISA cap runs; the scalar reference ends
+// every list.
 // ---------------------------------------------------------------------------
-
-constexpr const char* kBiasPortable = "conv2d_bwd_bias_f32_lanes16__portable";
-constexpr const char* kBiasRef = "conv2d_bwd_bias_f32__ref";
 
 struct ConvArgs {
   const float* x;
@@ -536,16 +535,10 @@ struct ConvArgs {
   float* y;
   float* dx;
   float* dw;
+  float* db;
 };
+using ConvImpl = Impl<Conv2dGeometry, ConvArgs>;
 
-struct ConvImpl {
-  const char* name;
-  Isa isa;
-  bool (*applicable)(const Conv2dGeometry&);
-  void (*run)(const Conv2dGeometry&, const ConvArgs&);
-};
-
-bool always(const Conv2dGeometry&) { return true; }
 bool unit_stride(const Conv2dGeometry& g) { return g.stride_h == 1 && g.stride_w == 1; }
 
 template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
@@ -586,6 +579,15 @@ void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   for (int64_t k = 0; k < g.K; ++k) conv2d_bwd_weight_f32__ref(g, a.dy, a.x, k, k + 1, a.dw);
 }
 
+// Bias gradient: each output channel reduces over N, P, Q in one fixed order.
+template <float (*Kernel)(int64_t, int64_t, int64_t, const float*, int64_t)>
+void run_bwd_bias(const Conv2dGeometry& g, const ConvArgs& a) {
+  const int64_t PQ = g.P * g.Q;
+  const int nt = threads_for(double(g.N) * g.K * PQ, 1e5);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t k = 0; k < g.K; ++k) a.db[k] = Kernel(g.N, g.K, PQ, a.dy, k);
+}
+
 const ConvImpl kFwdImpls[] = {
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
@@ -614,36 +616,24 @@ const ConvImpl kBwdWeightImpls[] = {
     {"conv2d_bwd_weight_f32_direct__ref", Isa::Scalar, always, run_bwd_weight_ref},
 };
 
-template <size_t L>
-const ConvImpl& select(const ConvImpl (&impls)[L], const Conv2dGeometry& g) {
-  const Isa isa = active_isa();
-  for (const ConvImpl& impl : impls)
-    if (int(impl.isa) <= int(isa) && impl.applicable(g)) return impl;
-  return impls[L - 1];
-}
-
-template <size_t L>
-std::vector<std::string> names(const ConvImpl (&impls)[L]) {
-  std::vector<std::string> out;
-  for (const ConvImpl& impl : impls) out.push_back(impl.name);
-  return out;
-}
+const ConvImpl kBwdBiasImpls[] = {
+    {"conv2d_bwd_bias_f32_lanes16__portable", Isa::Portable, always, run_bwd_bias<conv2d_bwd_bias_f32__portable>},
+    {"conv2d_bwd_bias_f32__ref", Isa::Scalar, always, run_bwd_bias<conv2d_bwd_bias_f32__ref>},
+};
 
 }  // namespace
 
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
                     float* y) {
   if (g.N == 0) return;
-  const ConvImpl& impl = select(kFwdImpls, g);
-  note_kernel("conv2d_fwd", impl.name, g.name());
-  impl.run(g, ConvArgs{x, w, b, nullptr, y, nullptr, nullptr});
+  run_first_applicable("conv2d_fwd", kFwdImpls, g, g.name(),
+                       ConvArgs{x, w, b, nullptr, y, nullptr, nullptr, nullptr});
 }
 
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.N == 0) return;
-  const ConvImpl& impl = select(kBwdDataImpls, g);
-  note_kernel("conv2d_bwd_data", impl.name, g.name());
-  impl.run(g, ConvArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr});
+  run_first_applicable("conv2d_bwd_data", kBwdDataImpls, g, g.name(),
+                       ConvArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr, nullptr});
 }
 
 void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const float* x, float* dw) {
@@ -651,26 +641,18 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
     std::fill(dw, dw + g.weight_numel(), 0.0f);
     return;
   }
-  const ConvImpl& impl = select(kBwdWeightImpls, g);
-  note_kernel("conv2d_bwd_weight", impl.name, g.name());
-  impl.run(g, ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw});
+  run_first_applicable("conv2d_bwd_weight", kBwdWeightImpls, g, g.name(),
+                       ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw, nullptr});
 }
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
-  const bool portable = int(active_isa()) >= int(Isa::Portable);
-  const auto kernel = portable ? conv2d_bwd_bias_f32__portable : conv2d_bwd_bias_f32__ref;
-  note_kernel("conv2d_bwd_bias", portable ? kBiasPortable : kBiasRef, g.name());
-  const int64_t PQ = g.P * g.Q;
-  const int nt = threads_for(double(g.N) * g.K * PQ, 1e5);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t k = 0; k < g.K; ++k) db[k] = kernel(g.N, g.K, PQ, dy, k);
+  run_first_applicable("conv2d_bwd_bias", kBwdBiasImpls, g, g.name(),
+                       ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db});
 }
 
-std::vector<std::string> list_conv2d_implementations(const std::string& op) {
-  if (op == "conv2d_bwd_bias") return {kBiasPortable, kBiasRef};
-  if (op == "conv2d_fwd") return names(kFwdImpls);
-  if (op == "conv2d_bwd_data") return names(kBwdDataImpls);
-  return names(kBwdWeightImpls);
-}
+std::vector<std::string> conv2d_fwd_impl_names() { return impl_names(kFwdImpls); }
+std::vector<std::string> conv2d_bwd_data_impl_names() { return impl_names(kBwdDataImpls); }
+std::vector<std::string> conv2d_bwd_weight_impl_names() { return impl_names(kBwdWeightImpls); }
+std::vector<std::string> conv2d_bwd_bias_impl_names() { return impl_names(kBwdBiasImpls); }
 
 }  // namespace convcore

@@ -7,6 +7,7 @@
 #include "common/runtime.h"
 #include "kernels/pool_ukernels.h"
 #include "kernels/ref/ref_kernels.h"
+#include "ops/impl_list.h"
 #include "ops/ops.h"
 
 namespace convcore {
@@ -21,34 +22,74 @@ bool is_2x2s2(const Pool2dGeometry& g) {
          g.Q == g.W / 2 && g.H * g.W < (int64_t(1) << 30);
 }
 
-constexpr const char* kFwd2x2Avx2 = "maxpool2d_fwd_f32_2x2s2__avx2";
-constexpr const char* kFwdRef = "maxpool2d_fwd_f32__ref";
-constexpr const char* kBwdRef = "maxpool2d_bwd_f32__ref";
+int pool_threads(const Pool2dGeometry& g) {
+  return threads_for(double(g.planes()) * (g.H * g.W * 4 + g.P * g.Q * 12), kMinBytesPerThread);
+}
+
+// ---------------------------------------------------------------------------
+// Implementation lists (ops/impl_list.h).  Each entry runs its kernel over
+// the N*C planes, one call per plane.
+// ---------------------------------------------------------------------------
+
+struct PoolArgs {
+  const float* x;
+  float* y;
+  int64_t* idx;
+  const float* dy;
+  const int64_t* idx_in;
+  float* dx;
+};
+using PoolImpl = Impl<Pool2dGeometry, PoolArgs>;
+
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+void run_fwd_2x2s2_avx2(const Pool2dGeometry& g, const PoolArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  const int nt = pool_threads(g);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < g.planes(); ++i)
+    maxpool2d_fwd_f32_2x2s2__avx2(g.H, g.W, a.x + i * HW, a.y + i * PQ, a.idx + i * PQ);
+}
+#endif
+
+void run_fwd_ref(const Pool2dGeometry& g, const PoolArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  const int nt = pool_threads(g);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < g.planes(); ++i)
+    maxpool2d_fwd_f32__ref(g, a.x + i * HW, a.y + i * PQ, a.idx + i * PQ);
+}
+
+void run_bwd_ref(const Pool2dGeometry& g, const PoolArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  const int nt = pool_threads(g);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < g.planes(); ++i)
+    maxpool2d_bwd_f32__ref(PQ, HW, a.dy + i * PQ, a.idx_in + i * PQ, a.dx + i * HW);
+}
+
+const PoolImpl kFwdImpls[] = {
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"maxpool2d_fwd_f32_2x2s2__avx2", Isa::Avx2, is_2x2s2, run_fwd_2x2s2_avx2},
+#endif
+    {"maxpool2d_fwd_f32__ref", Isa::Scalar, always, run_fwd_ref},
+};
+
+const PoolImpl kBwdImpls[] = {
+    {"maxpool2d_bwd_f32__ref", Isa::Scalar, always, run_bwd_ref},
+};
 
 }  // namespace
 
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx) {
-  const int64_t planes = g.planes(), HW = g.H * g.W, PQ = g.P * g.Q;
-  if (planes == 0) return;
-  const int nt = threads_for(double(planes) * (HW * 4 + PQ * 12), kMinBytesPerThread);
-#if defined(CONVCORE_HAVE_AVX2_KERNELS)
-  if (int(active_isa()) >= int(Isa::Avx2) && is_2x2s2(g)) {
-    note_kernel("maxpool2d_fwd", kFwd2x2Avx2, g.name());
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t i = 0; i < planes; ++i)
-      maxpool2d_fwd_f32_2x2s2__avx2(g.H, g.W, x + i * HW, y + i * PQ, idx + i * PQ);
-    return;
-  }
-#endif
-  note_kernel("maxpool2d_fwd", kFwdRef, g.name());
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < planes; ++i) maxpool2d_fwd_f32__ref(g, x + i * HW, y + i * PQ, idx + i * PQ);
+  if (g.planes() == 0) return;
+  run_first_applicable("maxpool2d_fwd", kFwdImpls, g, g.name(),
+                       PoolArgs{x, y, idx, nullptr, nullptr, nullptr});
 }
 
 void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx) {
   const int64_t planes = g.planes(), HW = g.H * g.W, PQ = g.P * g.Q;
   if (planes == 0) return;
-  const int nt = threads_for(double(planes) * (HW * 4 + PQ * 12), kMinBytesPerThread);
+  const int nt = pool_threads(g);
   // Validate every index before writing anything: a bad index is a user
   // error (indices from another call), never an out-of-bounds write.
   std::atomic<int64_t> bad{-1};
@@ -64,20 +105,11 @@ void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t*
     throw ArgumentError("indices: every index must lie in [0, H*W) = [0, " + std::to_string(HW) +
                         ") for input of size (" + std::to_string(g.H) + " x " + std::to_string(g.W) +
                         "), got " + std::to_string(idx[b]) + " at flat position " + std::to_string(b));
-  note_kernel("maxpool2d_bwd", kBwdRef, g.name());
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < planes; ++i) maxpool2d_bwd_f32__ref(PQ, HW, dy + i * PQ, idx + i * PQ, dx + i * HW);
+  run_first_applicable("maxpool2d_bwd", kBwdImpls, g, g.name(),
+                       PoolArgs{nullptr, nullptr, nullptr, dy, idx, dx});
 }
 
-std::vector<std::string> list_maxpool2d_implementations(const std::string& op) {
-  if (op == "maxpool2d_fwd") {
-#if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    return {kFwd2x2Avx2, kFwdRef};
-#else
-    return {kFwdRef};
-#endif
-  }
-  return {kBwdRef};
-}
+std::vector<std::string> maxpool2d_fwd_impl_names() { return impl_names(kFwdImpls); }
+std::vector<std::string> maxpool2d_bwd_impl_names() { return impl_names(kBwdImpls); }
 
 }  // namespace convcore

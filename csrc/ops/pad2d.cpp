@@ -7,16 +7,13 @@
 #include "common/runtime.h"
 #include "kernels/pad_ukernels.h"
 #include "kernels/ref/ref_kernels.h"
+#include "ops/impl_list.h"
 #include "ops/ops.h"
 
 namespace convcore {
 namespace {
 
 constexpr double kMinBytesPerThread = 256 * 1024;
-constexpr const char* kFwdRows = "pad2d_fwd_f32_rows__portable";
-constexpr const char* kFwdRef = "pad2d_fwd_f32__ref";
-constexpr const char* kBwdRows = "pad2d_bwd_f32_rows__portable";
-constexpr const char* kBwdRef = "pad2d_bwd_f32__ref";
 
 struct PadMaps {
   std::vector<int64_t> rows, cols;
@@ -42,58 +39,82 @@ PadMaps pad_maps(const Pad2dGeometry& g) {
   return m;
 }
 
-bool use_rows() { return int(active_isa()) >= int(Isa::Portable); }
+int pad_threads(const Pad2dGeometry& g) {
+  return threads_for(double(g.planes) * (g.H * g.W + g.OH * g.OW) * 4, kMinBytesPerThread);
+}
+
+// ---------------------------------------------------------------------------
+// Implementation lists (ops/impl_list.h), threads over planes.
+// ---------------------------------------------------------------------------
+
+struct PadArgs {
+  const float* x;
+  float* y;
+  float value;
+  const float* dy;
+  float* dx;
+};
+using PadImpl = Impl<Pad2dGeometry, PadArgs>;
+
+void run_fwd_rows(const Pad2dGeometry& g, const PadArgs& a) {
+  const int64_t in = g.H * g.W, out = g.OH * g.OW;
+  const int nt = pad_threads(g);
+  const PadMaps m = pad_maps(g);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < g.planes; ++i)
+    pad2d_fwd_f32_rows__portable(g, m.rows.data(), m.cols.data(), m.mid_begin, m.mid_end,
+                                 a.x + i * in, a.y + i * out, a.value);
+}
+
+void run_fwd_ref(const Pad2dGeometry& g, const PadArgs& a) {
+  const int64_t in = g.H * g.W, out = g.OH * g.OW;
+  const int nt = pad_threads(g);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < g.planes; ++i) pad2d_fwd_f32__ref(g, a.x + i * in, a.y + i * out, a.value);
+}
+
+void run_bwd_rows(const Pad2dGeometry& g, const PadArgs& a) {
+  const int64_t in = g.H * g.W, out = g.OH * g.OW;
+  const int nt = pad_threads(g);
+  const PadMaps m = pad_maps(g);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < g.planes; ++i)
+    pad2d_bwd_f32_rows__portable(g, m.rows.data(), m.cols.data(), m.mid_begin, m.mid_end,
+                                 a.dy + i * out, a.dx + i * in);
+}
+
+void run_bwd_ref(const Pad2dGeometry& g, const PadArgs& a) {
+  const int64_t in = g.H * g.W, out = g.OH * g.OW;
+  const int nt = pad_threads(g);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < g.planes; ++i) pad2d_bwd_f32__ref(g, a.dy + i * out, a.dx + i * in);
+}
+
+const PadImpl kFwdImpls[] = {
+    {"pad2d_fwd_f32_rows__portable", Isa::Portable, always, run_fwd_rows},
+    {"pad2d_fwd_f32__ref", Isa::Scalar, always, run_fwd_ref},
+};
+
+const PadImpl kBwdImpls[] = {
+    {"pad2d_bwd_f32_rows__portable", Isa::Portable, always, run_bwd_rows},
+    {"pad2d_bwd_f32__ref", Isa::Scalar, always, run_bwd_ref},
+};
 
 }  // namespace
 
 void pad2d_forward(const Pad2dGeometry& g, const float* x, float* y, float value) {
-  const int64_t in = g.H * g.W, out = g.OH * g.OW;
-  if (g.planes == 0 || out == 0) return;
-  const int nt = threads_for(double(g.planes) * (in + out) * 4, kMinBytesPerThread);
-  if (use_rows()) {
-    note_kernel("pad2d_fwd", kFwdRows, pad_mode_name(g.mode));
-    const PadMaps m = pad_maps(g);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t i = 0; i < g.planes; ++i)
-      pad2d_fwd_f32_rows__portable(g, m.rows.data(), m.cols.data(), m.mid_begin, m.mid_end,
-                                   x + i * in, y + i * out, value);
-    return;
-  }
-  note_kernel("pad2d_fwd", kFwdRef, pad_mode_name(g.mode));
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < g.planes; ++i) pad2d_fwd_f32__ref(g, x + i * in, y + i * out, value);
+  if (g.planes == 0 || g.OH * g.OW == 0) return;
+  run_first_applicable("pad2d_fwd", kFwdImpls, g, pad_mode_name(g.mode),
+                       PadArgs{x, y, value, nullptr, nullptr});
 }
 
 void pad2d_backward(const Pad2dGeometry& g, const float* dy, float* dx) {
-  const int64_t in = g.H * g.W, out = g.OH * g.OW;
-  if (g.planes == 0 || in == 0) return;
-  const int nt = threads_for(double(g.planes) * (in + out) * 4, kMinBytesPerThread);
-  if (use_rows()) {
-    note_kernel("pad2d_bwd", kBwdRows, pad_mode_name(g.mode));
-    const PadMaps m = pad_maps(g);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t i = 0; i < g.planes; ++i)
-      pad2d_bwd_f32_rows__portable(g, m.rows.data(), m.cols.data(), m.mid_begin, m.mid_end,
-                                   dy + i * out, dx + i * in);
-    return;
-  }
-  note_kernel("pad2d_bwd", kBwdRef, pad_mode_name(g.mode));
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < g.planes; ++i) pad2d_bwd_f32__ref(g, dy + i * out, dx + i * in);
+  if (g.planes == 0 || g.H * g.W == 0) return;
+  run_first_applicable("pad2d_bwd", kBwdImpls, g, pad_mode_name(g.mode),
+                       PadArgs{nullptr, nullptr, 0.0f, dy, dx});
 }
 
-std::vector<std::string> list_conv2d_implementations(const std::string& op);
-std::vector<std::string> list_maxpool2d_implementations(const std::string& op);
-
-std::vector<std::string> list_implementations(const std::string& op) {
-  if (op == "conv2d_fwd" || op == "conv2d_bwd_data" || op == "conv2d_bwd_weight" ||
-      op == "conv2d_bwd_bias")
-    return list_conv2d_implementations(op);
-  if (op == "maxpool2d_fwd" || op == "maxpool2d_bwd") return list_maxpool2d_implementations(op);
-  if (op == "pad2d_fwd") return {kFwdRows, kFwdRef};
-  if (op == "pad2d_bwd") return {kBwdRows, kBwdRef};
-  throw ArgumentError("unknown op '" + op + "'; expected one of conv2d_fwd, conv2d_bwd_data, "
-                      "conv2d_bwd_weight, conv2d_bwd_bias, maxpool2d_fwd, maxpool2d_bwd, pad2d_fwd, pad2d_bwd");
-}
+std::vector<std::string> pad2d_fwd_impl_names() { return impl_names(kFwdImpls); }
+std::vector<std::string> pad2d_bwd_impl_names() { return impl_names(kBwdImpls); }
 
 }  // namespace convcore

@@ -1,0 +1,40 @@
+// list_implementations(): every op's ordered implementation list, by name.
+#include <string>
+#include <vector>
+
+#include "common/geometry.h"
+#include "ops/impl_list.h"
+#include "ops/ops.h"
+
+namespace convcore {
+namespace {
+
+struct OpLists {
+  const char* op;
+  std::vector<std::string> (*names)();
+};
+
+const OpLists kOps[] = {
+    {"conv2d_fwd", conv2d_fwd_impl_names},
+    {"conv2d_bwd_data", conv2d_bwd_data_impl_names},
+    {"conv2d_bwd_weight", conv2d_bwd_weight_impl_names},
+    {"conv2d_bwd_bias", conv2d_bwd_bias_impl_names},
+    {"maxpool2d_fwd", maxpool2d_fwd_impl_names},
+    {"maxpool2d_bwd", maxpool2d_bwd_impl_names},
+    {"pad2d_fwd", pad2d_fwd_impl_names},
+    {"pad2d_bwd", pad2d_bwd_impl_names},
+};
+
+}  // namespace
+
+std::vector<std::string> list_implementations(const std::string& op) {
+  std::string known;
+  for (const OpLists& entry : kOps) {
+    if (op == entry.op) return entry.names();
+    known += known.empty() ? "" : ", ";
+    known += entry.op;
+  }
+  throw ArgumentError("op: unknown op '" + op + "'; expected one of " + known);
+}
+
+}  // namespace convcore

@@ -1,0 +1,139 @@
+// Internal to the conv2d drivers (ops/conv2d*.cpp): the padded phase-plane
+// layout the direct kernels read, the fixed batch split of the weight
+// gradient, and the drivers each implementation list entry runs.  Nothing
+// here is API; ops/ops.h is.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/geometry.h"
+#include "common/runtime.h"
+#include "kernels/direct_ukernels.h"
+#include "kernels/gemm_ukernels.h"
+
+namespace convcore {
+
+// Images whose weight-gradient contributions are summed into one partial
+// result.  Fixed (never derived from the thread count) so the reduction
+// order, and so the result, is the same for any number of threads.
+constexpr int64_t kMaxWeightChunks = 16;
+// Multiply-adds below which a parallel region costs more than it saves.
+constexpr double kMinMacsPerThread = 2e5;
+// Bytes of padded input and re-laid dy the weight-gradient kernel streams
+// per call: about half of a 1 MiB L2, so both stay resident.
+constexpr int64_t kDotWorkingSetBytes = 512 * 1024;
+// Input floats per channel-phase the direct kernels sweep before moving to
+// the next weight panel (about 256 KiB of input rows in L2).
+constexpr int64_t kDirectInputBlockFloats = 64 * 1024;
+
+inline int conv_threads(const Conv2dGeometry& g) { return threads_for(g.macs(), kMinMacsPerThread); }
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// ---------------------------------------------------------------------------
+// Direct path: the input is copied once into padded planes (negative padding
+// crops), split into stride_h x stride_w phase planes of Hh x Wh (phase
+// (a, b) holds padded rows a, a + stride_h, ... and columns b, b + stride_w,
+// ...).  Every kernel tap (r, s) then reads, for the outputs of one row, a
+// run of consecutive elements of one phase plane, so the micro-kernels read
+// runs of positions t = p * Wh + q straight from the planes for any stride.
+// With stride 1 there is one phase and the planes are the padded input.
+// ---------------------------------------------------------------------------
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+struct PaddedPlanes {
+  int64_t H, W;               // source plane
+  int64_t pad_top, pad_left;  // may be negative (crop)
+  int64_t Hp, Wp;             // padded plane
+  int64_t sh = 1, sw = 1;     // stride: number of phases per dimension
+  int64_t Hh() const { return ceil_div(Hp, sh); }
+  int64_t Wh() const { return ceil_div(Wp, sw); }  // row pitch of a phase plane, and of t
+  int64_t plane() const { return sh * sw * Hh() * Wh(); }  // floats per channel
+  // Distance from a channel's first element to tap (row r_off, column s_off)
+  // of output position t = 0.
+  int64_t tap(int64_t r_off, int64_t s_off) const {
+    return ((r_off % sh) * sw + s_off % sw) * Hh() * Wh() + (r_off / sh) * Wh() + s_off / sw;
+  }
+};
+
+// dst[c][a][b][i][j] = src[c][i*sh + a - pad_top][j*sw + b - pad_left], zero
+// outside the source or past the padded size.
+void pad_planes(const PaddedPlanes& pp, int64_t channels, const float* src, float* dst);
+
+// offsets[(c*R + r)*S + s] = distance from a group's first channel to tap
+// (c, r, s) of output position t = 0, in padded phase planes.
+std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64_t R, int64_t S,
+                                 int64_t dh, int64_t dw);
+
+// The batch split of the weight gradient: at most kMaxWeightChunks chunks
+// whose bounds depend on N alone (never on the thread count), each summed
+// into its own partial, the partials then added in chunk order -- what makes
+// the result bitwise the same for any number of threads.  Within a chunk,
+// images are fed to the kernel in groups whose input and dy fit the L2
+// budget (again a function of the shape only).
+struct BatchChunks {
+  int64_t count, per_chunk, N;
+  explicit BatchChunks(int64_t n)
+      : count(std::min<int64_t>(n, kMaxWeightChunks)),
+        per_chunk(count > 0 ? (n + count - 1) / count : 0),
+        N(n) {}
+  int64_t begin(int64_t chunk) const { return chunk * per_chunk; }
+  int64_t end(int64_t chunk) const { return std::min(N, begin(chunk) + per_chunk); }
+  int64_t images_per_call(int64_t chunk, int64_t floats_per_image) const {
+    const int64_t bytes = floats_per_image * int64_t(sizeof(float));
+    return std::clamp<int64_t>(kDotWorkingSetBytes / bytes, 1, end(chunk) - begin(chunk));
+  }
+};
+
+// A convolution as the direct kernels see it.  The forward pass is one; the
+// data gradient of a stride-1 convolution is another (a full convolution of
+// dy with the flipped, transposed weights).
+struct DirectConv {
+  int64_t N, G;
+  int64_t Cin, Kout;  // per group
+  int64_t R, S, dh, dw;
+  PaddedPlanes pp;
+  int64_t P, Q;       // output size
+  const float* in;    // N x (G*Cin) x H x W
+  float* out;         // N x (G*Kout) x P x Q
+  const float* bias;  // G*Kout or null
+};
+
+struct DirectKernel {
+  conv_direct_ukernel_fn fn;
+  int64_t mr, nr;
+};
+
+DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b, float* y);
+
+// Forward pass and stride-1 data gradient on direct tiles (ops/conv2d_direct.cpp).
+void forward_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const Conv2dGeometry& g,
+                    const float* x, const float* w, const float* b, float* y);
+// dx = full convolution of dy (padded by dil*(R-1) - pad, negative = crop)
+// with the flipped, transposed weights.
+void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
+                          const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
+
+// Weight gradient, dot tiles and outer-product tiles (ops/conv2d_weight.cpp).
+// dW[k][c,r,s] = sum_n sum_t dyp[n][k][t] * xpad[n][c][tap(r, s) + t], with
+// dy re-laid at row stride Wh (zeros at q >= Q).  Chunks of images as
+// (at most kMaxWeightChunks, bounds set by N alone) keep the result
+// independent of the thread count.
+void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
+                            const float* x, float* dw);
+// Weight gradient as outer products (for 16 or more output channels per
+// group): dW^T[crs][k] = sum_t xpad[tap crs][t] * dyT[t][k].  Six input taps
+// are read in place as broadcast streams; dy is packed once per image into
+// 16-channel panels (t x 16, zeros at q >= Q), so the kernel has the FMA
+// density of a 6x16 GEMM tile and no horizontal sums.
+void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
+                           const float* x, float* dw);
+
+// Data gradient as a packed GEMM and col2im, any stride (ops/conv2d_gemm.cpp).
+void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
+                        const float* w, float* dx);
+
+}  // namespace convcore

@@ -12,7 +12,7 @@ namespace convcore {
 // An MR x NR kernel computes MR output channels at NR consecutive positions:
 // out[i * NR + j] = sum over p < steps of w[p * MR + i] * x[offsets[p] + j].
 // w is a packed weight panel (steps x MR, zero-padded); offsets[p] is the
-// distance from x of tap p (channel plane + r * dh * Wp + s * dw); out is an
+// distance from x of tap p (channel plane + r * dil_h * Wp + s * dil_w); out is an
 // MR x NR tile (overwritten).  The reduction over p runs in increasing order.
 // Two shapes with the same register budget (12 accumulators) let the driver
 // pick the one that wastes fewest rows: 6x16 for 6 or 12 channels, 4x24 for

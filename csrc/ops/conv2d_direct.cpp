@@ -52,12 +52,12 @@ void pad_planes(const PaddedPlanes& pp, int64_t channels, const float* src, floa
 // offsets[(c*R + r)*S + s] = distance from a group's first channel to tap
 // (c, r, s) of output position t = 0, in padded phase planes.
 std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64_t R, int64_t S,
-                                 int64_t dh, int64_t dw) {
+                                 int64_t dil_h, int64_t dil_w) {
   std::vector<int64_t> offsets(static_cast<size_t>(channels * R * S));
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t r = 0; r < R; ++r)
       for (int64_t s = 0; s < S; ++s)
-        offsets[size_t((c * R + r) * S + s)] = c * pp.plane() + pp.tap(r * dh, s * dw);
+        offsets[size_t((c * R + r) * S + s)] = c * pp.plane() + pp.tap(r * dil_h, s * dil_w);
   return offsets;
 }
 
@@ -69,8 +69,8 @@ DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const
   d.Kout = g.Kg();
   d.R = g.R;
   d.S = g.S;
-  d.dh = g.dil_h;
-  d.dw = g.dil_w;
+  d.dil_h = g.dil_h;
+  d.dil_w = g.dil_w;
   d.pp = {g.H, g.W, g.pad_top, g.pad_left, g.H + g.pad_top + g.pad_bottom,
           g.W + g.pad_left + g.pad_right, g.stride_h, g.stride_w};
   d.P = g.P;
@@ -131,9 +131,9 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
   const int64_t plane = d.pp.plane(), Cin_all = d.G * d.Cin;
   const int64_t Wh = d.pp.Wh();
   const int64_t T = d.P * Wh;  // output positions t = p * Wh + q (q >= Q: discarded)
-  const int64_t slack = (d.S - 1) * d.dw + nr;
+  const int64_t slack = (d.S - 1) * d.dil_w + nr;
   const int64_t in_img = Cin_all * d.pp.H * d.pp.W, out_img = d.G * d.Kout * d.P * d.Q;
-  const std::vector<int64_t> offsets = tap_offsets(d.pp, d.Cin, d.R, d.S, d.dh, d.dw);
+  const std::vector<int64_t> offsets = tap_offsets(d.pp, d.Cin, d.R, d.S, d.dil_h, d.dil_w);
   // Split each image's panels into blocks when the batch alone cannot keep
   // every thread busy; blocking changes no result.
   int64_t blocks = 1;
@@ -201,8 +201,8 @@ void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
   d.Kout = g.Cg();
   d.R = g.R;
   d.S = g.S;
-  d.dh = g.dil_h;
-  d.dw = g.dil_w;
+  d.dil_h = g.dil_h;
+  d.dil_w = g.dil_w;
   const int64_t eh = g.dil_h * (g.R - 1), ew = g.dil_w * (g.S - 1);
   d.pp = {g.P, g.Q, eh - g.pad_top, ew - g.pad_left, g.H + eh, g.W + ew, 1, 1};
   d.P = g.H;

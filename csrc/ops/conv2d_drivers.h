@@ -66,7 +66,7 @@ void pad_planes(const PaddedPlanes& pp, int64_t channels, const float* src, floa
 // offsets[(c*R + r)*S + s] = distance from a group's first channel to tap
 // (c, r, s) of output position t = 0, in padded phase planes.
 std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64_t R, int64_t S,
-                                 int64_t dh, int64_t dw);
+                                 int64_t dil_h, int64_t dil_w);
 
 // The batch split of the weight gradient: at most kMaxWeightChunks chunks
 // whose bounds depend on N alone (never on the thread count), each summed
@@ -94,7 +94,7 @@ struct BatchChunks {
 struct DirectConv {
   int64_t N, G;
   int64_t Cin, Kout;  // per group
-  int64_t R, S, dh, dw;
+  int64_t R, S, dil_h, dil_w;  // kernel size and dilation
   PaddedPlanes pp;
   int64_t P, Q;       // output size
   const float* in;    // N x (G*Cin) x H x W

@@ -54,6 +54,7 @@ __all__ = [
     "CLASS_NAMES",
     "DataError",
     "FILES",
+    "MAX_DOWNLOAD_BYTES",
     "MEAN",
     "MIRRORS",
     "STD",
@@ -82,14 +83,20 @@ CLASS_NAMES = (
 #: Mean and standard deviation of the training pixels scaled to [0, 1].
 MEAN, STD = 0.2860, 0.3530
 
-#: Official download locations, tried in order.
+#: Official download locations, tried in order: HTTPS first; the plain-HTTP
+#: mirror (its website endpoint has no HTTPS) is a fallback, and what it
+#: sends is only kept when its SHA-256 is the official one.
 MIRRORS = (
-    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
 )
 
+#: Largest download accepted for one file (bytes); the official ``.gz``
+#: files are at most 26.4 MB.  A mirror that sends more is cut off.
+MAX_DOWNLOAD_BYTES = 32 << 20
+
 #: name -> idx magic number, shape, SHA-256 of the decompressed content and
-#: SHA-256 / MD5 of the official .gz (for reference; see the module notes).
+#: SHA-256 / MD5 / size of the official .gz (see the module notes).
 FILES = {
     "train-images-idx3-ubyte": dict(
         magic=0x0803,
@@ -97,6 +104,7 @@ FILES = {
         sha256="c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
         gz_sha256="3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
         gz_md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        gz_size=26421880,
     ),
     "train-labels-idx1-ubyte": dict(
         magic=0x0801,
@@ -104,6 +112,7 @@ FILES = {
         sha256="bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
         gz_sha256="a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
         gz_md5="25c81989df183df01b3e8a0aad5dffbe",
+        gz_size=29515,
     ),
     "t10k-images-idx3-ubyte": dict(
         magic=0x0803,
@@ -111,6 +120,7 @@ FILES = {
         sha256="5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         gz_sha256="346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
         gz_md5="bef4ecab320f06d8554ea6380940ec79",
+        gz_size=4422102,
     ),
     "t10k-labels-idx1-ubyte": dict(
         magic=0x0801,
@@ -118,6 +128,7 @@ FILES = {
         sha256="0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         gz_sha256="67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         gz_md5="bb300cfdad3c16e7a12a480ee83cd310",
+        gz_size=5148,
     ),
 }
 
@@ -165,16 +176,32 @@ def read_idx(source) -> np.ndarray:
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The (decompressed) bytes of ``path``; with ``limit``, a file (or a
+    gzip stream) longer than ``limit`` bytes is refused after reading at most
+    ``limit + 1`` bytes, so a gzip bomb is never decompressed in full."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
     except EOFError:
         raise ValueError("gzip stream ends early: the file is truncated") from None
     except (gzip.BadGzipFile, zlib.error) as e:
         raise ValueError(f"not a valid gzip file ({e})") from None
+    if limit is not None and len(data) > limit:
+        raise ValueError(
+            f"the data is longer than the {limit} bytes accepted for this file "
+            "(stopped reading there)"
+        )
+    return data
+
+
+def _raw_limit(name: str) -> int:
+    """The most bytes read (decompressed) from a file claiming to be ``name``:
+    twice the official length, so a wrong file of similar size is still
+    parsed and described, while a gzip bomb is cut off early."""
+    shape = FILES[name]["shape"]
+    return 2 * (4 + 4 * len(shape) + int(np.prod(shape))) + 4096
 
 
 def _check(raw: bytes, name: str) -> np.ndarray:
@@ -200,7 +227,7 @@ def _check(raw: bytes, name: str) -> np.ndarray:
 def _load_verified(path: Path, name: str) -> np.ndarray:
     """Read one official file, checking magic, shape and content SHA-256."""
     try:
-        return _check(_read_bytes(path), name)
+        return _check(_read_bytes(path, _raw_limit(name)), name)
     except (ValueError, OSError) as e:
         raise DataError(
             f"{path}: {e}. Delete it to have it downloaded again, or reinstall it "
@@ -251,49 +278,103 @@ def _umask() -> int:
     return mask
 
 
-def _download(name: str, folder: Path, progress: bool) -> Path:
-    """Fetch ``name.gz`` into ``folder`` atomically; verify before renaming."""
+class _TooLarge(ValueError):
+    pass
+
+
+def _fetch(url: str, out, name: str, progress: bool):
+    """Stream ``url`` into the open file ``out``; returns (bytes, SHA-256)."""
     from ._progress import Progress
 
-    folder.mkdir(parents=True, exist_ok=True)
+    cap = MAX_DOWNLOAD_BYTES
+    digest = hashlib.sha256()
+    count = 0
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        total = int(resp.headers.get("Content-Length") or 0)
+        if total > cap:
+            raise _TooLarge(f"the server announces {total} bytes, more than the {cap} accepted")
+        bar = Progress(
+            total, f"downloading {name}.gz", unit="bytes", mode="auto" if progress else "none"
+        )
+        if bar.mode == "lines":
+            print(f"downloading {url}", file=sys.stderr, flush=True)
+        try:
+            while True:
+                chunk = resp.read(1 << 16)
+                if not chunk:
+                    break
+                count += len(chunk)
+                if count > cap:
+                    raise _TooLarge(f"more than the {cap} bytes accepted were sent; stopped")
+                digest.update(chunk)
+                out.write(chunk)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+    out.flush()
+    os.fsync(out.fileno())
+    return count, digest.hexdigest()
+
+
+class _UnwritableFolder(DataError):
+    pass
+
+
+def _temporary_file(folder: Path, name: str) -> str:
+    """A new empty temporary file in ``folder`` (created if needed)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part.gz", dir=folder)
+    except OSError as e:
+        raise _UnwritableFolder(
+            f"{folder}: cannot write the downloaded data into this folder "
+            f"({e.strerror or e}); expected a writable folder: set CONVCORE_DATA (or pass "
+            "--data) to one, or install the data set (apt-get install dataset-fashion-mnist)"
+        ) from None
+    os.close(fd)
+    return tmp
+
+
+def _download(name: str, folder: Path, progress: bool) -> Path:
+    """Fetch ``name.gz`` into ``folder`` atomically; verify before renaming.
+
+    The download streams to a temporary file with a size cap
+    (:data:`MAX_DOWNLOAD_BYTES`).  The official ``.gz`` (size and SHA-256)
+    of the official size must have the official SHA-256; any ``.gz`` is
+    then decompressed only up to twice the official data's length (a gzip
+    bomb is cut off), and the content's magic, shape and SHA-256 checked.
+    """
+    from .checkpoint import fsync_dir
+
+    spec = FILES[name]
+    tmp = _temporary_file(folder, name)
     dest = folder / f"{name}.gz"
     errors = []
-    for base in MIRRORS:
-        url = base + f"{name}.gz"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part.gz", dir=folder)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-                total = int(resp.headers.get("Content-Length") or 0)
-                bar = Progress(
-                    total,
-                    f"downloading {name}.gz",
-                    unit="bytes",
-                    mode="auto" if progress else "none",
-                )
-                if bar.mode == "lines":
-                    print(f"downloading {url}", file=sys.stderr, flush=True)
-                while True:
-                    chunk = resp.read(1 << 16)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    bar.update(len(chunk))
-                bar.close()
-                out.flush()
-                os.fsync(out.fileno())
+    try:
+        for base in MIRRORS:
+            url = base + f"{name}.gz"
             try:
-                _check(_read_bytes(Path(tmp)), name)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+                with open(tmp, "wb") as out:
+                    size, gz_sha = _fetch(url, out, name, progress)
+                if size == spec["gz_size"] and gz_sha != spec["gz_sha256"]:
+                    raise ValueError(
+                        f"SHA-256 of the .gz is {gz_sha}, expected {spec['gz_sha256']} (the "
+                        f"official {name}.gz): the file is corrupt or not the official one"
+                    )
+                _check(_read_bytes(Path(tmp), _raw_limit(name)), name)
             except ValueError as e:
                 errors.append(f"{url}: the downloaded file was refused: {e}")
                 continue
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
+                continue
             os.replace(tmp, dest)
+            fsync_dir(folder)
             return dest
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     raise DataError("could not download " + f"{name}.gz:\n  " + "\n  ".join(errors))
 
 
@@ -336,6 +417,8 @@ def load_fashion_mnist(root=None, download: bool = True, *, progress: bool = Tru
         for name, path in paths.items():
             if path is None:
                 paths[name] = _download(name, target, progress)
+    except _UnwritableFolder:
+        raise
     except DataError as e:
         raise DataError(
             f"Fashion-MNIST not found and the download failed ({e}).\n"
@@ -436,8 +519,10 @@ def _main(argv=None) -> int:  # python -m convcore.data: fetch and verify
     try:
         xtr, ytr, xte, yte = load_fashion_mnist(args.data)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        from ._cli import EXIT_BAD_FILE, error
+
+        error(e)
+        return EXIT_BAD_FILE
     print(f"Fashion-MNIST OK: train {xtr.shape} test {xte.shape} (SHA-256 verified)")
     return 0
 

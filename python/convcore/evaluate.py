@@ -95,26 +95,27 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from . import checkpoint, cuda, set_num_threads
+    from ._cli import EXIT_BAD_FILE, EXIT_FAILED, EXIT_USAGE, error
     from .data import DataError, load_fashion_mnist
 
     if args.threads is not None:
         set_num_threads(args.threads)
-    try:
+    try:  # the whole file is validated before the data set loads
         ckpt = checkpoint.load(args.checkpoint)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except checkpoint.CheckpointError as e:
+        error(e)
+        return EXIT_BAD_FILE
     try:
         _, _, xte, yte = load_fashion_mnist(args.data)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        error(e)
+        return EXIT_BAD_FILE
     model = ckpt.build_model()
     try:
         model.to(args.device)
     except (ValueError, RuntimeError) as e:
-        print(f"error: --device {args.device}: {e}", file=sys.stderr)
-        return 2
+        error(f"--device {args.device}: {e}")
+        return EXIT_USAGE
     try:
         res = evaluate_model(
             model,
@@ -124,8 +125,8 @@ def main(argv=None) -> int:
             normalize=ckpt.config.get("normalize", False),
         )
     except cuda.CudaError as e:  # out of GPU memory, a failed kernel...
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        error(e)
+        return EXIT_FAILED
     cm = confusion_matrix(yte, res["predictions"])
     if args.json:
         out = {

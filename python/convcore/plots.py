@@ -9,7 +9,8 @@ Written by :func:`save_all` into the run's folder:
   ReLU) makes of it, layer by layer: edges first, then more abstract parts;
 - ``predictions.png``: the first test images with predicted and true class.
 
-Only matplotlib's object-oriented API with the Agg canvas is used, so the
+Each file is written atomically (a temporary file, then a rename).  Only
+matplotlib's object-oriented API with the Agg canvas is used, so the
 caller's pyplot backend is left alone and no display is needed.
 """
 
@@ -45,7 +46,13 @@ def _figure(w: float, h: float):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, bbox_inches="tight")
+    """Write the PNG atomically (temporary file, rename, folder fsync), as
+    checkpoints and metrics are: an interrupted run never leaves half a
+    picture under the real name."""
+    from .checkpoint import write_atomic
+
+    path = Path(path)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
     return path
 
 

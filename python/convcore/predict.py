@@ -5,16 +5,20 @@ Usage::
     python -m convcore.predict runs/tutorial/checkpoint-epoch010.npz shoe.png shirt.npy
 
 Images: PNG/JPEG/... through Pillow (converted to greyscale), or ``.npy``
-arrays of shape (28, 28), (1, 28, 28) or (N, 28, 28) (uint8 in [0, 255], or
-floats in [0, 1]).  Fashion-MNIST pictures are light objects on a black
-background: ``--invert`` turns a dark-on-white picture into that form, and
-``--resize`` scales other sizes to 28x28.
+arrays of shape (28, 28), (1, 28, 28), (N, 28, 28) or (N, 1, 28, 28)
+(integers in [0, 255], or floats in [0, 1]; ``--clip`` clips other values
+into the range).  Every file is checked before any image is classified; a
+bad one gives ``error: <file>: ...`` and exit status 1.  Fashion-MNIST
+pictures are light objects on a black background: ``--invert`` turns a
+dark-on-white picture into that form, and ``--resize`` scales other sizes
+to 28x28.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,56 +26,170 @@ import numpy as np
 
 from .data import CLASS_NAMES, to_float
 
-__all__ = ["load_images", "main", "predict"]
+__all__ = ["ImageError", "load_images", "main", "predict"]
 
 
-def load_images(path, *, invert: bool = False, resize: bool = False) -> np.ndarray:
+class ImageError(ValueError):
+    """An image file that cannot be classified; the message is one line,
+    ``<path>: <what is wrong>; <what was expected>``."""
+
+
+_SHAPES = "shape (28, 28), (1, 28, 28), (N, 28, 28) or (N, 1, 28, 28)"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_images(
+    path, *, invert: bool = False, resize: bool = False, clip: bool = False
+) -> np.ndarray:
     """Read one image file (or a stack from ``.npy``) -> uint8 (N, 28, 28).
 
+    ``.npy`` arrays must hold real numbers: integers in [0, 255] or floats in
+    [0, 1].  Complex, boolean, text, date and structured arrays are refused,
+    and so are NaN and infinite pixels and values outside the range, unless
+    ``clip``: then values (infinities included) are clipped into the range;
+    NaN is refused even then, having no value to clip to.
+
     Raises:
-        ValueError: an unsupported shape, size or value range.
+        ImageError (a ValueError): the file is missing, unreadable, not an
+            image, or has an unsupported type, shape, size or value.
         ImportError: a picture file without Pillow installed.
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        a = np.load(path, allow_pickle=False)
-        if a.ndim == 2:
-            a = a[None]
-        elif a.ndim == 4 and a.shape[1] == 1:
-            a = a[:, 0]
-        if a.ndim != 3 or a.shape[1:] != (28, 28):
-            raise ValueError(
-                f"{path}: expected an array of shape (28, 28), (1, 28, 28) or (N, 28, 28), "
-                f"got {a.shape}"
-            )
-        if np.issubdtype(a.dtype, np.floating):
-            if a.size and (a.min() < 0 or a.max() > 1):
-                raise ValueError(f"{path}: float images must be in [0, 1]")
-            a = np.rint(a * 255)
-        elif a.size and (a.min() < 0 or a.max() > 255):
-            raise ValueError(f"{path}: integer images must be in [0, 255]")
-        a = a.astype(np.uint8)
-    else:
-        try:
-            from PIL import Image
-        except ImportError:
-            raise ImportError(
-                f"{path}: reading pictures needs Pillow (pip install 'convcore[images]'); "
-                ".npy arrays work without it"
-            ) from None
+        a = _read_npy(path)
+        return _to_uint8(a, path, clip=clip, invert=invert)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError(
+            f"{path}: reading pictures needs Pillow (pip install 'convcore[images]'); "
+            ".npy arrays work without it"
+        ) from None
+    expected = "expected a PNG, JPEG or other picture Pillow reads, or a .npy array"
+    try:
         with Image.open(path) as im:
+            if im.size != (28, 28) and not resize:
+                raise ImageError(
+                    f"{path}: image is {im.size[0]}x{im.size[1]}; expected 28x28 "
+                    "(use --resize to scale it)"
+                )
             im = im.convert("L")
             if im.size != (28, 28):
-                if not resize:
-                    raise ValueError(
-                        f"{path}: image is {im.size[0]}x{im.size[1]}, expected 28x28 "
-                        "(use --resize to scale it)"
-                    )
                 im = im.resize((28, 28), getattr(Image, "Resampling", Image).LANCZOS)
             a = np.asarray(im, dtype=np.uint8)[None]
-    if invert:
-        a = 255 - a
-    return a
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file; {expected}") from None
+    except OSError as e:  # not an image, truncated, unreadable (UnidentifiedImageError)
+        raise ImageError(f"{path}: cannot read the picture ({e}); {expected}") from None
+    except (ValueError, SyntaxError, EOFError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"{path}: damaged picture ({e}); {expected}") from None
+    return 255 - a if invert else a
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file whose header and length were checked first
+    (so a damaged header never makes numpy allocate or unpickle)."""
+    fmt = np.lib.format
+    expected = f"expected a .npy array of {_SHAPES}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+            if not head:
+                raise ImageError(f"{path}: the file is empty (0 bytes); {expected}")
+            if head != _NPY_MAGIC:
+                raise ImageError(
+                    f"{path}: not a .npy file (it starts with the bytes {head.hex(' ')}); "
+                    f"{expected}"
+                )
+            f.seek(0)
+            try:
+                version = fmt.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            except (ValueError, EOFError, SyntaxError, TypeError) as e:
+                raise ImageError(f"{path}: damaged .npy header ({e}); {expected}") from None
+            if dtype.hasobject:
+                raise ImageError(
+                    f"{path}: the array holds Python objects (dtype {dtype}); expected "
+                    "uint8 (or another integer) in [0, 255], or floats in [0, 1]"
+                )
+            _check_shape(shape, path)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if size - offset != need:
+                what = "truncated" if size - offset < need else "longer than its header says"
+                raise ImageError(
+                    f"{path}: the file is {what}: {size - offset} bytes of data, expected "
+                    f"{need} for {dtype} {tuple(shape)}"
+                )
+            a = np.fromfile(f, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)))
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file; {expected}") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read the file ({e.strerror or e}); {expected}") from None
+    return a.reshape(shape, order="F" if fortran else "C")
+
+
+def _check_shape(shape, path) -> None:
+    ok = (
+        tuple(shape[-2:]) == (28, 28)
+        and len(shape) in (2, 3, 4)
+        and (len(shape) != 4 or shape[1] == 1)
+    )
+    if not ok:
+        raise ImageError(f"{path}: the array has shape {tuple(shape)}; expected {_SHAPES}")
+
+
+def _to_uint8(a: np.ndarray, path, *, clip: bool, invert: bool) -> np.ndarray:
+    """A checked real array of images -> uint8 (N, 28, 28)."""
+    _check_shape(a.shape, path)
+    a = a.reshape(-1, 28, 28)
+    if len(a) == 0:
+        raise ImageError(f"{path}: the array holds no images (shape {a.shape}); expected {_SHAPES}")
+    kind = a.dtype.kind
+    if kind not in "iuf":
+        what = {
+            "c": "complex numbers",
+            "b": "booleans",
+            "U": "text",
+            "S": "bytes",
+            "M": "dates",
+            "m": "time intervals",
+            "V": "structured records",
+        }.get(kind, "values that are not real numbers")
+        raise ImageError(
+            f"{path}: the array holds {what} (dtype {a.dtype}); expected uint8 (or another "
+            "integer) in [0, 255], or floats in [0, 1]"
+        )
+    if kind == "f":
+        if a.size and np.isnan(a).any():
+            raise ImageError(
+                f"{path}: {int(np.isnan(a).sum())} pixel(s) are NaN; expected floats in [0, 1]"
+            )
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not clip and (lo < 0 or hi > 1):
+            raise ImageError(
+                f"{path}: float pixels range over [{lo:g}, {hi:g}]; expected [0, 1] "
+                "(NaN and infinity refused; --clip clips into the range)"
+            )
+        a = np.rint(np.clip(a.astype(np.float64), 0.0, 1.0) * 255)
+    else:
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if not clip and (lo < 0 or hi > 255):
+            raise ImageError(
+                f"{path}: integer pixels range over [{lo}, {hi}]; expected [0, 255] "
+                "(--clip clips into the range)"
+            )
+        a = np.clip(a, 0, 255) if (lo < 0 or hi > 255) else a
+    a = a.astype(np.uint8)
+    return 255 - a if invert else a
 
 
 def predict(model, images: np.ndarray, normalize: bool = False) -> np.ndarray:
@@ -98,25 +216,36 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--resize", action="store_true", help="scale images that are not 28x28")
     ap.add_argument("--json", action="store_true", help="print JSON")
+    ap.add_argument(
+        "--clip",
+        action="store_true",
+        help="clip .npy values outside [0, 255] (integers) or [0, 1] (floats) into the "
+        "range instead of refusing the file (NaN is refused even then)",
+    )
     args = ap.parse_args(argv)
 
     from . import checkpoint
+    from ._cli import EXIT_BAD_FILE, error
 
     try:
         ckpt = checkpoint.load(args.checkpoint)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    model = ckpt.build_model()
-    results = []
-    status = 0
+    except checkpoint.CheckpointError as e:
+        error(e)
+        return EXIT_BAD_FILE
+    # Every image is read and checked before any is classified.
+    loaded = []
     for path in args.images:
         try:
-            imgs = load_images(path, invert=args.invert, resize=args.resize)
-        except (OSError, ValueError, ImportError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 1
-            continue
+            loaded.append(
+                (path, load_images(path, invert=args.invert, resize=args.resize, clip=args.clip))
+            )
+        except (ImageError, ImportError) as e:
+            error(e)
+    if len(loaded) != len(args.images):
+        return EXIT_BAD_FILE
+    model = ckpt.build_model()
+    results = []
+    for path, imgs in loaded:
         probs = predict(model, imgs, ckpt.config.get("normalize", False))
         for k, (img, p) in enumerate(zip(imgs, probs)):
             name = path if len(imgs) == 1 else f"{path}[{k}]"
@@ -145,7 +274,7 @@ def main(argv=None) -> int:
                     )
     if args.json:
         print(json.dumps(results, indent=2))
-    return status
+    return 0
 
 
 if __name__ == "__main__":

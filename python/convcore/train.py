@@ -437,7 +437,7 @@ def main(argv=None) -> int:
     if args.threads is not None:
         if args.threads < 1:
             print("error: --threads must be >= 1", file=sys.stderr)
-            return 2
+            return 2  # EXIT_USAGE
         convcore.set_num_threads(args.threads)
     config = {k: getattr(args, k) for k in DEFAULTS}
     if args.out:
@@ -447,6 +447,14 @@ def main(argv=None) -> int:
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{args.model or DEFAULTS['model']}-{stamp}"
+    from ._cli import EXIT_BAD_FILE, EXIT_FAILED, EXIT_USAGE, error
+
+    if args.resume is not None:
+        try:  # the whole checkpoint is validated before the data loads
+            ckpt_io.load(args.resume)
+        except ckpt_io.CheckpointError as e:
+            error(e)
+            return EXIT_BAD_FILE
     try:
         _resolve_device(args.device)  # before loading the data
         data = load_fashion_mnist(args.data)
@@ -462,14 +470,14 @@ def main(argv=None) -> int:
             log=lambda s: print(s, flush=True),
         )
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        error(e)
+        return EXIT_BAD_FILE
     except (UsageError, _Stop) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        error(e)
+        return EXIT_USAGE
     except cuda.CudaError as e:  # out of GPU memory, a failed kernel...
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        error(e)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         done = sorted(out.glob("checkpoint-epoch*.npz"))
         hint = f"; continue with --resume {done[-1]}" if done else ""

@@ -17,6 +17,11 @@ Two parts, both interleaved (A B, B A, ...) in one process on one device:
     .venv/bin/python bench/cuda.py --part ops --json gpu-ops.json
     .venv/bin/python bench/cuda.py --part train --steps 200
 
+PyTorch's TF32 switches are turned off for cuDNN convolutions and CUDA
+matmuls (PyTorch's default lets cuDNN convolutions use TF32 tensor cores), so
+both sides compute in FP32; the settings in force are printed and recorded
+in the JSON (``meta.torch_fp32``).
+
 Needs convcore built with CUDA (``convcore.build_info()['cuda']``), a visible
 GPU, and a CUDA build of PyTorch; without them it says which is missing and
 exits with status 2.
@@ -43,6 +48,29 @@ from train import torch_model  # noqa: E402  (bench/train.py: the same models in
 
 #: FP32 (non-tensor-core) peak in TFLOP/s by device-name fragment, first match wins.
 PEAK_TFLOPS = (("H200", 67.0), ("H100 PCIe", 51.0), ("H100", 67.0), ("A100", 19.5), ("L40S", 91.6))
+
+
+def fp32_without_tf32(torch) -> dict:
+    """Turns PyTorch's TF32 off for cuDNN convolutions and CUDA matmuls (an
+    FP32-to-FP32 comparison); returns the settings in force, read back.  The
+    per-backend ``fp32_precision`` switches where this PyTorch has them
+    (2.9 and later; mixing them with the legacy ``allow_tf32`` flags is an
+    error there), else the legacy flags."""
+    be = torch.backends
+    conv = getattr(be.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = "ieee"
+        be.cuda.matmul.fp32_precision = "ieee"
+        return {
+            "cudnn.conv.fp32_precision": conv.fp32_precision,
+            "cuda.matmul.fp32_precision": be.cuda.matmul.fp32_precision,
+        }
+    be.cudnn.allow_tf32 = False
+    be.cuda.matmul.allow_tf32 = False
+    return {
+        "cudnn.allow_tf32": be.cudnn.allow_tf32,
+        "cuda.matmul.allow_tf32": be.cuda.matmul.allow_tf32,
+    }
 
 
 def _sync(torch) -> None:
@@ -276,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     torch.backends.cudnn.benchmark = True  # cuDNN's fastest algorithm per shape
+    fp32 = fp32_without_tf32(torch)
     name = cc.device_name(0)
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS if k in name), None)
     info = convcore.build_info()
@@ -289,11 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         torch_cuda=torch.version.cuda,
         cudnn=torch.backends.cudnn.version(),
         fp32_peak_tflops=peak,
+        torch_fp32=fp32,
     )
     print(
         f"GPU {name}; convcore CUDA {info['cuda_version']}; "
         f"torch {torch.__version__} cuDNN {meta['cudnn']}"
     )
+    settings = ", ".join(f"{k}={v}" for k, v in fp32.items())
+    print(f"PyTorch TF32 off, FP32 against FP32 ({settings})")
     out: dict = {"meta": meta}
     if args.part in ("all", "ops"):
         print("per op (median of interleaved bursts):")

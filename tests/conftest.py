@@ -8,6 +8,11 @@
   ``CI=true``, else ``dev``; ``CONVCORE_HYPOTHESIS_SCALE`` multiplies every
   test's ``max_examples`` (``oracle.examples``), for example 0.1 under the
   sanitizers.  Deadlines are off: a shared 2-core machine has noisy timing.
+* ``CONVCORE_REQUIRE_GPU=1`` (bench/gpu_check.sh sets it): a GPU test that
+  skips fails instead, with the skip's reason, so a GPU run cannot pass with
+  zero GPU coverage.  GPU tests are those marked ``gpu`` (test_cuda.py's
+  ``@gpu``), the ``cuda`` half of test_training_device.py's ``gpu`` fixture,
+  and any test whose skip reason says there is no CUDA device.
 * Every test starts with the ISA cap and thread count it found and gets
   them back afterwards, whatever it changed.
 * At the end of the session, a summary of the oracle checks: per op and
@@ -24,6 +29,10 @@ import os
 import pytest
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REQUIRE_GPU = os.environ.get("CONVCORE_REQUIRE_GPU", "").lower() in ("1", "true", "yes")
+# Skip reasons that mean "this ran without a usable GPU" (convcore.cuda's
+# unavailable reasons, a PyTorch without CUDA).
+GPU_SKIP_REASONS = ("no CUDA device", "has no CUDA")
 
 try:
     import torch  # noqa: F401
@@ -66,11 +75,35 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "torch: the test needs PyTorch (a failure in CI when missing)"
     )
+    config.addinivalue_line(
+        "markers", "gpu: the test needs a CUDA device (a failure under CONVCORE_REQUIRE_GPU=1)"
+    )
     if TORCH_ERROR is not None and CI:
         raise pytest.UsageError(
             f"CI=true but PyTorch, the test oracle, cannot be imported ({TORCH_ERROR}); "
             "install it with pip install '.[test]'"
         )
+
+
+def _is_gpu_test(item) -> bool:
+    params = getattr(item, "callspec", None)
+    return item.get_closest_marker("gpu") is not None or (
+        params is not None and params.params.get("gpu") == "cuda"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if not REQUIRE_GPU:
+        return
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if _is_gpu_test(item) or any(r in reason for r in GPU_SKIP_REASONS):
+        report.outcome = "failed"
+        report.longrepr = f"CONVCORE_REQUIRE_GPU=1: a GPU test was skipped: {reason}"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -89,6 +89,12 @@ def _dev(a, name="array") -> np.ndarray:
     return a._a
 
 
+def _same_shape(a, name, ref, ref_name) -> None:
+    """The binding's rule for elementwise ops: equal shapes, no broadcasting."""
+    if a.shape != ref.shape:
+        raise ValueError(f"{name}: expected shape {ref.shape} (that of {ref_name}), got {a.shape}")
+
+
 def _wrap(a) -> FakeDeviceArray | None:
     return None if a is None else FakeDeviceArray(np.ascontiguousarray(a))
 
@@ -118,6 +124,15 @@ class FakeExt:
     def synchronize(self, device):
         pass
 
+    def driver_version(self):
+        return 0
+
+    def runtime_version(self):
+        return 0
+
+    def from_dlpack(self, obj):
+        raise TypeError("from_dlpack: the fake device (tests/fake_cuda.py) has no DLPack")
+
     def to_device(self, array, device):
         assert device == 0
         if array.dtype not in (np.float32, np.int64):
@@ -130,58 +145,152 @@ class FakeExt:
     def empty(self, shape, dtype, device):
         return FakeDeviceArray(np.full(tuple(shape), 7, dtype))
 
-    # -- the kernels of the functional API: the CPU ones
-    def conv2d_forward(self, x, w, b, *args):
+    # -- the kernels of the functional API: the CPU ones (the binding's
+    # parameter names, pinned by tests/test_fake_cuda.py)
+    def conv2d_forward(
+        self,
+        input,
+        weight,
+        bias,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_bottom,
+        pad_left,
+        pad_right,
+        dilation_h,
+        dilation_w,
+        groups,
+    ):
         self._count("conv2d_forward")
-        bias = None if b is None else _dev(b, "bias")
-        return _wrap(_core.conv2d_forward(_dev(x, "input"), _dev(w, "weight"), bias, *args))
+        b = None if bias is None else _dev(bias, "bias")
+        geometry = (stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right)
+        return _wrap(
+            _core.conv2d_forward(
+                _dev(input, "input"),
+                _dev(weight, "weight"),
+                b,
+                *geometry,
+                dilation_h,
+                dilation_w,
+                groups,
+            )
+        )
 
-    def conv2d_backward(self, dy, x, w, *args):
+    def conv2d_backward(
+        self,
+        grad_output,
+        input,
+        weight,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_bottom,
+        pad_left,
+        pad_right,
+        dilation_h,
+        dilation_w,
+        groups,
+        need_input,
+        need_weight,
+        need_bias,
+    ):
         self._count("conv2d_backward")
+        geometry = (stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right)
         out = _core.conv2d_backward(
-            _dev(dy, "grad_output"), _dev(x, "input"), _dev(w, "weight"), *args
+            _dev(grad_output, "grad_output"),
+            _dev(input, "input"),
+            _dev(weight, "weight"),
+            *geometry,
+            dilation_h,
+            dilation_w,
+            groups,
+            need_input,
+            need_weight,
+            need_bias,
         )
         return tuple(_wrap(a) for a in out)
 
-    def max_pool2d_forward(self, x, *args):
-        out, idx = _core.max_pool2d_forward(_dev(x, "input"), *args)
+    def max_pool2d_forward(
+        self,
+        input,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
+        ceil_mode,
+    ):
+        out, idx = _core.max_pool2d_forward(
+            _dev(input, "input"),
+            kernel_h,
+            kernel_w,
+            stride_h,
+            stride_w,
+            pad_h,
+            pad_w,
+            dilation_h,
+            dilation_w,
+            ceil_mode,
+        )
         return _wrap(out), _wrap(idx)
 
-    def max_pool2d_backward(self, dy, idx, shape):
-        return _wrap(_core.max_pool2d_backward(_dev(dy), _dev(idx), shape))
+    def max_pool2d_backward(self, grad_output, indices, input_shape):
+        return _wrap(_core.max_pool2d_backward(_dev(grad_output), _dev(indices), input_shape))
 
-    def pad_forward(self, x, *args):
-        return _wrap(_core.pad_forward(_dev(x), *args))
+    def pad_forward(self, input, left, right, top, bottom, mode, value):
+        return _wrap(_core.pad_forward(_dev(input), left, right, top, bottom, mode, value))
 
-    def pad_backward(self, dy, *args):
-        return _wrap(_core.pad_backward(_dev(dy), *args))
+    def pad_backward(self, grad_output, input_shape, left, right, top, bottom, mode):
+        return _wrap(
+            _core.pad_backward(_dev(grad_output), input_shape, left, right, top, bottom, mode)
+        )
 
     # -- train_ops.cu, transcribed
-    def relu_forward(self, x, inplace):
+    def relu_forward(self, input, inplace):
         self._count("relu_forward")
-        a = _dev(x)
+        a = _dev(input)
         y = np.maximum(a, _F32(0), out=a if inplace else None)
-        return x if inplace else FakeDeviceArray(y)
+        return input if inplace else FakeDeviceArray(y)
 
-    def relu_backward(self, dy, y, inplace):
+    def relu_backward(self, grad_output, output, inplace):
         self._count("relu_backward")
-        g = _dev(dy)
-        out = np.multiply(g, _dev(y) > 0, out=g if inplace else None)
-        return dy if inplace else FakeDeviceArray(out)
+        g = _dev(grad_output)
+        out = np.multiply(g, _dev(output) > 0, out=g if inplace else None)
+        return grad_output if inplace else FakeDeviceArray(out)
 
     def multiply(self, a, b):
         self._count("multiply")
+        _same_shape(_dev(b, "b"), "b", _dev(a, "a"), "a")
         return FakeDeviceArray(_dev(a) * _dev(b))
 
     def add_(self, dst, src):
         self._count("add_")
-        d = _dev(dst)
+        d = _dev(dst, "dst")
+        _same_shape(_dev(src, "src"), "src", d, "dst")
         np.add(d, _dev(src), out=d)
 
     def cross_entropy(self, logits, target, scale):
         self._count("cross_entropy")
         z = _dev(logits, "logits")
-        assert isinstance(target, np.ndarray) and target.dtype == np.int64
+        if z.ndim != 2 or z.dtype != np.float32:
+            raise ValueError(f"logits: expected a 2-D float32 array, got shape {z.shape}")
+        N, C = z.shape
+        if C < 1:
+            raise ValueError(f"logits: expected at least one class, got shape {z.shape}")
+        target = np.asarray(target)
+        if target.dtype != np.int64 or target.shape != (N,):
+            raise ValueError(
+                f"target: expected an int64 array of shape ({N},), got dtype {target.dtype} "
+                f"and {target.shape}"
+            )
+        bad = np.flatnonzero((target < 0) | (target >= C))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"target: labels must be in [0, {C}), got {target[i]} at index {i}")
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         s = e.sum(axis=1, keepdims=True)
@@ -200,9 +309,24 @@ class FakeExt:
                 if np.shares_memory(a, b):
                     raise ValueError("optimiser arrays: expected separate arrays")
 
-    def adam_step(self, p, g, m, v, omb1, b2, omb2, bc2, eps, neg_step, wd):
+    def adam_step(
+        self,
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        bias_correction2_sqrt,
+        eps,
+        neg_step_size,
+        weight_decay,
+    ):
         self._count("adam_step")
-        p, g, m, v = (_dev(a) for a in (p, g, m, v))
+        p, g, m, v = (_dev(a) for a in (param, grad, exp_avg, exp_avg_sq))
+        omb1, b2, omb2, bc2 = one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt
+        neg_step, wd = neg_step_size, weight_decay
         self._disjoint(p, g, m, v)
         if _F32(wd) != 0:
             g = g + p * _F32(wd)
@@ -211,9 +335,21 @@ class FakeExt:
         v += (g * _F32(omb2)) * g
         p += (m / (np.sqrt(v) / _F32(bc2) + _F32(eps))) * _F32(neg_step)
 
-    def sgd_step(self, p, g, buf, momentum, omd, wd, neg_lr, nesterov, first):
+    def sgd_step(
+        self,
+        param,
+        grad,
+        momentum_buffer,
+        momentum,
+        one_minus_dampening,
+        weight_decay,
+        neg_lr,
+        nesterov,
+        first,
+    ):
         self._count("sgd_step")
-        p, g = _dev(p), _dev(g)
+        p, g, buf = _dev(param), _dev(grad), momentum_buffer
+        omd, wd = one_minus_dampening, weight_decay
         self._disjoint(p, g, None if buf is None else _dev(buf))
         if _F32(wd) != 0:
             g = g + p * _F32(wd)

@@ -10,7 +10,14 @@ repeatability, the same errors as the CPU path, DeviceArray and DLPack.
 
 Without a GPU every GPU test skips, with the reason: "no CUDA device:
 convcore built without CUDA ..." or "no CUDA device: convcore built with
-CUDA ... but no device visible (...)".  The module itself imports without a
+CUDA ... but no device visible (...)"; with ``CONVCORE_REQUIRE_GPU=1``
+(bench/gpu_check.sh) such a skip is a failure (conftest.py).
+
+PyTorch is only the CPU oracle here (float64 F.conv2d, F.max_pool2d, F.pad
+and autograd, all in PyTorch 2.11, the version on the GPU machines) and a
+DLPack partner; no test here depends on behaviour new in 2.13 (the one
+2.13-specific note, in test_pad.py, is on a CPU test that does not call
+PyTorch).  bench/gpu_check.sh records the version it ran with.  The module itself imports without a
 GPU, so CI (which compiles the CUDA path but has no GPU) still collects it;
 the tests of the no-GPU behaviour run everywhere.
 """
@@ -33,7 +40,12 @@ from test_pool import KINDS as POOL_KINDS
 
 AVAILABLE = cc.is_available()
 REASON = f"no CUDA device: {cc.unavailable_reason()}"
-gpu = pytest.mark.skipif(not AVAILABLE, reason=REASON)
+
+
+def gpu(fn):
+    """A test that needs a CUDA device: without one it skips with the reason
+    (a failure under CONVCORE_REQUIRE_GPU=1)."""
+    return pytest.mark.gpu(pytest.mark.skipif(not AVAILABLE, reason=REASON)(fn))
 
 
 def gpu_oracle(fn):

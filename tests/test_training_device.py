@@ -208,6 +208,44 @@ def test_optimizer_steps_on_the_device_are_bitwise_the_host_steps(gpu, kind):
         assert gpu.calls.get("adam_step" if kind.startswith("adam") else "sgd_step") == 3
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not cc.is_available(), reason=REASON)
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_optimizer_kernels_are_bitwise_the_host_steps_on_extreme_values(kind):
+    # The real adam/sgd kernels (train_ops.cu) against the host's numpy
+    # steps, bitwise, where float32 rounding is most fragile: gradients of
+    # 0, -0, subnormals, tiny and huge magnitudes, ties of sign; parameters
+    # of the same kinds; five steps, so the moments and buffers carry them.
+    host, dev = _pair("tutorial")
+    opt_h, opt_d = OPTIMIZERS[kind](host.parameters()), OPTIMIZERS[kind](dev.parameters())
+    pack_h, pack_d = host.parameters()[0].pack, dev.parameters()[0].pack
+    n = pack_h.grad.size
+    special = np.array([0.0, -0.0, 1e-45, -1e-40, 1e-30, 3e-8, 1.0, -1.0, 1e18, -3e30], np.float32)
+    rng = np.random.default_rng(5)
+    live = np.zeros(n, bool)
+    for i, p in enumerate(pack_h.params):
+        live[pack_h.offsets[i] : pack_h.offsets[i] + p.data.size] = True
+    for (_, ph), pd in zip(host.named_parameters(), dev.parameters()):
+        w = ph.data.reshape(-1)
+        w[::3] = special[rng.integers(0, special.size, w[::3].size)]
+        pd.data.copy_from_host(ph.data)
+    for _ in range(5):
+        g = rng.standard_normal(n).astype(np.float32)
+        g[::2] = special[rng.integers(0, special.size, g[::2].size)]
+        g[~live] = 0
+        pack_h.grad[...] = g.reshape(pack_h.grad.shape)
+        pack_d.grad.copy_from_host(pack_h.grad)
+        opt_h.step()
+        opt_d.step()
+        for (name, ph), pd in zip(host.named_parameters(), dev.parameters()):
+            got, want = pd.data.numpy(), ph.data
+            same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+            assert same.all(), (
+                f"{kind} {name}: {int((~same).sum())} elements differ from the host, "
+                f"first at {int(np.flatnonzero(~same.reshape(-1))[0])}"
+            )
+
+
 def test_optimizer_state_moves_between_host_and_device(gpu):
     host, dev = _pair("tutorial")
     opt_h = optim.Adam(host.parameters())

@@ -258,72 +258,147 @@ CONVCORE_UNROLL
   }
 }
 
+// What one thread keeps across the steps of a tile: its B column and its
+// 4 x 4 accumulators.
 template <class Op>
-__global__ void __launch_bounds__(kGemmThreads) conv_igemm_f32(Op op) {
-  __shared__ ATile As;
-  __shared__ BTile Bs;
-  const int t = threadIdx.x;
+struct IgemmThread {
+  typename Op::Col col;
+  bool col_valid;
+  float acc[4][4];
+};
+
+// The block loop of conv_igemm_f32: block (bx, by, bz) of a (gx, gy, gz) grid
+// strides over the batch entries z, the row tiles and the column tiles, and
+// steps each tile through its reduction range BK at a time.  `threads` runs
+// the per-thread steps: on the GPU, the calling thread only, with
+// __syncthreads() as the barrier; in the host emulation, every thread of the
+// block in turn, so the barrier is the end of the turn.
+template <class Op, class Threads>
+__host__ __device__ __forceinline__ void igemm_block(const Op& op, Threads& threads, ATile& As, BTile& Bs,
+                                                     int64_t bx, int64_t by, int64_t bz, int64_t gx,
+                                                     int64_t gy, int64_t gz) {
   const int64_t Z = op.Z();
   const int64_t m_tiles = (op.M() + BM - 1) / BM, n_tiles = (op.NC() + BN - 1) / BN;
-  for (int64_t z = blockIdx.z; z < Z; z += gridDim.z) {
+  for (int64_t z = bz; z < Z; z += gz) {
     int64_t k_begin, k_end;
     op.k_range(z, &k_begin, &k_end);
-    for (int64_t mt = blockIdx.y; mt < m_tiles; mt += gridDim.y) {
-      for (int64_t nt = blockIdx.x; nt < n_tiles; nt += gridDim.x) {
+    for (int64_t mt = by; mt < m_tiles; mt += gy) {
+      for (int64_t nt = bx; nt < n_tiles; nt += gx) {
         const int64_t m0 = mt * BM, n0 = nt * BN;
-        bool col_valid;
-        const typename Op::Col col = igemm_col(op, t, z, n0, &col_valid);
-        float acc[4][4] = {};
+        threads.each([&](int t, IgemmThread<Op>& s) {
+          s.col = igemm_col(op, t, z, n0, &s.col_valid);
+CONVCORE_UNROLL
+          for (int i = 0; i < 4; ++i)
+CONVCORE_UNROLL
+            for (int j = 0; j < 4; ++j) s.acc[i][j] = 0.0f;
+        });
         for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
-          igemm_load(op, t, z, m0, k0, k_end, col, col_valid, As, Bs);
-          __syncthreads();
-          igemm_fma(t, As, Bs, acc);
-          __syncthreads();
+          threads.each([&](int t, IgemmThread<Op>& s) {
+            igemm_load(op, t, z, m0, k0, k_end, s.col, s.col_valid, As, Bs);
+          });
+          threads.sync();
+          threads.each([&](int t, IgemmThread<Op>& s) { igemm_fma(t, As, Bs, s.acc); });
+          threads.sync();
         }
-        igemm_store(op, t, z, m0, n0, acc);
+        threads.each([&](int t, IgemmThread<Op>& s) { igemm_store(op, t, z, m0, n0, s.acc); });
       }
     }
   }
 }
 
+// The GPU side of igemm_block: one thread, the block's barrier.
+template <class Op>
+struct OneGpuThread {
+  int t;
+  IgemmThread<Op> s;
+  template <class F>
+  __host__ __device__ __forceinline__ void each(F&& f) {
+    f(t, s);
+  }
+  __host__ __device__ __forceinline__ void sync() {
+#if defined(__CUDA_ARCH__)
+    __syncthreads();
+#endif
+  }
+};
+
+template <class Op>
+__global__ void __launch_bounds__(kGemmThreads) conv_igemm_f32(Op op) {
+  __shared__ ATile As;
+  __shared__ BTile Bs;
+  OneGpuThread<Op> self;
+  self.t = int(threadIdx.x);
+  igemm_block(op, self, As, Bs, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z);
+}
+
+// The launch plan of conv_igemm_f32: a grid of (column tiles, row tiles,
+// batch entries), each capped at its launch limit (the block loop strides).
+struct Grid3 {
+  int64_t x, y, z;
+};
+
+template <class Op>
+Grid3 igemm_grid(const Op& op) {
+  const int64_t n_tiles = detail::ceil_div(op.NC(), BN), m_tiles = detail::ceil_div(op.M(), BM);
+  return Grid3{std::min<int64_t>(n_tiles, INT_MAX), std::min<int64_t>(m_tiles, 65535),
+               std::min<int64_t>(op.Z(), 65535)};
+}
+
 template <class Op>
 void launch_igemm(const Op& op, const char* name) {
-  const int64_t n_tiles = detail::ceil_div(op.NC(), BN), m_tiles = detail::ceil_div(op.M(), BM);
-  const dim3 grid(unsigned(std::min<int64_t>(n_tiles, INT_MAX)),
-                  unsigned(std::min<int64_t>(m_tiles, 65535)),
-                  unsigned(std::min<int64_t>(op.Z(), 65535)));
+  const Grid3 g = igemm_grid(op);
+  const dim3 grid(unsigned(g.x), unsigned(g.y), unsigned(g.z));
   conv_igemm_f32<Op><<<grid, kGemmThreads, 0, cudaStreamLegacy>>>(op);
   detail::check_launch(name);
 }
 
-// Sums the chunks of the weight gradient in chunk order.
+// Element i of the weight gradient: the sum of its chunks in chunk order.
+__host__ __device__ __forceinline__ float weight_reduce_one(int64_t numel, int64_t splits, const float* partial,
+                                                            int64_t i) {
+  double acc = 0.0;
+  for (int64_t j = 0; j < splits; ++j) acc += double(partial[j * numel + i]);
+  return float(acc);
+}
+
 __global__ void conv2d_bwd_weight_reduce_f32__cuda(int64_t numel, int64_t splits,
                                                    const float* __restrict__ partial,
                                                    float* __restrict__ dw) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    double acc = 0.0;
-    for (int64_t j = 0; j < splits; ++j) acc += double(partial[j * numel + i]);
-    dw[i] = float(acc);
-  }
+       i += int64_t(gridDim.x) * blockDim.x)
+    dw[i] = weight_reduce_one(numel, splits, partial, i);
 }
 
-// One block per output channel: a strided sum per thread, then a tree.
-__global__ void __launch_bounds__(256) conv2d_bwd_bias_f32__cuda(ConvArgs g, const float* __restrict__ dy,
-                                                                 float* __restrict__ db) {
-  __shared__ double part[256];
-  const int t = threadIdx.x;
+// Grad bias: one block of kBiasThreads per output channel k.  Thread t first
+// sums its stride of the channel's N*P*Q elements; then a tree halves the
+// active threads each step (strides bias_tree_stride(0) = kBiasThreads/2,
+// ..., 1, then 0: done; a barrier after each step); thread 0 writes part[0].
+constexpr int kBiasThreads = 256;
+
+__host__ __device__ __forceinline__ double bias_partial(const ConvArgs& g, const float* dy, int64_t k, int t) {
   const int64_t total = g.N * g.PQ;
+  double acc = 0.0;
+  for (int64_t e = t; e < total; e += kBiasThreads) {
+    const int64_t img = e / g.PQ, pq = e - img * g.PQ;
+    acc += double(dy[(img * g.K + k) * g.PQ + pq]);
+  }
+  return acc;
+}
+
+__host__ __device__ __forceinline__ int bias_tree_stride(int step) { return (kBiasThreads / 2) >> step; }
+
+__host__ __device__ __forceinline__ void bias_tree_step(double* part, int t, int s) {
+  if (t < s) part[t] += part[t + s];
+}
+
+__global__ void __launch_bounds__(kBiasThreads) conv2d_bwd_bias_f32__cuda(ConvArgs g, const float* __restrict__ dy,
+                                                                          float* __restrict__ db) {
+  __shared__ double part[kBiasThreads];
+  const int t = threadIdx.x;
   for (int64_t k = blockIdx.x; k < g.K; k += gridDim.x) {
-    double acc = 0.0;
-    for (int64_t e = t; e < total; e += 256) {
-      const int64_t img = e / g.PQ, pq = e - img * g.PQ;
-      acc += double(dy[(img * g.K + k) * g.PQ + pq]);
-    }
-    part[t] = acc;
+    part[t] = bias_partial(g, dy, k, t);
     __syncthreads();
-    for (int s = 128; s > 0; s >>= 1) {
-      if (t < s) part[t] += part[t + s];
+    for (int step = 0, s; (s = bias_tree_stride(step)) > 0; ++step) {
+      bias_tree_step(part, t, s);
       __syncthreads();
     }
     if (t == 0) db[k] = float(part[0]);
@@ -348,6 +423,27 @@ void weight_split(const ConvArgs& a, int64_t* splits, int64_t* chunk) {
   *splits = detail::ceil_div(total, c);
 }
 
+// The launch plan of the weight gradient: the split, the workspace of the
+// partial sums (0 bytes when there is a single chunk: the GEMM writes dw),
+// and the reduce kernel's grid.
+struct WeightPlan {
+  int64_t splits, chunk, scratch_bytes, reduce_blocks;
+};
+
+WeightPlan weight_plan(const ConvArgs& a) {
+  WeightPlan p{1, 0, 0, 0};
+  weight_split(a, &p.splits, &p.chunk);
+  if (p.splits > 1) {
+    const int64_t wnumel = a.K * a.Cg * a.RS;
+    p.scratch_bytes = p.splits * wnumel * int64_t(sizeof(float));
+    p.reduce_blocks = detail::blocks_for(wnumel);
+  }
+  return p;
+}
+
+// Grad bias: one block per channel, at most kMaxBlocks (the blocks stride).
+int64_t bias_blocks(int64_t K) { return std::min<int64_t>(K, detail::kMaxBlocks); }
+
 }  // namespace
 
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
@@ -371,25 +467,24 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
     return;
   }
   note_kernel("conv2d_bwd_weight", "conv2d_bwd_weight_f32_igemm64x64__cuda", g.name());
-  int64_t splits = 1, chunk = 0;
-  weight_split(a, &splits, &chunk);
-  if (splits == 1) {
-    launch_igemm(WeightOp{a, dy, x, dw, 1, chunk}, "conv2d_bwd_weight_f32_igemm64x64__cuda");
+  const WeightPlan plan = weight_plan(a);
+  if (plan.splits == 1) {
+    launch_igemm(WeightOp{a, dy, x, dw, 1, plan.chunk}, "conv2d_bwd_weight_f32_igemm64x64__cuda");
     return;
   }
-  detail::Scratch partial(size_t(splits * wnumel) * sizeof(float));
+  detail::Scratch partial(size_t(plan.scratch_bytes));
   float* p = static_cast<float*>(partial.data());
-  launch_igemm(WeightOp{a, dy, x, p, splits, chunk}, "conv2d_bwd_weight_f32_igemm64x64__cuda");
-  conv2d_bwd_weight_reduce_f32__cuda<<<detail::blocks_for(wnumel), detail::kThreads, 0,
-                                       cudaStreamLegacy>>>(wnumel, splits, p, dw);
+  launch_igemm(WeightOp{a, dy, x, p, plan.splits, plan.chunk}, "conv2d_bwd_weight_f32_igemm64x64__cuda");
+  conv2d_bwd_weight_reduce_f32__cuda<<<unsigned(plan.reduce_blocks), detail::kThreads, 0, cudaStreamLegacy>>>(
+      wnumel, plan.splits, p, dw);
   detail::check_launch("conv2d_bwd_weight_reduce_f32__cuda");
 }
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
   if (g.K == 0) return;
   note_kernel("conv2d_bwd_bias", "conv2d_bwd_bias_f32__cuda", g.name());
-  conv2d_bwd_bias_f32__cuda<<<unsigned(std::min<int64_t>(g.K, detail::kMaxBlocks)), 256, 0,
-                              cudaStreamLegacy>>>(conv_args(g), dy, db);
+  conv2d_bwd_bias_f32__cuda<<<unsigned(bias_blocks(g.K)), kBiasThreads, 0, cudaStreamLegacy>>>(conv_args(g), dy,
+                                                                                             db);
   detail::check_launch("conv2d_bwd_bias_f32__cuda");
 }
 

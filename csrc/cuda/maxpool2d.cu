@@ -72,6 +72,50 @@ __global__ void maxpool2d_fwd_f32__cuda(PoolArgs a, const float* __restrict__ x,
 
 constexpr int kWarpsPerBlock = 4;
 
+// The backward pass's flag for "no bad index": the first bad flat position
+// is an atomicMin over this initial value, which maxpool2d_backward sets with
+// a memset of kNoBadIndexByte bytes.
+constexpr unsigned long long kNoBadIndex = ~0ull;
+constexpr int kNoBadIndexByte = 0xff;
+
+__host__ __device__ __forceinline__ int lowest_lane(unsigned mask) {
+#if defined(__CUDA_ARCH__)
+  return __ffs(mask) - 1;
+#else
+  return __builtin_ffs(int(mask)) - 1;
+#endif
+}
+
+// Lane `lane` of the chunk of outputs starting at `base`: its output's target
+// element in the plane (-1: past the plane's end, or a bad index) and value.
+// Returns the output's position in the plane when its index is bad, else -1.
+__host__ __device__ __forceinline__ int64_t pool_bwd_lane(int64_t PQ, int64_t HW, const float* dyp,
+                                                          const int64_t* ip, int64_t base, int lane,
+                                                          long long* target, float* v) {
+  const int64_t o = base + lane;
+  *target = -1;
+  *v = 0.0f;
+  if (o >= PQ) return -1;
+  const int64_t i = ip[o];
+  *v = dyp[o];
+  if (i >= 0 && i < HW) {
+    *target = i;
+    return -1;
+  }
+  return o;
+}
+
+// After the lanes with the same target were grouped (peers, from
+// __match_any_sync): the lowest lane of a group adds the group's values, in
+// lane order, to its target.
+__host__ __device__ __forceinline__ void pool_bwd_group_add(float* dxp, long long target, unsigned peers,
+                                                            int lane, const float* vals) {
+  if (target < 0 || lane != lowest_lane(peers)) return;
+  float acc = dxp[target];
+  for (unsigned m = peers; m != 0; m &= m - 1) acc += vals[lowest_lane(m)];
+  dxp[target] = acc;
+}
+
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     maxpool2d_bwd_f32__cuda(int64_t planes, int64_t PQ, int64_t HW, const float* __restrict__ dy,
                             const int64_t* __restrict__ idx, float* __restrict__ dx,
@@ -85,30 +129,23 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     const int64_t* ip = idx + plane * PQ;
     float* dxp = dx + plane * HW;
     for (int64_t base = 0; base < PQ; base += 32) {
-      const int64_t o = base + lane;
-      long long target = -1;  // -1: no element (past the plane's end, or a bad index)
-      float v = 0.0f;
-      if (o < PQ) {
-        const int64_t i = ip[o];
-        v = dyp[o];
-        if (i >= 0 && i < HW)
-          target = i;
-        else
-          atomicMin(first_bad, (unsigned long long)(plane * PQ + o));
-      }
+      long long target;
+      float v;
+      const int64_t bad = pool_bwd_lane(PQ, HW, dyp, ip, base, lane, &target, &v);
+      if (bad >= 0) atomicMin(first_bad, (unsigned long long)(plane * PQ + bad));
       vals[warp][lane] = v;
       __syncwarp();
       const unsigned peers = __match_any_sync(0xffffffffu, target);
-      if (target >= 0 && lane == __ffs(peers) - 1) {
-        float acc = dxp[target];
-        for (unsigned m = peers; m != 0; m &= m - 1) acc += vals[warp][__ffs(m) - 1];
-        dxp[target] = acc;
-      }
+      pool_bwd_group_add(dxp, target, peers, lane, vals[warp]);
       // Orders this chunk's writes (dx and vals) before the next chunk's reads.
       __syncwarp();
     }
   }
 }
+
+// The launch plan of the backward pass: one warp per plane, kWarpsPerBlock
+// warps a block, the blocks striding over the planes.
+unsigned pool_bwd_blocks(int64_t planes) { return detail::blocks_for(planes, kWarpsPerBlock); }
 
 }  // namespace
 
@@ -129,17 +166,17 @@ void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t*
   fill_zero(dx, size_t(planes * HW) * sizeof(float));
   note_kernel("maxpool2d_bwd", "maxpool2d_bwd_f32_warp__cuda", g.name());
   detail::Scratch flag(sizeof(unsigned long long));
-  detail::check(cudaMemsetAsync(flag.data(), 0xff, sizeof(unsigned long long), cudaStreamLegacy),
+  detail::check(cudaMemsetAsync(flag.data(), kNoBadIndexByte, sizeof(unsigned long long), cudaStreamLegacy),
                 "cudaMemsetAsync");
   auto* first_bad = static_cast<unsigned long long*>(flag.data());
-  maxpool2d_bwd_f32__cuda<<<detail::blocks_for(planes, kWarpsPerBlock), kWarpsPerBlock * 32, 0,
+  maxpool2d_bwd_f32__cuda<<<pool_bwd_blocks(planes), kWarpsPerBlock * 32, 0,
                             cudaStreamLegacy>>>(planes, PQ, HW, dy, idx, dx, first_bad);
   detail::check_launch("maxpool2d_bwd_f32_warp__cuda");
   // Waits for the kernel: a bad index is the caller's error and is reported
   // like the CPU path reports it (first bad flat position).
-  unsigned long long bad = ULLONG_MAX;
+  unsigned long long bad = kNoBadIndex;
   copy_device_to_host(&bad, first_bad, sizeof bad);
-  if (bad != ULLONG_MAX) {
+  if (bad != kNoBadIndex) {
     int64_t value = 0;
     copy_device_to_host(&value, idx + bad, sizeof value);
     throw ArgumentError("indices: every index must lie in [0, H*W) = [0, " + std::to_string(HW) +

@@ -1,22 +1,31 @@
 // Host emulation of the GPU kernels, for machines without a GPU (CI has nvcc
 // but no device).  Each .cu file of the GPU path is included whole, so the
-// kernels' own per-thread code -- the conv gathers (Op structs), the tile
-// load / multiply / store steps, the split of the weight-gradient reduction,
-// the pooling window and the padding source / preimage maps -- is compiled
-// for the host and replayed here thread by thread between the barriers,
-// then compared with the scalar reference kernels: conv within float32
-// rounding, pooling and padding bitwise; the training-step ops (ReLU,
-// cross-entropy, Adam, SGD) against double-precision formulas and on the
-// special values (NaN, -0.0, ties, bad labels).  Not covered: the CUDA semantics
-// themselves (barriers, __match_any_sync, launch sizes), which only a GPU
-// run of tests/test_cuda.py checks.
+// kernels' own code -- the conv gathers (Op structs), the implicit GEMM's
+// block loop over batch entries, tiles and reduction steps (igemm_block) with
+// its load / multiply / store steps, the weight-gradient split and its reduce,
+// the grad-bias partial sums and tree, the pooling window, the pool-backward
+// lane and group steps, and the padding source / preimage maps -- is compiled
+// for the host and replayed here block by block, thread by thread between the
+// barriers, on the launch wrappers' own grids (igemm_grid, weight_plan,
+// bias_blocks, pool_bwd_blocks; some conv cases also on a smaller grid, so the
+// grid-stride loops stride), then compared with the scalar reference
+// kernels: conv within float32 rounding, pooling and padding bitwise; the
+// training-step ops (ReLU, cross-entropy, Adam, SGD) against double-precision
+// formulas and on the special values (NaN, -0.0, ties, bad labels).  The
+// launch plans are also checked against the launch limits at sizes too large
+// to replay.  Emulated rather than the kernels' own: the grouping of
+// __match_any_sync (lanes with equal targets) and atomicMin.  Not covered:
+// the CUDA semantics themselves (barriers, warp intrinsics, shared memory),
+// which only a GPU run of tests/test_cuda.py (bench/gpu_check.sh) checks.
 //
 // Build and run (CONVCORE_CUDA=ON):
 //   cmake --build <build> --target convcore_cuda_emulation && <build>/convcore_cuda_emulation
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <climits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cuda/conv2d.cu"
@@ -36,32 +45,52 @@ static int failures = 0;
 static ATile As;
 static BTile Bs;
 
-// One block of conv_igemm_f32 per (z, mt, nt), all 256 threads in turn
-// between the barriers, through the kernel's own step functions.
+// igemm_block's threads on the host: all kGemmThreads of the block, in turn,
+// between the barriers.  (__host__ __device__ only because igemm_block is;
+// it never runs on a GPU.)
 template <class Op>
-void emulate(const Op& op) {
-  const int64_t Z = op.Z();
-  const int64_t m_tiles = (op.M() + BM - 1) / BM, n_tiles = (op.NC() + BN - 1) / BN;
-  static float acc[256][4][4];
-  std::vector<typename Op::Col> cols(256);
-  bool valid[256];
-  for (int64_t z = 0; z < Z; ++z) {
-    int64_t k_begin, k_end;
-    op.k_range(z, &k_begin, &k_end);
-    for (int64_t mt = 0; mt < m_tiles; ++mt)
-      for (int64_t nt = 0; nt < n_tiles; ++nt) {
-        const int64_t m0 = mt * BM, n0 = nt * BN;
-        for (int t = 0; t < 256; ++t) {
-          cols[t] = igemm_col(op, t, z, n0, &valid[t]);
-          for (auto& r : acc[t]) for (float& v : r) v = 0.0f;
-        }
-        for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
-          for (int t = 0; t < 256; ++t) igemm_load(op, t, z, m0, k0, k_end, cols[t], valid[t], As, Bs);
-          for (int t = 0; t < 256; ++t) igemm_fma(t, As, Bs, acc[t]);
-        }
-        for (int t = 0; t < 256; ++t) igemm_store(op, t, z, m0, n0, acc[t]);
-      }
+struct AllThreads {
+  IgemmThread<Op> s[kGemmThreads];
+  template <class F>
+  __host__ __device__ void each(F&& f) {
+    for (int t = 0; t < kGemmThreads; ++t) f(t, s[t]);
   }
+  __host__ __device__ void sync() {}
+};
+
+static int launch_checks = 0;
+
+static void expect_launch(bool ok, const char* what, const std::string& where) {
+  ++launch_checks;
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL launch plan: %s (%s)\n", what, where.c_str());
+  }
+}
+
+// Every block of conv_igemm_f32's grid, through the kernel's own block loop
+// (igemm_block).  grid: the launch wrapper's plan (igemm_grid), or a smaller
+// grid to exercise the grid-stride loops.
+template <class Op>
+void emulate(const Op& op, Grid3 grid) {
+  static AllThreads<Op> threads;
+  for (int64_t bz = 0; bz < grid.z; ++bz)
+    for (int64_t by = 0; by < grid.y; ++by)
+      for (int64_t bx = 0; bx < grid.x; ++bx) igemm_block(op, threads, As, Bs, bx, by, bz, grid.x, grid.y, grid.z);
+}
+
+// The launch wrapper's grid for op, checked against the launch limits and
+// the tile counts.
+template <class Op>
+Grid3 checked_grid(const Op& op, const std::string& where) {
+  const Grid3 g = igemm_grid(op);
+  const int64_t n_tiles = detail::ceil_div(op.NC(), BN), m_tiles = detail::ceil_div(op.M(), BM);
+  expect_launch(g.x >= 1 && g.x <= INT_MAX && g.y >= 1 && g.y <= 65535 && g.z >= 1 && g.z <= 65535,
+                "igemm grid within the launch limits", where);
+  expect_launch(g.x == std::min<int64_t>(n_tiles, INT_MAX) && g.y == std::min<int64_t>(m_tiles, 65535) &&
+                    g.z == std::min<int64_t>(op.Z(), 65535),
+                "igemm grid: one block per tile up to the limits", where);
+  return g;
 }
 
 static double max_err(const std::vector<float>& a, const std::vector<float>& b, double* scale) {
@@ -94,43 +123,71 @@ static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw
   fill(x, g.input_numel()); fill(w, g.weight_numel()); fill(b, g.K); fill(dy, g.output_numel());
   const ConvArgs a = conv_args(g);
   const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
+  const std::string where = g.name();
+  // Every 7th case also on a small grid, so the blocks stride over the tiles.
+  const bool strided = seed % 7 == 0;
+  const Grid3 small{1 + int64_t(seed % 2), 1, 1 + int64_t(seed % 3 == 0)};
   // forward
   std::vector<float> y(g.output_numel(), NAN), yr(g.output_numel());
-  emulate(FwdOp{a, x.data(), w.data(), b.data(), y.data()});
+  const FwdOp fwd{a, x.data(), w.data(), b.data(), y.data()};
+  if (g.N > 0) emulate(fwd, checked_grid(fwd, where));  // N == 0: no launch
   for (int64_t n = 0; n < g.N; ++n) conv2d_fwd_f32__ref(g, x.data() + n * img_in, w.data(), b.data(), yr.data() + n * img_out);
   // grad input
   std::vector<float> dx(g.input_numel(), NAN), dxr(g.input_numel());
-  emulate(DataOp{a, dy.data(), w.data(), dx.data()});
+  const DataOp data_op{a, dy.data(), w.data(), dx.data()};
+  if (g.N > 0) emulate(data_op, strided ? small : checked_grid(data_op, where));
   for (int64_t n = 0; n < g.N; ++n) conv2d_bwd_data_f32__ref(g, dy.data() + n * img_out, w.data(), dxr.data() + n * img_in);
-  // grad weight: split GEMM + the reduce kernel's loop
-  int64_t splits = 1, chunk = 0;
-  if (g.N > 0) weight_split(a, &splits, &chunk);  // N == 0: the op fills zeros, no launch
-  max_splits_seen = std::max(max_splits_seen, splits);
+  // grad weight: the launch wrapper's plan, the split GEMM, the reduce kernel's
+  // grid-stride loop over its own grid
   const int64_t wn = g.weight_numel();
-  std::vector<float> part(splits * wn, NAN), dwv(wn), dwr(wn);
-  if (g.N > 0) emulate(WeightOp{a, dy.data(), x.data(), part.data(), splits, chunk});
-  else std::fill(part.begin(), part.end(), 0.0f);
-  for (int64_t i = 0; i < wn; ++i) {
-    double s = 0;
-    for (int64_t j = 0; j < splits; ++j) s += double(part[j * wn + i]);
-    dwv[i] = float(s);
-  }
-  conv2d_bwd_weight_f32__ref(g, dy.data(), x.data(), 0, g.K, dwr.data());
-  // grad bias: the kernel's strided partial sums and tree
-  std::vector<float> db(g.K), dbr(g.K);
-  for (int64_t k = 0; k < g.K; ++k) {
-    double part_[256];
-    for (int t = 0; t < 256; ++t) {
-      double acc = 0;
-      for (int64_t e = t; e < a.N * a.PQ; e += 256) {
-        const int64_t img = e / a.PQ, pq = e - img * a.PQ;
-        acc += dy[(img * a.K + k) * a.PQ + pq];
-      }
-      part_[t] = acc;
+  std::vector<float> dwv(wn, NAN), dwr(wn);
+  int64_t splits = 1;
+  if (g.N == 0) {
+    std::fill(dwv.begin(), dwv.end(), 0.0f);  // the op fills zeros, no launch
+  } else {
+    const WeightPlan plan = weight_plan(a);
+    splits = plan.splits;
+    const int64_t total = a.N * a.PQ;
+    expect_launch(plan.splits >= 1 && plan.chunk > 0 && plan.chunk % BK == 0, "weight split: chunks of BK", where);
+    expect_launch(plan.splits * plan.chunk >= total && (plan.splits - 1) * plan.chunk < total,
+                  "weight split: the chunks cover the reduction, none is empty", where);
+    expect_launch(plan.splits == 1 ? plan.scratch_bytes == 0 && plan.reduce_blocks == 0
+                                   : plan.scratch_bytes == plan.splits * wn * int64_t(sizeof(float)) &&
+                                         plan.splits * wn <= kMaxWorkspaceFloats,
+                  "weight split: workspace of splits x weight floats, within the cap", where);
+    if (plan.splits == 1) {
+      const WeightOp op{a, dy.data(), x.data(), dwv.data(), 1, plan.chunk};
+      emulate(op, strided ? small : checked_grid(op, where));
+    } else {
+      std::vector<float> part(size_t(plan.scratch_bytes) / sizeof(float), NAN);
+      const WeightOp op{a, dy.data(), x.data(), part.data(), plan.splits, plan.chunk};
+      emulate(op, strided ? small : checked_grid(op, where));
+      const int64_t threads = detail::kThreads, blocks = plan.reduce_blocks;
+      expect_launch(blocks >= 1 && blocks <= detail::kMaxBlocks &&
+                        (blocks * threads >= wn || blocks == detail::kMaxBlocks),
+                    "weight reduce grid", where);
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        for (int64_t t = 0; t < threads; ++t)
+          for (int64_t i = blk * threads + t; i < wn; i += blocks * threads)
+            dwv[i] = weight_reduce_one(wn, plan.splits, part.data(), i);
     }
-    for (int s = 128; s > 0; s >>= 1)
-      for (int t = 0; t < s; ++t) part_[t] += part_[t + s];
-    db[k] = float(part_[0]);
+  }
+  max_splits_seen = std::max(max_splits_seen, splits);
+  conv2d_bwd_weight_f32__ref(g, dy.data(), x.data(), 0, g.K, dwr.data());
+  // grad bias: the kernel's blocks over the channels, each through its
+  // strided partial sums and tree (every thread in turn between barriers)
+  std::vector<float> db(g.K, NAN), dbr(g.K);
+  const int64_t bias_grid = bias_blocks(g.K);
+  expect_launch(g.K == 0 || (bias_grid >= 1 && bias_grid <= detail::kMaxBlocks), "bias grid", where);
+  for (int64_t blk = 0; blk < bias_grid; ++blk)
+    for (int64_t k = blk; k < g.K; k += bias_grid) {
+      double part_[kBiasThreads];
+      for (int t = 0; t < kBiasThreads; ++t) part_[t] = bias_partial(a, dy.data(), k, t);
+      for (int step = 0, s; (s = bias_tree_stride(step)) > 0; ++step)
+        for (int t = 0; t < kBiasThreads; ++t) bias_tree_step(part_, t, s);
+      db[k] = float(part_[0]);
+    }
+  for (int64_t k = 0; k < g.K; ++k) {
     double r = 0;
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t i = 0; i < g.P * g.Q; ++i) r += dy[(n * g.K + k) * g.P * g.Q + i];
@@ -254,38 +311,67 @@ static void pad_case(int64_t planes, int64_t H, int64_t W, int64_t l, int64_t r,
     }
 }
 
-// The warp-per-plane backward: chunks of 32 outputs in order; lanes with the
-// same target grouped; the lowest lane adds the group's values in lane order.
+// maxpool2d_backward: the launch plan (grid, bad-index flag) and every warp
+// of every block through the kernel's own lane steps; __match_any_sync is the
+// one part emulated here (the lanes whose targets are equal).
 static void pool_bwd_emulated(int64_t planes, int64_t PQ, int64_t HW, const float* dy, const int64_t* idx,
-                              float* dx, unsigned long long* first_bad) {
+                              float* dx, unsigned long long* first_bad, const std::string& where) {
   std::fill(dx, dx + planes * HW, 0.0f);
-  for (int64_t plane = 0; plane < planes; ++plane)
-    for (int64_t base = 0; base < PQ; base += 32) {
-      long long target[32];
-      float v[32];
-      for (int lane = 0; lane < 32; ++lane) {
-        const int64_t o = base + lane;
-        target[lane] = -1;
-        v[lane] = 0.0f;
-        if (o < PQ) {
-          const int64_t i = idx[plane * PQ + o];
-          v[lane] = dy[plane * PQ + o];
-          if (i >= 0 && i < HW)
-            target[lane] = i;
-          else
-            *first_bad = std::min<unsigned long long>(*first_bad, plane * PQ + o);
+  std::memset(first_bad, kNoBadIndexByte, sizeof *first_bad);
+  expect_launch(*first_bad == kNoBadIndex, "the bad-index memset sets the no-bad-index value", where);
+  const int64_t blocks = pool_bwd_blocks(planes);
+  expect_launch(blocks >= 1 && blocks <= detail::kMaxBlocks &&
+                    (blocks * kWarpsPerBlock >= planes || blocks == detail::kMaxBlocks),
+                "pool backward grid: a warp per plane up to the block limit", where);
+  float vals[32];
+  long long target[32];
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int warp = 0; warp < kWarpsPerBlock; ++warp)
+      for (int64_t plane = blk * kWarpsPerBlock + warp; plane < planes; plane += blocks * kWarpsPerBlock) {
+        for (int64_t base = 0; base < PQ; base += 32) {
+          for (int lane = 0; lane < 32; ++lane) {
+            const int64_t bad =
+                pool_bwd_lane(PQ, HW, dy + plane * PQ, idx + plane * PQ, base, lane, &target[lane], &vals[lane]);
+            if (bad >= 0) *first_bad = std::min<unsigned long long>(*first_bad, plane * PQ + bad);
+          }
+          for (int lane = 0; lane < 32; ++lane) {
+            unsigned peers = 0;
+            for (int l2 = 0; l2 < 32; ++l2) peers |= unsigned(target[l2] == target[lane]) << l2;
+            pool_bwd_group_add(dx + plane * HW, target[lane], peers, lane, vals);
+          }
         }
       }
-      for (int lane = 0; lane < 32; ++lane) {
-        unsigned peers = 0;
-        for (int l2 = 0; l2 < 32; ++l2) peers |= unsigned(target[l2] == target[lane]) << l2;
-        if (target[lane] >= 0 && lane == __builtin_ffs(peers) - 1) {
-          float acc = dx[plane * HW + target[lane]];
-          for (unsigned m = peers; m != 0; m &= m - 1) acc += v[__builtin_ffs(m) - 1];
-          dx[plane * HW + target[lane]] = acc;
-        }
-      }
-    }
+}
+
+// Launch plans at sizes too large to emulate: the grids stay within the
+// launch limits and the weight workspace within its cap.
+static void launch_plan_limits() {
+  struct P { int64_t N, C, H, W, K, R, S, G; };
+  const P big[] = {{100000, 1, 28, 28, 6, 5, 5, 1},     {1, 4096, 64, 64, 4096, 3, 3, 1},
+                   {70000, 64, 1, 1, 70000, 1, 1, 1},   {256, 65536 * 2, 2, 2, 65536 * 2, 1, 1, 65536 * 2},
+                   {1 << 20, 3, 32, 32, 64, 3, 3, 1},    {1, 1, 1, 1, 1, 1, 1, 1},
+                   {2, 1, 1, 1, int64_t(1) << 23, 1, 1, 1}};
+  for (const P& p : big) {
+    const int64_t in[4] = {p.N, p.C, p.H, p.W}, wt[4] = {p.K, p.C / p.G, p.R, p.S};
+    const Conv2dGeometry g = make_conv2d_geometry(in, wt, 1, 1, 0, 0, 0, 0, 1, 1, p.G);
+    const ConvArgs a = conv_args(g);
+    const std::string where = g.name();
+    checked_grid(FwdOp{a, nullptr, nullptr, nullptr, nullptr}, where);
+    checked_grid(DataOp{a, nullptr, nullptr, nullptr}, where);
+    const WeightPlan plan = weight_plan(a);
+    const int64_t wn = g.weight_numel();
+    expect_launch(plan.splits * plan.chunk >= a.N * a.PQ && (plan.splits - 1) * plan.chunk < a.N * a.PQ,
+                  "weight split covers the reduction", where);
+    expect_launch(plan.splits == 1 || plan.scratch_bytes <= kMaxWorkspaceFloats * int64_t(sizeof(float)),
+                  "weight workspace within 256 MiB", where);
+    expect_launch(plan.splits == 1 || plan.reduce_blocks == detail::blocks_for(wn), "weight reduce grid", where);
+    checked_grid(WeightOp{a, nullptr, nullptr, nullptr, plan.splits, plan.chunk}, where);
+    expect_launch(bias_blocks(g.K) >= 1 && bias_blocks(g.K) <= detail::kMaxBlocks, "bias grid", where);
+    const int64_t planes = g.N * g.C;
+    expect_launch(pool_bwd_blocks(planes) >= 1 && pool_bwd_blocks(planes) <= detail::kMaxBlocks,
+                  "pool backward grid", where);
+  }
+  std::printf("launch plans: %d checks\n", launch_checks);
 }
 
 static void pool_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
@@ -321,7 +407,7 @@ static void pool_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, in
   auto dy = data(planes * PQ, rng, false);
   std::vector<float> dx(planes * HW), dxr(planes * HW);
   unsigned long long bad = ~0ull;
-  pool_bwd_emulated(planes, PQ, HW, dy.data(), idx.data(), dx.data(), &bad);
+  pool_bwd_emulated(planes, PQ, HW, dy.data(), idx.data(), dx.data(), &bad, g.name());
   if (stray != (bad != ~0ull)) {
     ++failures;
     std::printf("FAIL pool bwd bad-index detection %s\n", g.name().c_str());
@@ -489,6 +575,7 @@ int main() {
   arch_checks();
   conv_all();
   pool_pad_all();
+  launch_plan_limits();
   relu_checks();
   cross_entropy_checks();
   optimizer_checks();

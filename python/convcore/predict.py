@@ -101,7 +101,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from . import checkpoint
+    from ._process import tune_process
 
+    tune_process()
     try:
         ckpt = checkpoint.load(args.checkpoint)
     except (OSError, ValueError) as e:

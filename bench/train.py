@@ -206,6 +206,7 @@ def worker(
         import convcore.optim
 
         convcore.set_num_threads(threads)
+        convcore.tune_process()  # BLAS threads and malloc, as convcore-train sets them
         model = convcore.models.build(model_name, seed=seed)
         loss_fn = convcore.nn.CrossEntropyLoss()
         opt = convcore.optim.Adam(model.parameters(), lr=LR)

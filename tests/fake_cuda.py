@@ -365,11 +365,12 @@ class FakeExt:
 
 
 def install(monkeypatch) -> FakeExt:
-    """Make ``convcore.cuda`` use a FakeExt for the rest of the test."""
-    import convcore.cuda as cuda
+    """Register a GPU backend on a FakeExt (for FakeDeviceArrays, and as the
+    "cuda" device) for the rest of the test; returns the FakeExt."""
+    from convcore import _backend
 
     ext = FakeExt()
-    monkeypatch.setattr(cuda, "_ext", ext)
-    monkeypatch.setattr(cuda, "DeviceArray", FakeDeviceArray)
-    monkeypatch.setattr(cuda, "CudaError", CudaError)
+    backend = _backend.GpuBackend(ext, FakeDeviceArray)
+    monkeypatch.setitem(_backend.DEVICES, "cuda", backend)
+    monkeypatch.setitem(_backend.ARRAY_TYPES, FakeDeviceArray, backend)
     return ext

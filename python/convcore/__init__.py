@@ -27,7 +27,17 @@ GPU: ``convcore.cuda`` (built when nvcc is found; see ``convcore.cuda.is_availab
 
 from __future__ import annotations
 
-from . import _core, cuda, data, models, nn, optim
+from . import cuda, data, models, nn, optim
+from ._process import tune_process
+from ._runtime import (
+    __version__,
+    build_info,
+    get_num_threads,
+    implementations,
+    last_kernel,
+    set_max_isa,
+    set_num_threads,
+)
 from .functional import (
     conv2d,
     conv2d_backward,
@@ -36,8 +46,6 @@ from .functional import (
     pad,
     pad_backward,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
@@ -58,53 +66,5 @@ __all__ = [
     "pad_backward",
     "set_max_isa",
     "set_num_threads",
+    "tune_process",
 ]
-
-
-def set_num_threads(n: int) -> None:
-    """Set the number of threads convcore's kernels use (n >= 1).
-
-    Until called, convcore follows OpenMP's default (``OMP_NUM_THREADS`` or
-    the number of cores).  Results do not depend on the thread count.
-    """
-    from ._args import as_int
-
-    _core.set_num_threads(as_int(n, "n"))
-
-
-def get_num_threads() -> int:
-    """Number of threads convcore's kernels use."""
-    return _core.get_num_threads()
-
-
-def set_max_isa(name: str) -> None:
-    """Cap the instruction set of the kernels: 'scalar' (reference loops),
-    'portable' (blocked C++), 'avx2' or 'avx512'.  The highest level the CPU supports
-    is used by default; ``CONVCORE_MAX_ISA`` sets the cap at import."""
-    if not isinstance(name, str):
-        raise TypeError(f"name: expected a str, got {type(name).__name__}")
-    _core.set_max_isa(name)
-
-
-def last_kernel(op: str) -> str:
-    """Name of the implementation that ran last for ``op`` (e.g.
-    ``'conv2d_fwd'``, ``'conv2d_bwd_data'``, ``'conv2d_bwd_weight'``,
-    ``'maxpool2d_fwd'``); ``''`` if the op has not run."""
-    return _core.last_kernel(op)
-
-
-def implementations(op: str) -> list[str]:
-    """The implementations of ``op`` in the order they are tried; the last
-    is the scalar reference."""
-    return _core.implementations(op)
-
-
-def build_info() -> dict:
-    """What was compiled in and what is in use: version, compiler, the
-    instruction sets compiled in, detected and active, the OpenMP version,
-    the thread count, and whether the CUDA path was built (and for which
-    architectures)."""
-    info = dict(_core.build_info())
-    info["num_threads"] = _core.get_num_threads()
-    info["isa_active"] = _core.active_isa()
-    return info

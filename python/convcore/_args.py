@@ -1,7 +1,7 @@
 """Argument normalisation shared by the functional API (private).
 
 Turns PyTorch-style arguments (int or pair, strings, None) into plain Python
-ints, and checks array types, with errors that name the argument.  Shape
+ints, with errors that name the argument (the backends check the arrays).  Shape
 validity itself is decided once, by the compiled geometry.
 """
 
@@ -41,36 +41,6 @@ def pair(value, name: str) -> tuple[int, int]:
             f"got {type(value).__name__} {value!r}"
         ) from None
     return v, v
-
-
-def float_array(a, name: str) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray of float32, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(
-            f"{name}: expected a float32 array, got dtype {a.dtype} "
-            "(convert with .astype(numpy.float32))"
-        )
-    return a
-
-
-def index_array(a, name: str) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray of int64, got {type(a).__name__}")
-    if a.dtype != np.int64:
-        raise TypeError(f"{name}: expected an int64 array, got dtype {a.dtype}")
-    return a
-
-
-def batched(a: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-    """Accept (C, H, W) as an unbatched (1, C, H, W), as PyTorch does."""
-    if a.ndim == 3:
-        return a[None], True
-    if a.ndim != 4:
-        raise ValueError(
-            f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) array, got {a.ndim}-D"
-        )
-    return a, False
 
 
 def shape_tuple(shape, name: str, ndim: int | None = None) -> tuple[int, ...]:

@@ -5,8 +5,8 @@ each call; convcore's OpenMP team spins too.  On a two-core machine the two
 pools then take turns on the cores: one training step of the tutorial model
 measured 117 ms with both at two threads, 4.9 ms with OpenBLAS at one thread
 (its matrices here are small: the Linear layers of a 100-image batch).  So
-the nn layers set OpenBLAS to one thread the first time a Linear layer runs
-(``convcore.nn.BLAS_THREADS``), through threadpoolctl when it is installed,
+the training programs set OpenBLAS to one thread at their start
+(``convcore.tune_process``), through threadpoolctl when it is installed,
 otherwise through OpenBLAS's own C function found with ctypes.  Other BLAS
 libraries (Accelerate, MKL) are left alone.
 """

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from . import nn
+from ._backend import backend_of
 from .data import CLASS_NAMES, MiniBatches
 
 __all__ = ["confusion_matrix", "evaluate_model", "main", "per_class_table"]
@@ -35,17 +36,17 @@ def evaluate_model(
         dict with ``loss`` (mean cross-entropy), ``accuracy`` (fraction) and
         ``predictions`` (int64 array of predicted labels).
     """
-    from . import cuda
-
-    device = cuda.parse_device(model.device)
+    params = model.parameters()
+    where = params[0].data if params else None
+    backend = backend_of(where)
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total = 0.0
     preds = np.empty(len(labels), dtype=np.int64)
     start = 0
     for x, y in MiniBatches(images, labels, batch_size, shuffle=False, normalize=normalize):
-        if device is not None:
-            x = cuda.to_device(x, device)
+        if where is not None:
+            x = backend.from_host(x, like=where)
         total += loss_fn(model(x), y)
         preds[start : start + len(y)] = loss_fn.predictions()
         start += len(y)
@@ -94,10 +95,13 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = ap.parse_args(argv)
 
-    from . import checkpoint, cuda, set_num_threads
+    from . import checkpoint, cuda
     from ._cli import EXIT_BAD_FILE, EXIT_FAILED, EXIT_USAGE, error
+    from ._process import tune_process
+    from ._runtime import set_num_threads
     from .data import DataError, load_fashion_mnist
 
+    tune_process()
     if args.threads is not None:
         set_num_threads(args.threads)
     try:  # the whole file is validated before the data set loads

@@ -7,8 +7,16 @@ array a ``ValueError``.  Every invalid argument raises ``ValueError`` or
 ``TypeError`` with a message that names it.  A 3-D ``(C, H, W)`` input is
 treated as a batch of one and returns 3-D results, as in PyTorch.
 
-Every function also accepts ``convcore.cuda.DeviceArray`` arguments: it then
-runs on the GPU and returns DeviceArrays (see :mod:`convcore.cuda`).
+Any CPU array that exports ``__dlpack__`` (a PyTorch CPU tensor, for
+example) is read without a copy, under the same rules (a tensor that
+requires grad is a ``ValueError``: pass ``tensor.detach()``); results are
+numpy arrays.  Every function also accepts ``convcore.cuda.DeviceArray``
+arguments: it then runs on the GPU and returns DeviceArrays (see
+:mod:`convcore.cuda`).
+
+Each function normalises its arguments once, here, and hands them to the
+backend of its arrays (``convcore._backend``), which checks the array types
+and runs the kernel.
 """
 
 from __future__ import annotations
@@ -18,9 +26,9 @@ import numbers
 import numpy as np
 
 from . import _core
-from . import cuda as _cuda  # CUDA dispatch: DeviceArray arguments run on the GPU
-from ._args import as_int, batched, float_array, index_array, pair, shape_tuple
+from ._args import as_int, pair, shape_tuple
 from ._args import output_mask as parse_output_mask
+from ._backend import backend_of
 
 __all__ = [
     "conv2d",
@@ -85,21 +93,20 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             non-positive stride/dilation, negative padding, a kernel larger than
             the padded input, a non-contiguous array, or a size overflow.
     """
-    if _cuda._wants_device(input, weight, bias):  # CUDA dispatch
-        return _cuda._conv2d(input, weight, bias, stride, padding, dilation, groups)
-    input = float_array(input, "input")
-    weight = float_array(weight, "weight")
+    be = backend_of(input, weight, bias)
+    input = be.float_input(input, "input")
+    weight = be.float_input(weight, "weight", "input")
     if bias is not None:
-        bias = float_array(bias, "bias")
+        bias = be.float_input(bias, "bias", "input")
         if bias.ndim != 1:
             raise ValueError(
                 f"bias: expected a 1-D array of shape (out_channels,), got {bias.ndim}-D"
             )
-    x, unbatched = batched(input, "input")
-    out = _core.conv2d_forward(
+    x, unbatched = _batched(be, input, "input")
+    out = be.conv2d_forward(
         x, weight, bias, *_conv_args(x, weight, stride, padding, dilation, groups)
     )
-    return out[0] if unbatched else out
+    return be.unbatch(out) if unbatched else out
 
 
 def conv2d_backward(
@@ -130,26 +137,23 @@ def conv2d_backward(
         TypeError, ValueError: as :func:`conv2d`; also when grad_output's shape
             is not the convolution's output shape.
     """
-    if _cuda._wants_device(grad_output, input, weight):  # CUDA dispatch
-        return _cuda._conv2d_backward(
-            grad_output, input, weight, stride, padding, dilation, groups, output_mask
-        )
-    grad_output = float_array(grad_output, "grad_output")
-    input = float_array(input, "input")
-    weight = float_array(weight, "weight")
+    be = backend_of(grad_output, input, weight)
+    grad_output = be.float_input(grad_output, "grad_output")
+    input = be.float_input(input, "input", "grad_output")
+    weight = be.float_input(weight, "weight", "grad_output")
     mask = parse_output_mask(output_mask)
-    x, unbatched = batched(input, "input")
+    x, unbatched = _batched(be, input, "input")
     if unbatched:
         if grad_output.ndim != 3:
             raise ValueError(
                 f"grad_output: expected a 3-D array for a 3-D input, got {grad_output.ndim}-D"
             )
-        grad_output = grad_output[None]
-    gi, gw, gb = _core.conv2d_backward(
+        grad_output = be.add_batch(grad_output)
+    gi, gw, gb = be.conv2d_backward(
         grad_output, x, weight, *_conv_args(x, weight, stride, padding, dilation, groups), *mask
     )
     if unbatched and gi is not None:
-        gi = gi[0]
+        gi = be.unbatch(gi)
     return gi, gw, gb
 
 
@@ -187,23 +191,20 @@ def max_pool2d(
         TypeError, ValueError: bad types, ndim, non-contiguous input, sizes
             below 1, padding above half the kernel, or an output size below 1.
     """
-    if _cuda._wants_device(input):  # CUDA dispatch
-        return _cuda._max_pool2d(
-            input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
-        )
-    input = float_array(input, "input")
+    be = backend_of(input)
+    input = be.float_input(input, "input")
     args = _pool_args(kernel_size, stride, padding, dilation)
-    x, unbatched = batched(input, "input")
-    out, idx = _core.max_pool2d_forward(x, *args, bool(ceil_mode))
+    x, unbatched = _batched(be, input, "input")
+    out, idx = be.max_pool2d_forward(x, *args, bool(ceil_mode))
     if unbatched:
-        out, idx = out[0], idx[0]
+        out, idx = be.unbatch(out), be.unbatch(idx)
     return (out, idx) if return_indices else out
 
 
 def _pool_args(kernel_size, stride, padding, dilation) -> tuple[int, ...]:
-    """(kh, kw, sh, sw, ph, pw, dh, dw) as the kernels take them; the stride
-    defaults to the kernel size (None or an empty sequence), as in PyTorch.
-    Shared with the GPU path."""
+    """(kh, kw, sh, sw, ph, pw, dil_h, dil_w) as the kernels take them; the
+    stride defaults to the kernel size (None or an empty sequence), as in
+    PyTorch."""
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = (
         (kh, kw)
@@ -229,18 +230,18 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     Raises:
         TypeError, ValueError: bad types or shapes, or an index outside [0, H*W).
     """
-    if _cuda._wants_device(grad_output, indices):  # CUDA dispatch
-        return _cuda._max_pool2d_backward(grad_output, indices, input_shape)
-    grad_output = float_array(grad_output, "grad_output")
-    indices = index_array(indices, "indices")
+    be = backend_of(grad_output, indices)
+    grad_output = be.float_input(grad_output, "grad_output")
+    indices = be.index_input(indices, "indices", "grad_output")
     shape = shape_tuple(input_shape, "input_shape")
     if len(shape) == 3:
         if grad_output.ndim != 3 or indices.ndim != 3:
             raise ValueError("grad_output, indices: expected 3-D arrays for a 3-D input_shape")
-        return _core.max_pool2d_backward(grad_output[None], indices[None], (1, *shape))[0]
+        out = be.max_pool2d_backward(be.add_batch(grad_output), be.add_batch(indices), (1, *shape))
+        return be.unbatch(out)
     if len(shape) != 4:
         raise ValueError(f"input_shape: expected 3 or 4 sizes, got {len(shape)}")
-    return _core.max_pool2d_backward(grad_output, indices, shape)
+    return be.max_pool2d_backward(grad_output, indices, shape)
 
 
 def _pad_args(pad):
@@ -263,6 +264,27 @@ def _pad_mode(mode) -> str:
     return mode
 
 
+def _pad_value(mode: str, value) -> float:
+    if mode != "constant" and value not in (None, 0, 0.0):
+        raise ValueError(f"value: padding mode '{mode}' does not take a fill value, got {value!r}")
+    if value is None:
+        return 0.0
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"value: expected a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _batched(be, a, name: str):
+    """Accept (C, H, W) as an unbatched (1, C, H, W), as PyTorch does."""
+    if a.ndim == 3:
+        return be.add_batch(a), True
+    if a.ndim != 4:
+        raise ValueError(
+            f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) array, got {a.ndim}-D"
+        )
+    return a, False
+
+
 def pad(input, pad, mode="constant", value=0.0):
     """Pad the last two dimensions, as ``torch.nn.functional.pad``.
 
@@ -282,21 +304,15 @@ def pad(input, pad, mode="constant", value=0.0):
         TypeError, ValueError: bad types, an unknown mode, pads too large for
             the mode, or a negative output size.
     """
-    if _cuda._wants_device(input):  # CUDA dispatch
-        return _cuda._pad(input, pad, mode, value)
-    input = float_array(input, "input")
+    be = backend_of(input)
+    input = be.float_input(input, "input")
     left, right, top, bottom = _pad_args(pad)
     mode = _pad_mode(mode)
-    if mode != "constant" and value not in (None, 0, 0.0):
-        raise ValueError(f"value: padding mode '{mode}' does not take a fill value, got {value!r}")
-    if value is None:
-        value = 0.0
-    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"value: expected a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    value = _pad_value(mode, value)
     if input.ndim == 1 and len(tuple(pad)) == 2:
-        return _core.pad_forward(input[None], left, right, 0, 0, mode, value)[0]
-    return _core.pad_forward(input, left, right, top, bottom, mode, value)
+        out = be.pad_forward(be.add_batch(input), left, right, 0, 0, mode, value)
+        return be.unbatch(out)
+    return be.pad_forward(input, left, right, top, bottom, mode, value)
 
 
 def pad_backward(grad_output, input_shape, pad, mode="constant"):
@@ -311,12 +327,12 @@ def pad_backward(grad_output, input_shape, pad, mode="constant"):
         float32 array of ``input_shape``: the adjoint of the padding (border
         values accumulate into the input elements they were copied from).
     """
-    if _cuda._wants_device(grad_output):  # CUDA dispatch
-        return _cuda._pad_backward(grad_output, input_shape, pad, mode)
-    grad_output = float_array(grad_output, "grad_output")
+    be = backend_of(grad_output)
+    grad_output = be.float_input(grad_output, "grad_output")
     shape = shape_tuple(input_shape, "input_shape")
     left, right, top, bottom = _pad_args(pad)
     mode = _pad_mode(mode)
     if len(shape) == 1:
-        return _core.pad_backward(grad_output[None], (1, *shape), left, right, 0, 0, mode)[0]
-    return _core.pad_backward(grad_output, shape, left, right, top, bottom, mode)
+        out = be.pad_backward(be.add_batch(grad_output), (1, *shape), left, right, 0, 0, mode)
+        return be.unbatch(out)
+    return be.pad_backward(grad_output, shape, left, right, top, bottom, mode)

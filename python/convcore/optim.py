@@ -23,13 +23,12 @@ parameters are.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 
-from . import cuda as _cuda
-from .nn import Parameter, _on_gpu, _zero
+from ._backend import backend_of
+from ._parameter import Parameter
 
 __all__ = ["Adam", "Optimizer", "SGD"]
 
@@ -37,10 +36,8 @@ _F32 = np.float32
 
 
 def _host_copy(value):
-    """A host copy of a state entry (DeviceArray -> numpy)."""
-    if _on_gpu(value):
-        return value.numpy()
-    return copy.deepcopy(value)
+    """A host copy of a state entry (a device array -> numpy)."""
+    return backend_of(value).host_copy(value)
 
 
 class Optimizer:
@@ -65,7 +62,7 @@ class Optimizer:
 
     def _where(self) -> str:
         d = self.params[0].data
-        return f"cuda:{d.device}" if _on_gpu(d) else "cpu"
+        return backend_of(d).device_of(d)
 
     def _check_device(self) -> None:
         """The parameters must still be where they were when the optimiser
@@ -87,10 +84,10 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         if self._pack is not None and self._pack.intact(self.params):
-            _zero(self._pack.grad)
+            backend_of(self._pack.grad).zero_(self._pack.grad)
             return
         for p in self.params:
-            _zero(p.grad)
+            backend_of(p.grad).zero_(p.grad)
 
     # -- buffers -------------------------------------------------------------
     def _flat_buffer(self, name: str) -> np.ndarray:
@@ -105,14 +102,12 @@ class Optimizer:
         if self._pack is not None:
             return self._pack.view(self._flat_buffer(name), i)
         data = self.params[i].data
-        if _on_gpu(data):
-            return _cuda.zeros(data.shape, device=data.device)
-        return np.zeros_like(data)
+        return backend_of(data).zeros(data.shape, like=data)
 
     def _scratch(self, i: int) -> np.ndarray | None:
-        """Host scratch for parameter i's update (i < 0: the packed one);
-        None on the GPU, where an update is one kernel that needs none."""
-        if _on_gpu(self.params[0].data):
+        """Scratch for parameter i's update (i < 0: the packed one); None
+        where the backend needs none (on the GPU an update is one kernel)."""
+        if not backend_of(self.params[0].data).needs_scratch:
             return None
         if i < 0:
             return self._flat_buffer("_tmp")
@@ -184,10 +179,7 @@ class Optimizer:
                             f"expected {p.data.shape}"
                         )
                     s[name] = self._buffer(i, name)
-                    if _on_gpu(s[name]):
-                        s[name].copy_from_host(arr.astype(_F32, casting="same_kind", copy=False))
-                    else:
-                        np.copyto(s[name], arr, casting="same_kind")
+                    backend_of(s[name]).copy_from_host(s[name], arr)
             new_state[i] = s
         defaults = {k: v for k, v in groups[0].items() if k != "params"}
         if "betas" in defaults:
@@ -264,31 +256,18 @@ class SGD(Optimizer):
         d = self.defaults
         lr, momentum, dampening = d["lr"], d["momentum"], d["dampening"]
         wd, nesterov = d["weight_decay"], d["nesterov"]
-        if _on_gpu(p):
-            _cuda._sgd_step(
-                p,
-                g,
-                buf,
-                momentum=_F32(momentum),
-                one_minus_dampening=_F32(1 - dampening),
-                wd=_F32(wd),
-                neg_lr=_F32(-lr),
-                nesterov=nesterov and momentum != 0,
-                first=first,
-            )
-            return
-        if wd != 0:
-            g = g + p * _F32(wd)
-        if momentum != 0:
-            if first:
-                np.copyto(buf, g)
-            else:
-                buf *= _F32(momentum)
-                np.multiply(g, _F32(1 - dampening), out=tmp)
-                buf += tmp
-            g = g + buf * _F32(momentum) if nesterov else buf
-        np.multiply(g, _F32(-lr), out=tmp)
-        p += tmp
+        backend_of(p).sgd_step(
+            p,
+            g,
+            buf if momentum != 0 else None,
+            momentum=_F32(momentum),
+            one_minus_dampening=_F32(1 - dampening),
+            wd=_F32(wd),
+            neg_lr=_F32(-lr),
+            nesterov=nesterov and momentum != 0,
+            first=first,
+            tmp=tmp,
+        )
 
 
 class Adam(Optimizer):
@@ -368,38 +347,19 @@ class Adam(Optimizer):
         lr, (beta1, beta2), eps, wd = d["lr"], d["betas"], d["eps"], d["weight_decay"]
         step_size = lr / (1 - beta1**t)
         bias_correction2_sqrt = math.sqrt(1 - beta2**t)
-        if _on_gpu(p):
-            # The same float32 constants and operations as below, in one kernel.
-            _cuda._adam_step(
-                p,
-                g,
-                m,
-                v,
-                one_minus_beta1=_F32(1 - beta1),
-                beta2=_F32(beta2),
-                one_minus_beta2=_F32(1 - beta2),
-                bc2_sqrt=_F32(bias_correction2_sqrt),
-                eps=_F32(eps),
-                neg_step=_F32(-step_size),
-                wd=_F32(wd),
-            )
-            return
-        if wd != 0:
-            g = g + p * _F32(wd)
-        # m.lerp_(g, 1 - beta1)
-        np.subtract(g, m, out=tmp)
-        tmp *= _F32(1 - beta1)
-        m += tmp
-        # v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        v *= _F32(beta2)
-        np.multiply(g, _F32(1 - beta2), out=tmp)
-        tmp *= g
-        v += tmp
-        # denom = v.sqrt() / bias_correction2_sqrt + eps
-        np.sqrt(v, out=tmp)
-        tmp /= _F32(bias_correction2_sqrt)
-        tmp += _F32(eps)
-        # p.addcdiv_(m, denom, value=-step_size)
-        np.divide(m, tmp, out=tmp)
-        tmp *= _F32(-step_size)
-        p += tmp
+        # The same float32 constants on every backend: the host runs
+        # torch's single-tensor update op by op, the GPU in one kernel.
+        backend_of(p).adam_step(
+            p,
+            g,
+            m,
+            v,
+            one_minus_beta1=_F32(1 - beta1),
+            beta2=_F32(beta2),
+            one_minus_beta2=_F32(1 - beta2),
+            bc2_sqrt=_F32(bias_correction2_sqrt),
+            eps=_F32(eps),
+            neg_step=_F32(-step_size),
+            wd=_F32(wd),
+            tmp=tmp,
+        )

@@ -226,7 +226,9 @@ def main(argv=None) -> int:
 
     from . import checkpoint
     from ._cli import EXIT_BAD_FILE, error
+    from ._process import tune_process
 
+    tune_process()
     try:
         ckpt = checkpoint.load(args.checkpoint)
     except checkpoint.CheckpointError as e:

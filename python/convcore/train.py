@@ -112,13 +112,13 @@ def _complete(config: dict) -> dict:
     return c
 
 
-def _resolve_device(device: str) -> int | None:
-    """The CUDA index of ``device`` (None for the CPU); UsageError when it
-    cannot be used here, saying why."""
-    from . import cuda
+def _resolve_device(device: str):
+    """``(backend, index)`` of ``device`` (index None for the CPU);
+    UsageError when it cannot be used here, saying why."""
+    from ._backend import resolve_device
 
     try:
-        return cuda.device_index(device)
+        return resolve_device(device)
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
     except RuntimeError as e:
@@ -170,10 +170,11 @@ def run(
     Returns:
         The metrics dictionary written to ``metrics.json``.
     """
-    import convcore
-    from convcore import cuda
+    from . import _runtime
+    from ._process import tune_process
 
-    device_index = _resolve_device(device)
+    backend, device_index = _resolve_device(device)
+    tune_process()
     out_dir = Path(out_dir)
     ckpt = None
     if resume is not None:
@@ -219,7 +220,7 @@ def run(
         history = list(ckpt.metrics)
     loss_fn = nn.CrossEntropyLoss()
     n_params = sum(p.data.size for p in model.parameters())
-    info = convcore.build_info()
+    info = _runtime.build_info()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = f"{info['num_threads']} thread" + ("s" if info["num_threads"] != 1 else "")
@@ -227,10 +228,10 @@ def run(
         where = f"{info['isa_active']}, {threads}"
         device_label = "cpu"
     else:
-        device_label = f"cuda:{device_index} ({cuda.device_name(device_index)})"
+        device_label = backend.describe(device_index)
         where = device_label
     log(
-        f"convcore {convcore.__version__} ({where}) | "
+        f"convcore {_runtime.__version__} ({where}) | "
         f"model {config['model']} ({n_params:,} parameters) | "
         f"{config['optimizer']} lr {config['lr']:g} | "
         f"batch {config['batch_size']} | {len(ytr)} train / {len(yte)} test images | out {out_dir}"
@@ -251,8 +252,7 @@ def run(
         t0 = time.perf_counter()
         try:
             for x, y in batches:
-                if device_index is not None:
-                    x = cuda.to_device(x, device_index)
+                x = backend.from_host(x, device_index)
                 loss = loss_fn(model(x), y)
                 if not np.isfinite(loss):
                     raise _Stop(f"the loss became {loss} in epoch {epoch}; try a smaller --lr")
@@ -431,14 +431,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    import convcore
-    from convcore import cuda
+    from . import cuda
+    from ._runtime import set_num_threads
 
     if args.threads is not None:
         if args.threads < 1:
             print("error: --threads must be >= 1", file=sys.stderr)
             return 2  # EXIT_USAGE
-        convcore.set_num_threads(args.threads)
+        set_num_threads(args.threads)
     config = {k: getattr(args, k) for k in DEFAULTS}
     if args.out:
         out = Path(args.out)

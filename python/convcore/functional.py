@@ -194,10 +194,13 @@ def max_pool2d(
     input = float_array(input, "input")
     args = _pool_args(kernel_size, stride, padding, dilation)
     x, unbatched = batched(input, "input")
-    out, idx = _core.max_pool2d_forward(x, *args, bool(ceil_mode))
+    # Without return_indices the kernels skip the index stream.
+    out, idx = _core.max_pool2d_forward(x, *args, bool(ceil_mode), bool(return_indices))
+    if not return_indices:
+        return out[0] if unbatched else out
     if unbatched:
         out, idx = out[0], idx[0]
-    return (out, idx) if return_indices else out
+    return out, idx
 
 
 def _pool_args(kernel_size, stride, padding, dilation) -> tuple[int, ...]:

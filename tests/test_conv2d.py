@@ -55,9 +55,6 @@ _SMALL_LAYERS = [
     "n100_c6_h12_w12_k12_r5_s1_p0",
     "n100_c1_h28_w28_k32_r3_s1_p1",
 ]
-# The weight gradients the rows kernel takes (C*R*S <= 12); the others keep
-# the dot-product tiles, which are faster there.
-_ROWS_WEIGHT = {"n100_c1_h28_w28_k32_r3_s1_p1"}
 
 
 @pytest.mark.parametrize("batch", [100, 128])
@@ -72,13 +69,12 @@ def test_small_layers_run_the_rows_kernels(name, batch):
         pytest.skip("no AVX-512 on this CPU: the rows kernels do not apply")
     assert convcore.last_kernel("conv2d_fwd") == "conv2d_fwd_f32_rows_8w__avx512"
     assert convcore.last_kernel("conv2d_bwd_data") == "conv2d_bwd_data_f32_rows_8w__avx512"
-    weight = convcore.last_kernel("conv2d_bwd_weight")
-    assert (weight == "conv2d_bwd_weight_f32_rows_8w__avx512") == (name in _ROWS_WEIGHT), weight
+    assert convcore.last_kernel("conv2d_bwd_weight") == "conv2d_bwd_weight_f32_rows_8w__avx512"
 
 
 # Shapes at the edges of the rows kernels' applicable(): min(C, K) 8 and 9,
-# max(C, K) 64 and 65, C*R*S 12 and 13 for the weight gradient; every channel
-# tile (K = 1..8, 12, 13, 32), rows of 1, 7, 8, 9 and 17 outputs, padding
+# max(C, K) 64 and 65; every channel and tap tile (K = 1..8, 12, 13, 32;
+# C*R*S from 1 to 150), rows of 1, 7, 8, 9 and 17 outputs, padding
 # wider than the kernel, dilation, kernels as large as the padded input.
 ROWS_CASES = {
     "k1_w17": ((2, 1, 5, 19), (1, 1, 3, 3), True, {}),

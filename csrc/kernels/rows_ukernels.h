@@ -33,13 +33,14 @@ using conv_rows_ukernel_fn = void (*)(int64_t p0, int64_t p1, const float* w,
 
 // Weight-gradient tile: KB output channels x TB taps, reduced over `nseg`
 // segments of `images` images in lanes, then across lanes in a fixed order:
-//   out[k * TB + t] += sum_img sum_j sum_l dy[img * dy_img + k * ldk + seg[j].y_at + l]
+//   out[k * ldo + t] += sum_img sum_j sum_l dy[img * dy_img + k * ldk + seg[j].y_at + l]
 //                                      * x[img * x_img + taps[t] + seg[j].x_at + l]
 // for k < kn.  Lanes past seg[j].lanes are masked off (never read).
 using conv_rows_wgrad_ukernel_fn = void (*)(int64_t images, const float* dy, int64_t dy_img,
                                             int64_t ldk, const float* x, int64_t x_img,
                                             const int64_t* taps, const RowSegment* seg,
-                                            int64_t nseg, int64_t kn, float* out);
+                                            int64_t nseg, int64_t kn, float* out,
+                                            int64_t ldo);
 
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
 // Tiles of 24 accumulators (ymm, AVX-512VL for 32 registers and masked
@@ -65,13 +66,27 @@ void conv2d_rows_ukernel_f32_3x8__avx512(int64_t, int64_t, const float*, const i
 void conv2d_rows_ukernel_f32_2x12__avx512(int64_t, int64_t, const float*, const int64_t*,
                                           const float*, const RowSegment*, int64_t, float*,
                                           int64_t, int64_t, const float*);
-// Weight gradient: 2 channels x 9 or 12 taps.
+// Weight gradient: KB channels x TB taps (at most 27 accumulators).
 void conv2d_rows_wgrad_ukernel_f32_2x9__avx512(int64_t, const float*, int64_t, int64_t,
                                                const float*, int64_t, const int64_t*,
-                                               const RowSegment*, int64_t, int64_t, float*);
+                                               const RowSegment*, int64_t, int64_t, float*,
+                                               int64_t);
 void conv2d_rows_wgrad_ukernel_f32_2x12__avx512(int64_t, const float*, int64_t, int64_t,
                                                 const float*, int64_t, const int64_t*,
-                                                const RowSegment*, int64_t, int64_t, float*);
+                                                const RowSegment*, int64_t, int64_t, float*,
+                                                int64_t);
+void conv2d_rows_wgrad_ukernel_f32_3x8__avx512(int64_t, const float*, int64_t, int64_t,
+                                               const float*, int64_t, const int64_t*,
+                                               const RowSegment*, int64_t, int64_t, float*,
+                                               int64_t);
+void conv2d_rows_wgrad_ukernel_f32_3x9__avx512(int64_t, const float*, int64_t, int64_t,
+                                               const float*, int64_t, const int64_t*,
+                                               const RowSegment*, int64_t, int64_t, float*,
+                                               int64_t);
+void conv2d_rows_wgrad_ukernel_f32_4x6__avx512(int64_t, const float*, int64_t, int64_t,
+                                               const float*, int64_t, const int64_t*,
+                                               const RowSegment*, int64_t, int64_t, float*,
+                                               int64_t);
 #endif
 
 }  // namespace convcore

@@ -97,8 +97,13 @@ const RowsKernels kRowsAvx512 = {{
     {conv2d_rows_ukernel_f32_3x8__avx512, 3, 8},
     {conv2d_rows_ukernel_f32_2x12__avx512, 2, 12},
 }};
-const RowsWeightKernels kRowsWeightAvx512 = {{conv2d_rows_wgrad_ukernel_f32_2x9__avx512, 2, 9},
-                                             {conv2d_rows_wgrad_ukernel_f32_2x12__avx512, 2, 12}};
+const RowsWeightKernels kRowsWeightAvx512 = {{
+    {conv2d_rows_wgrad_ukernel_f32_2x9__avx512, 2, 9},
+    {conv2d_rows_wgrad_ukernel_f32_2x12__avx512, 2, 12},
+    {conv2d_rows_wgrad_ukernel_f32_3x8__avx512, 3, 8},
+    {conv2d_rows_wgrad_ukernel_f32_4x6__avx512, 4, 6},
+    {conv2d_rows_wgrad_ukernel_f32_3x9__avx512, 3, 9},
+}};
 void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { forward_rows(kRowsAvx512, g, a.x, a.w, a.b, a.y); }
 void run_bwd_data_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_data_rows(kRowsAvx512, g, a.dy, a.w, a.dx); }
 void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_rows(kRowsWeightAvx512, g, a.dy, a.x, a.dw); }

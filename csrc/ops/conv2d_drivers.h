@@ -152,12 +152,12 @@ struct RowsWeightKernel {
   int64_t kb, tb;
 };
 struct RowsWeightKernels {
-  RowsWeightKernel small, large;  // small.tb < large.tb taps per tile
+  RowsWeightKernel tiles[5];
 };
 // Forward and data gradient: one group, stride 1, at most 8 channels on one
 // side and 64 on the other.
 bool rows_applicable(const Conv2dGeometry& g);
-// Weight gradient: one group, stride 1, C*R*S <= 12 (a first layer's 3x3).
+// Weight gradient: one group, stride 1, few channels (as rows_applicable).
 bool rows_weight_applicable(const Conv2dGeometry& g);
 void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
                   const float* b, float* y);

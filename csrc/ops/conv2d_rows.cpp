@@ -107,9 +107,7 @@ bool rows_applicable(const Conv2dGeometry& g) {
          std::max(g.C, g.K) <= 64;
 }
 
-bool rows_weight_applicable(const Conv2dGeometry& g) {
-  return g.G == 1 && g.stride_h == 1 && g.stride_w == 1 && g.C * g.R * g.S <= 12;
-}
+bool rows_weight_applicable(const Conv2dGeometry& g) { return rows_applicable(g); }
 
 void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
                   const float* b, float* y) {
@@ -141,16 +139,25 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
                           const float* x, float* dw) {
   const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
   const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q;
-  const RowsWeightKernel& uk = CRS <= ks.small.tb ? ks.small : ks.large;
-  const int64_t tb = uk.tb, kb = uk.kb;
+  // The tile with the least work: padded (channel, tap) slots, each an FMA
+  // plus its share of loads (1/kb of an input load, 1/tb of a dy load).
+  const auto cost = [&](const RowsWeightKernel& k) {
+    const double slots = double((g.K + k.kb - 1) / k.kb * k.kb * ((CRS + k.tb - 1) / k.tb * k.tb));
+    return slots * (1.0 + 1.0 / double(k.kb) + 1.0 / double(k.tb));
+  };
+  const RowsWeightKernel* uk = &ks.tiles[0];
+  for (const RowsWeightKernel& k : ks.tiles)
+    if (cost(k) < cost(*uk)) uk = &k;
+  const int64_t tb = uk->tb, kb = uk->kb;
+  const int64_t tblocks = (CRS + tb - 1) / tb, ldo = tblocks * tb;
   const int64_t Wp = d.pp.Wh(), plane = d.pp.plane(), x_img = g.C * plane;
-  std::vector<int64_t> taps(static_cast<size_t>(tb));
-  for (int64_t t = 0; t < tb; ++t) {  // taps past CRS repeat the last one; discarded
+  std::vector<int64_t> taps(static_cast<size_t>(ldo));
+  for (int64_t t = 0; t < ldo; ++t) {  // taps past CRS repeat the last one; discarded
     const int64_t i = std::min(t, CRS - 1), c = i / (g.R * g.S), r = i / g.S % g.R, s = i % g.S;
     taps[size_t(t)] = c * plane + r * g.dil_h * Wp + s * g.dil_w;
   }
   const std::vector<RowSegment> segs = row_segments(g.P, g.Q, Wp);
-  const int64_t kblocks = (g.K + kb - 1) / kb, part_size = kblocks * kb * tb;
+  const int64_t kblocks = (g.K + kb - 1) / kb, part_size = kblocks * kb * ldo;
   const BatchChunks split(g.N);
   const int64_t chunks = split.count;
   std::vector<float> partials(static_cast<size_t>(chunks * part_size));
@@ -170,16 +177,18 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
       std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
       for (int64_t b = 0; b < kblocks; ++b) {
         const int64_t k0 = b * kb;
-        uk.fn(images, dy + (nb * g.K + k0) * PQ, g.K * PQ, PQ, xpad, x_img, taps.data(),
-              segs.data(), int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * tb);
+        for (int64_t t0 = 0; t0 < ldo; t0 += tb)
+          uk->fn(images, dy + (nb * g.K + k0) * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0,
+                 segs.data(), int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0,
+                 ldo);
       }
     }
   });
   errors.rethrow();
   for (int64_t k = 0; k < g.K; ++k)
     for (int64_t i = 0; i < CRS; ++i) {
-      float acc = partials[size_t(k * tb + i)];
-      for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * part_size + k * tb + i)];
+      float acc = partials[size_t(k * ldo + i)];
+      for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * part_size + k * ldo + i)];
       dw[k * CRS + i] = acc;
     }
 }

@@ -65,45 +65,48 @@ void rows_tile(int64_t p0, int64_t p1, const float* w, const int64_t* offsets, c
 template <int KB, int TB>
 void rows_wgrad(int64_t images, const float* dy, int64_t dy_img, int64_t ldk, const float* x,
                 int64_t x_img, const int64_t* taps, const RowSegment* seg, int64_t nseg,
-                int64_t kn, float* out) {
+                int64_t kn, float* out, int64_t ldo) {
   __m256 acc[KB][TB];
-  for (int k = 0; k < KB; ++k)
-    for (int t = 0; t < TB; ++t) acc[k][t] = _mm256_setzero_ps();
+#pragma GCC unroll 32
+  for (int i = 0; i < KB * TB; ++i) acc[i / TB][i % TB] = _mm256_setzero_ps();
   int64_t dk[KB];  // channels past kn read channel 0 again; their sums are discarded
   for (int k = 0; k < KB; ++k) dk[k] = (k < kn ? k : 0) * ldk;
-  for (int64_t img = 0; img < images; ++img) {
-    const float* dyi = dy + img * dy_img;
-    const float* xi = x + img * x_img;
-    for (int64_t j = 0; j < nseg; ++j) {
-      // Whole segments use plain loads; a row's tail is masked in both
-      // operands (lanes past the row are zero, never 0 * inf).
-      const __mmask8 m = __mmask8((1u << seg[j].lanes) - 1u);
-      const bool whole = seg[j].lanes == 8;
-      const float* d = dyi + seg[j].y_at;
-      const float* xs = xi + seg[j].x_at;
-      __m256 g[KB];
+  // One flat loop over (image, segment): with the two loops nested GCC kept
+  // acc in memory, written back every segment.
+  const float* dyi = dy;
+  const float* xi = x;
+  for (int64_t u = 0, j = 0; u < images * nseg; ++u) {
+    // Masked loads: lanes past a row's end are zero in both operands
+    // (never 0 * inf); a whole segment has an all-ones mask.
+    const __mmask8 m = __mmask8((1u << seg[j].lanes) - 1u);
+    const float* d = dyi + seg[j].y_at;
+    const float* xs = xi + seg[j].x_at;
+    __m256 g[KB];
 #pragma GCC unroll 4
-      for (int k = 0; k < KB; ++k)
-        g[k] = whole ? _mm256_loadu_ps(d + dk[k]) : _mm256_maskz_loadu_ps(m, d + dk[k]);
-#pragma GCC unroll 12
-      for (int t = 0; t < TB; ++t) {
-        const __m256 xv = whole ? _mm256_loadu_ps(xs + taps[t]) : _mm256_maskz_loadu_ps(m, xs + taps[t]);
-#pragma GCC unroll 4
-        for (int k = 0; k < KB; ++k) acc[k][t] = _mm256_fmadd_ps(g[k], xv, acc[k][t]);
-      }
-    }
-  }
-  // Constant trip counts (see rows_tile): acc stays in registers.
-#pragma GCC unroll 4
-  for (int k = 0; k < KB; ++k)
+    for (int k = 0; k < KB; ++k) g[k] = _mm256_maskz_loadu_ps(m, d + dk[k]);
 #pragma GCC unroll 12
     for (int t = 0; t < TB; ++t) {
-      // Fixed pairwise order across the 8 lanes.
-      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[k][t]), _mm256_extractf128_ps(acc[k][t], 1));
-      const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      const float v = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-      if (k < kn) out[k * TB + t] += v;
+      const __m256 xv = _mm256_maskz_loadu_ps(m, xs + taps[t]);
+#pragma GCC unroll 4
+      for (int k = 0; k < KB; ++k) acc[k][t] = _mm256_fmadd_ps(g[k], xv, acc[k][t]);
     }
+    if (++j == nseg) {
+      j = 0;
+      dyi += dy_img;
+      xi += x_img;
+    }
+  }
+  // One constant-trip loop (see rows_tile), fully unrolled, so acc is only
+  // ever indexed by constants and stays in registers.
+#pragma GCC unroll 32
+  for (int i = 0; i < KB * TB; ++i) {
+    const int k = i / TB, t = i % TB;
+    // Fixed pairwise order across the 8 lanes.
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[k][t]), _mm256_extractf128_ps(acc[k][t], 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    const float v = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+    if (k < kn) out[k * ldo + t] += v;
+  }
 }
 
 }  // namespace
@@ -123,17 +126,18 @@ CONVCORE_ROWS(3, 8)
 CONVCORE_ROWS(2, 12)
 #undef CONVCORE_ROWS
 
-void conv2d_rows_wgrad_ukernel_f32_2x9__avx512(int64_t images, const float* dy, int64_t dy_img,
-                                               int64_t ldk, const float* x, int64_t x_img,
-                                               const int64_t* taps, const RowSegment* seg,
-                                               int64_t nseg, int64_t kn, float* out) {
-  rows_wgrad<2, 9>(images, dy, dy_img, ldk, x, x_img, taps, seg, nseg, kn, out);
-}
-void conv2d_rows_wgrad_ukernel_f32_2x12__avx512(int64_t images, const float* dy, int64_t dy_img,
-                                                int64_t ldk, const float* x, int64_t x_img,
-                                                const int64_t* taps, const RowSegment* seg,
-                                                int64_t nseg, int64_t kn, float* out) {
-  rows_wgrad<2, 12>(images, dy, dy_img, ldk, x, x_img, taps, seg, nseg, kn, out);
-}
+#define CONVCORE_ROWS_WGRAD(KB, TB)                                                              \
+  void conv2d_rows_wgrad_ukernel_f32_##KB##x##TB##__avx512(                                      \
+      int64_t images, const float* dy, int64_t dy_img, int64_t ldk, const float* x,             \
+      int64_t x_img, const int64_t* taps, const RowSegment* seg, int64_t nseg, int64_t kn,      \
+      float* out, int64_t ldo) {                                                                \
+    rows_wgrad<KB, TB>(images, dy, dy_img, ldk, x, x_img, taps, seg, nseg, kn, out, ldo);        \
+  }
+CONVCORE_ROWS_WGRAD(2, 9)
+CONVCORE_ROWS_WGRAD(2, 12)
+CONVCORE_ROWS_WGRAD(3, 8)
+CONVCORE_ROWS_WGRAD(4, 6)
+CONVCORE_ROWS_WGRAD(3, 9)
+#undef CONVCORE_ROWS_WGRAD
 
 }  // namespace convcore

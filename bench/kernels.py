@@ -45,6 +45,7 @@ OPS = (
     "conv2d_bwd_data",
     "conv2d_bwd_weight",
     "maxpool2d_fwd",
+    "maxpool2d_fwd_noidx",
     "maxpool2d_bwd",
     "pad_constant",
     "pad_reflect",
@@ -55,6 +56,7 @@ KERNEL_OP = {
     "conv2d_bwd_data": "conv2d_bwd_data",
     "conv2d_bwd_weight": "conv2d_bwd_weight",
     "maxpool2d_fwd": "maxpool2d_fwd",
+    "maxpool2d_fwd_noidx": "maxpool2d_fwd",
     "maxpool2d_bwd": "maxpool2d_bwd",
     "pad_constant": "pad2d_fwd",
     "pad_reflect": "pad2d_fwd",
@@ -191,6 +193,19 @@ def pool_cases(name: str, group: str, ops: set[str]) -> list[Case]:
                 4.0 * n_in + (4.0 + 8.0) * n_out,
             )
         )  # read x; write values + int64 indices
+    if "maxpool2d_fwd_noidx" in ops:
+        out.append(
+            Case(
+                "maxpool2d_fwd_noidx",
+                name,
+                group,
+                lambda: convcore.max_pool2d(x, **kw),
+                lambda: F.max_pool2d(xt, **kw),
+                lambda a, t: _equal("output", a, t),
+                None,
+                4.0 * n_in + 4.0 * n_out,
+            )
+        )  # read x; write values only
     if "maxpool2d_bwd" in ops:
         out.append(
             Case(

@@ -421,6 +421,8 @@ def _check_max_pool2d(x, *, isa=None, impl=convcore, grad_output=None, seed=0, *
         if isa is not None and impl is convcore and y.size:
             k = kwargs.get("kernel_size")
             s = kwargs.get("stride", None)
+            # The 2x2/2 kernels (ops/maxpool2d.cpp): AVX-512 forward and
+            # backward; AVX2 forward only.  Everything else runs the reference.
             fast = (
                 isa in ("avx2", "avx512")
                 and k in (2, (2, 2), [2, 2])
@@ -430,9 +432,16 @@ def _check_max_pool2d(x, *, isa=None, impl=convcore, grad_output=None, seed=0, *
                 and y.shape[-2] == x.shape[-2] // 2
                 and y.shape[-1] == x.shape[-1] // 2
             )
-            _expect_kernel("maxpool2d_fwd", isa, "__avx2" if fast else "__ref")
+            fast_isa = "__avx512" if isa == "avx512" else "__avx2"
+            _expect_kernel("maxpool2d_fwd", isa, fast_isa if fast else "__ref")
+            # The backward sees only shapes: its kernel takes every plane
+            # halved in both dimensions (indices outside their own 2x2 window
+            # fall back to the scatter inside it).
+            halves = y.shape[-2:] == (x.shape[-2] // 2, x.shape[-1] // 2)
             if gi is not None:
-                _expect_kernel("maxpool2d_bwd", isa, "__ref")
+                _expect_kernel(
+                    "maxpool2d_bwd", isa, "__avx512" if halves and isa == "avx512" else "__ref"
+                )
 
     assert_bitwise("max_pool2d.output", y, y_ref, case)
     assert_bitwise("max_pool2d.indices", idx, idx_ref, case)

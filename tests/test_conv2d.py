@@ -47,6 +47,66 @@ def test_tutorial_layers_full_batch(name):
 
 
 # ---------------------------------------------------------------------------
+# Row-segment kernels (ops/conv2d_rows.cpp): the small-channel layers
+# ---------------------------------------------------------------------------
+
+_SMALL_LAYERS = [
+    "n100_c1_h28_w28_k6_r5_s1_p0",
+    "n100_c6_h12_w12_k12_r5_s1_p0",
+    "n100_c1_h28_w28_k32_r3_s1_p1",
+]
+
+
+@pytest.mark.parametrize("batch", [100, 128])
+@pytest.mark.parametrize("name", _SMALL_LAYERS)
+def test_small_layers_run_the_rows_kernels(name, batch):
+    """Under the default cap the small-channel model layers run the AVX-512
+    row-segment kernels where the CPU has AVX-512 (so the fast path cannot
+    silently stop being used), and match PyTorch."""
+    x, w, b, kw = conv_case(name, n=batch)
+    check("conv2d", x, w, b, **kw)
+    if convcore.build_info()["isa_detected"] != "avx512":
+        pytest.skip("no AVX-512 on this CPU: the rows kernels do not apply")
+    assert convcore.last_kernel("conv2d_fwd") == "conv2d_fwd_f32_rows_8w__avx512"
+    assert convcore.last_kernel("conv2d_bwd_data") == "conv2d_bwd_data_f32_rows_8w__avx512"
+    assert convcore.last_kernel("conv2d_bwd_weight") == "conv2d_bwd_weight_f32_rows_8w__avx512"
+
+
+# Shapes at the edges of the rows kernels' applicable(): min(C, K) 8 and 9,
+# max(C, K) 64 and 65; every channel and tap tile (K = 1..8, 12, 13, 32;
+# C*R*S from 1 to 150), rows of 1, 7, 8, 9 and 17 outputs, padding
+# wider than the kernel, dilation, kernels as large as the padded input.
+ROWS_CASES = {
+    "k1_w17": ((2, 1, 5, 19), (1, 1, 3, 3), True, {}),
+    "k2_w9": ((2, 3, 6, 11), (2, 3, 3, 3), True, {}),
+    "k3_w8_pad2": ((1, 2, 7, 8), (3, 2, 5, 5), False, dict(padding=2)),
+    "k4_w7": ((3, 1, 9, 7), (4, 1, 1, 1), True, {}),
+    "k5_w1": ((2, 4, 6, 3), (5, 4, 3, 3), True, {}),
+    "k7_c1_pad4": ((2, 1, 4, 5), (7, 1, 3, 3), True, dict(padding=4)),
+    "k8_c8": ((2, 8, 10, 10), (8, 8, 3, 3), True, dict(padding=1)),
+    "k13_c2_dil2": ((2, 2, 11, 13), (13, 2, 3, 3), True, dict(padding=2, dilation=2)),
+    "k32_c1_crs12": ((3, 1, 9, 10), (32, 1, 3, 4), True, dict(padding=(1, 2))),
+    "k32_c1_crs13": ((2, 1, 9, 10), (32, 1, 1, 13), True, dict(padding=(0, 6))),
+    "k12_c6_5x5_w8": ((5, 6, 12, 12), (12, 6, 5, 5), True, {}),
+    "k64_c8": ((2, 8, 6, 6), (64, 8, 3, 3), True, dict(padding=1)),
+    "k65_c1_outside": ((1, 1, 5, 5), (65, 1, 3, 3), True, dict(padding=1)),
+    "c9_k9_outside": ((1, 9, 5, 5), (9, 9, 3, 3), True, dict(padding=1)),
+    "c64_k1": ((2, 64, 5, 6), (1, 64, 3, 3), True, dict(padding=1)),
+    "kernel_eq_padded_input": ((2, 1, 3, 4), (6, 1, 5, 6), True, dict(padding=(1, 1))),
+    "rect_padding": ((2, 2, 7, 9), (6, 2, 3, 2), True, dict(padding=(2, 0))),
+}
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("name", ROWS_CASES)
+def test_rows_kernel_edges(name, kind, isa):
+    xs, ws, bias, kw = ROWS_CASES[name]
+    x, w = rand(xs, 11, kind), rand(ws, 12) * np.float32(0.3)
+    b = rand((ws[0],), 13) if bias else None
+    check("conv2d", x, w, b, isa=isa, **kw)
+
+
+# ---------------------------------------------------------------------------
 # Explicit awkward cases: (x shape, w shape, bias, kwargs)
 # ---------------------------------------------------------------------------
 

@@ -172,6 +172,40 @@ def test_backward_arbitrary_indices(shape, out):
     check_max_pool2d_backward_indices(rand(out, 1), idx, shape)
 
 
+def test_backward_2x2_indices_outside_their_window():
+    # The 2x2/2 backward kernel writes whole windows; a plane whose indices
+    # are not each in their own window (here: every other plane) is scattered.
+    shape, out = (3, 4, 8, 11), (3, 4, 4, 5)
+    _, idx = convcore.max_pool2d(rand(shape, 2, "ties"), 2, return_indices=True)
+    rng = np.random.default_rng(1)
+    idx[:, 1::2] = rng.integers(0, 8 * 11, size=idx[:, 1::2].shape)
+    idx[2, 2, 3, 4] = 0  # one stray index in an otherwise window-shaped plane
+    check_max_pool2d_backward_indices(rand(out, 3), idx, shape)
+    idx[1, 3, 0, 0] = 8 * 11  # out of range, in a plane the kernel rejects
+    with pytest.raises(ValueError, match="indices"):
+        convcore.max_pool2d_backward(rand(out, 3), idx, shape)
+    idx[1, 3, 0, 0] = -1
+    with pytest.raises(ValueError, match="indices"):
+        convcore.max_pool2d_backward(rand(out, 3), idx, shape)
+
+
+@pytest.mark.parametrize("name", problems.ALL_POOL)
+def test_model_layers_run_the_fast_kernels(name):
+    """Under the default cap the model's pooling layers run the 2x2/2
+    kernels of the best ISA this CPU has (so the fast path cannot silently
+    stop being used), with and without indices."""
+    detected = convcore.build_info()["isa_detected"]
+    expected = {"avx512": "__avx512", "avx2": "__avx2"}.get(detected, "__ref")
+    x, kw = pool_case(name, kind="relu")
+    y, idx = convcore.max_pool2d(x, return_indices=True, **kw)
+    assert convcore.last_kernel("maxpool2d_fwd").endswith(expected)
+    assert np.array_equal(convcore.max_pool2d(x, **kw), y)
+    assert convcore.last_kernel("maxpool2d_fwd").endswith(expected)
+    convcore.max_pool2d_backward(y, idx, x.shape)
+    bwd = "__avx512" if detected == "avx512" else "__ref"
+    assert convcore.last_kernel("maxpool2d_bwd").endswith(bwd)
+
+
 def test_backward_does_not_touch_its_arguments():
     x = rand((2, 3, 6, 6), 3)
     y, idx = convcore.max_pool2d(x, 2, return_indices=True)

@@ -179,12 +179,13 @@ def test_last_kernel_names_the_path(isa):
         assert name in convcore.implementations(op), (op, name)
     for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"):
         assert convcore.last_kernel(op).endswith(suffix), (op, convcore.last_kernel(op))
-    # 2x2/2 pooling has an AVX2 kernel; padding has row-wise portable kernels
-    # (used under 'avx2' too); pooling backward has only the reference.
-    assert convcore.last_kernel("maxpool2d_fwd").endswith(
-        "__avx2" if isa in ("avx2", "avx512") else "__ref"
+    # 2x2/2 pooling has AVX-512 kernels (forward and backward) and an AVX2
+    # forward; padding has row-wise portable kernels (used under 'avx2' too).
+    fast = {"avx512": "__avx512", "avx2": "__avx2"}.get(isa, "__ref")
+    assert convcore.last_kernel("maxpool2d_fwd").endswith(fast)
+    assert convcore.last_kernel("maxpool2d_bwd").endswith(
+        "__avx512" if isa == "avx512" else "__ref"
     )
-    assert convcore.last_kernel("maxpool2d_bwd").endswith("__ref")
     for op in ("pad2d_fwd", "pad2d_bwd"):
         assert convcore.last_kernel(op).endswith("__ref" if isa == "scalar" else "__portable")
 
@@ -300,6 +301,7 @@ DETERMINISM = [
     ("n100_c64_h14_w14_k64_r3_s1_p1", "pool_n100_c64_h14_w14_r2_s2_p0", None),
     ("n32_c64_h56_w56_k128_r3_s2_p1", "pool_n100_c64_h14_w14_r2_s2_p0", 4),
     ("n2_c8_h6_w6_k8_r3_s1_p1_g8", "pool_n100_c12_h8_w8_r2_s2_p0", 37),
+    ("n100_c1_h28_w28_k6_r5_s1_p0", "pool_n100_c6_h24_w24_r2_s2_p0", 128),
 ]
 
 

@@ -148,15 +148,21 @@ convcore::Pool2dGeometry pool_geometry(const int64_t in[4], int64_t kh, int64_t 
 
 py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh,
                              int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                             bool ceil_mode) {
+                             bool ceil_mode, bool return_indices) {
   const float* x = float_input(input, "input", 4);
   int64_t in[4];
   shape_of(input, in);
   const auto g = pool_geometry(in, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode);
   auto out = new_float({g.N, g.C, g.P, g.Q});
-  py::array_t<int64_t> idx(std::vector<py::ssize_t>{g.N, g.C, g.P, g.Q});
   float* y = out.mutable_data();
-  int64_t* ip = idx.mutable_data();
+  // Without return_indices the kernels skip the int64 stream (a third of the bytes).
+  py::object idx = py::none();
+  int64_t* ip = nullptr;
+  if (return_indices) {
+    py::array_t<int64_t> a(std::vector<py::ssize_t>{g.N, g.C, g.P, g.Q});
+    ip = a.mutable_data();
+    idx = a;
+  }
   {
     py::gil_scoped_release release;
     convcore::maxpool2d_forward(g, x, y, ip);
@@ -269,7 +275,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("need_bias"));
   m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("input"), py::arg("kernel_h"),
         py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
-        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"));
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"), py::arg("return_indices") = true);
   m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_output"), py::arg("indices"),
         py::arg("input_shape"));
   m.def("pad_forward", &pad_forward, py::arg("input"), py::arg("left"), py::arg("right"),

@@ -87,7 +87,32 @@ void run_bwd_bias(const Conv2dGeometry& g, const ConvArgs& a) {
   for (int64_t k = 0; k < g.K; ++k) a.db[k] = Kernel(g.N, g.K, PQ, a.dy, k);
 }
 
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+const RowsKernels kRowsAvx512 = {{
+    {conv2d_rows_ukernel_f32_24x1__avx512, 24, 1},
+    {conv2d_rows_ukernel_f32_12x2__avx512, 12, 2},
+    {conv2d_rows_ukernel_f32_8x3__avx512, 8, 3},
+    {conv2d_rows_ukernel_f32_6x4__avx512, 6, 4},
+    {conv2d_rows_ukernel_f32_4x6__avx512, 4, 6},
+    {conv2d_rows_ukernel_f32_3x8__avx512, 3, 8},
+    {conv2d_rows_ukernel_f32_2x12__avx512, 2, 12},
+}};
+const RowsWeightKernels kRowsWeightAvx512 = {{
+    {conv2d_rows_wgrad_ukernel_f32_2x9__avx512, 2, 9},
+    {conv2d_rows_wgrad_ukernel_f32_2x12__avx512, 2, 12},
+    {conv2d_rows_wgrad_ukernel_f32_3x8__avx512, 3, 8},
+    {conv2d_rows_wgrad_ukernel_f32_4x6__avx512, 4, 6},
+    {conv2d_rows_wgrad_ukernel_f32_3x9__avx512, 3, 9},
+}};
+void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { forward_rows(kRowsAvx512, g, a.x, a.w, a.b, a.y); }
+void run_bwd_data_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_data_rows(kRowsAvx512, g, a.dy, a.w, a.dx); }
+void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_rows(kRowsWeightAvx512, g, a.dy, a.x, a.dw); }
+#endif
+
 const ConvImpl kFwdImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"conv2d_fwd_f32_rows_8w__avx512", Isa::Avx512, rows_applicable, run_fwd_rows_avx512},
+#endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
 #endif
@@ -96,6 +121,9 @@ const ConvImpl kFwdImpls[] = {
 };
 
 const ConvImpl kBwdDataImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"conv2d_bwd_data_f32_rows_8w__avx512", Isa::Avx512, rows_applicable, run_bwd_data_rows_avx512},
+#endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"conv2d_bwd_data_f32_direct_6x16_4x24__avx2", Isa::Avx2, unit_stride, run_bwd_data_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
     {"conv2d_bwd_data_f32_gemm_col2im_6x16__avx2", Isa::Avx2, always, run_bwd_data_gemm<gemm_ukernel_f32_6x16__avx2>},
@@ -106,6 +134,9 @@ const ConvImpl kBwdDataImpls[] = {
 };
 
 const ConvImpl kBwdWeightImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"conv2d_bwd_weight_f32_rows_8w__avx512", Isa::Avx512, rows_weight_applicable, run_bwd_weight_rows_avx512},
+#endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, many_taps_and_channels, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
     {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, always, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},

@@ -12,6 +12,7 @@
 #include "common/runtime.h"
 #include "kernels/direct_ukernels.h"
 #include "kernels/gemm_ukernels.h"
+#include "kernels/rows_ukernels.h"
 
 namespace convcore {
 
@@ -135,5 +136,34 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
 // Data gradient as a packed GEMM and col2im, any stride (ops/conv2d_gemm.cpp).
 void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
                         const float* w, float* dx);
+
+// Row-segment tiles for layers with few channels (ops/conv2d_rows.cpp):
+// output rows cut into segments of 8 columns, NS segments x KB channels per
+// tile (the driver picks KB from the channel count).  Stride 1, one group.
+struct RowsKernel {
+  conv_rows_ukernel_fn fn;
+  int64_t ns, kb;
+};
+struct RowsKernels {
+  RowsKernel tiles[7];
+};
+struct RowsWeightKernel {
+  conv_rows_wgrad_ukernel_fn fn;
+  int64_t kb, tb;
+};
+struct RowsWeightKernels {
+  RowsWeightKernel tiles[5];
+};
+// Forward and data gradient: one group, stride 1, at most 8 channels on one
+// side and 64 on the other.
+bool rows_applicable(const Conv2dGeometry& g);
+// Weight gradient: one group, stride 1, few channels (as rows_applicable).
+bool rows_weight_applicable(const Conv2dGeometry& g);
+void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
+                  const float* b, float* y);
+void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
+                        const float* w, float* dx);
+void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,
+                          const float* x, float* dw);
 
 }  // namespace convcore

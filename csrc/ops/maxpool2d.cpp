@@ -1,4 +1,6 @@
-// max_pool2d drivers: threads over the N*C planes, one kernel call per plane.
+// max_pool2d drivers: threads over contiguous ranges of the N*C planes.
+#include <omp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <string>
@@ -9,6 +11,7 @@
 #include "kernels/ref/ref_kernels.h"
 #include "ops/impl_list.h"
 #include "ops/ops.h"
+#include "ops/parallel.h"
 
 namespace convcore {
 namespace {
@@ -22,13 +25,49 @@ bool is_2x2s2(const Pool2dGeometry& g) {
          g.Q == g.W / 2 && g.H * g.W < (int64_t(1) << 30);
 }
 
+// The backward geometry knows only the shapes (not kernel or stride): the
+// 2x2/2 backward kernel applies when the output halves the plane, and checks
+// that each index lies in its own 2x2 window (any other plane is scattered).
+bool halves_plane(const Pool2dGeometry& g) {
+  return g.P == g.H / 2 && g.Q == g.W / 2 && g.H * g.W < (int64_t(1) << 30);
+}
+
 int pool_threads(const Pool2dGeometry& g) {
   return threads_for(double(g.planes()) * (g.H * g.W * 4 + g.P * g.Q * 12), kMinBytesPerThread);
 }
 
+// Each thread takes one contiguous range of planes and makes one kernel call
+// per plane (or one per range, for kernels that take a plane count): one
+// parallel region per op, never one task per tiny plane.
+template <class F>
+void for_plane_ranges(int64_t planes, int nt, F&& f) {
+  if (nt <= 1) {
+    f(int64_t(0), planes);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t i0 = planes * t / T, i1 = planes * (t + 1) / T;
+    if (i1 > i0) f(i0, i1);
+  }
+}
+
+// Throws ArgumentError naming `indices` for the first index (in flat order
+// from `from`) outside [0, H*W).
+void check_indices(const Pool2dGeometry& g, const int64_t* idx, int64_t from, int64_t count) {
+  const int64_t HW = g.H * g.W;
+  for (int64_t i = from; i < from + count; ++i)
+    if (idx[i] < 0 || idx[i] >= HW)
+      throw ArgumentError("indices: every index must lie in [0, H*W) = [0, " + std::to_string(HW) +
+                          ") for input of size (" + std::to_string(g.H) + " x " +
+                          std::to_string(g.W) + "), got " + std::to_string(idx[i]) +
+                          " at flat position " + std::to_string(i));
+}
+
 // ---------------------------------------------------------------------------
 // Implementation lists (ops/impl_list.h).  Each entry runs its kernel over
-// the N*C planes, one call per plane.
+// the N*C planes.  idx is null when the caller wants values only.
 // ---------------------------------------------------------------------------
 
 struct PoolArgs {
@@ -41,33 +80,78 @@ struct PoolArgs {
 };
 using PoolImpl = Impl<Pool2dGeometry, PoolArgs>;
 
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+void run_fwd_2x2s2_avx512(const Pool2dGeometry& g, const PoolArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  for_plane_ranges(g.planes(), pool_threads(g), [&](int64_t i0, int64_t i1) {
+    maxpool2d_fwd_f32_2x2s2__avx512(i1 - i0, g.H, g.W, a.x + i0 * HW, a.y + i0 * PQ,
+                                    a.idx ? a.idx + i0 * PQ : nullptr);
+  });
+}
+
+// Dense window kernel; a plane with an index outside its own window (not
+// from a forward pass of this geometry) falls back to the checked scatter.
+void run_bwd_2x2s2_avx512(const Pool2dGeometry& g, const PoolArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  TaskErrors errors;
+  for_plane_ranges(g.planes(), pool_threads(g), [&](int64_t i0, int64_t i1) {
+    errors.run([&] {
+      for (int64_t i = i0; i < i1; ++i) {
+        i += maxpool2d_bwd_f32_2x2s2__avx512(i1 - i, g.H, g.W, a.dy + i * PQ, a.idx_in + i * PQ,
+                                             a.dx + i * HW);
+        if (i >= i1) break;
+        check_indices(g, a.idx_in, i * PQ, PQ);
+        maxpool2d_bwd_f32__ref(PQ, HW, a.dy + i * PQ, a.idx_in + i * PQ, a.dx + i * HW);
+      }
+    });
+  });
+  errors.rethrow();
+}
+#endif
+
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
 void run_fwd_2x2s2_avx2(const Pool2dGeometry& g, const PoolArgs& a) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-  const int nt = pool_threads(g);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < g.planes(); ++i)
-    maxpool2d_fwd_f32_2x2s2__avx2(g.H, g.W, a.x + i * HW, a.y + i * PQ, a.idx + i * PQ);
+  for_plane_ranges(g.planes(), pool_threads(g), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      maxpool2d_fwd_f32_2x2s2__avx2(g.H, g.W, a.x + i * HW, a.y + i * PQ,
+                                    a.idx ? a.idx + i * PQ : nullptr);
+  });
 }
 #endif
 
 void run_fwd_ref(const Pool2dGeometry& g, const PoolArgs& a) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-  const int nt = pool_threads(g);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < g.planes(); ++i)
-    maxpool2d_fwd_f32__ref(g, a.x + i * HW, a.y + i * PQ, a.idx + i * PQ);
+  for_plane_ranges(g.planes(), pool_threads(g), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      maxpool2d_fwd_f32__ref(g, a.x + i * HW, a.y + i * PQ, a.idx ? a.idx + i * PQ : nullptr);
+  });
 }
 
 void run_bwd_ref(const Pool2dGeometry& g, const PoolArgs& a) {
-  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  const int64_t planes = g.planes(), HW = g.H * g.W, PQ = g.P * g.Q;
   const int nt = pool_threads(g);
+  // Validate every index before writing anything: a bad index is a user
+  // error (indices from another call), never an out-of-bounds write.
+  std::atomic<int64_t> bad{-1};
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < g.planes(); ++i)
-    maxpool2d_bwd_f32__ref(PQ, HW, a.dy + i * PQ, a.idx_in + i * PQ, a.dx + i * HW);
+  for (int64_t i = 0; i < planes * PQ; ++i) {
+    if (a.idx_in[i] < 0 || a.idx_in[i] >= HW) {
+      int64_t expected = -1;
+      bad.compare_exchange_strong(expected, i);
+    }
+  }
+  if (bad.load() >= 0) check_indices(g, a.idx_in, bad.load(), 1);
+  for_plane_ranges(planes, nt, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      maxpool2d_bwd_f32__ref(PQ, HW, a.dy + i * PQ, a.idx_in + i * PQ, a.dx + i * HW);
+  });
 }
 
 const PoolImpl kFwdImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"maxpool2d_fwd_f32_2x2s2__avx512", Isa::Avx512, is_2x2s2, run_fwd_2x2s2_avx512},
+#endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"maxpool2d_fwd_f32_2x2s2__avx2", Isa::Avx2, is_2x2s2, run_fwd_2x2s2_avx2},
 #endif
@@ -75,6 +159,9 @@ const PoolImpl kFwdImpls[] = {
 };
 
 const PoolImpl kBwdImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"maxpool2d_bwd_f32_2x2s2__avx512", Isa::Avx512, halves_plane, run_bwd_2x2s2_avx512},
+#endif
     {"maxpool2d_bwd_f32__ref", Isa::Scalar, always, run_bwd_ref},
 };
 
@@ -87,24 +174,7 @@ void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_
 }
 
 void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx) {
-  const int64_t planes = g.planes(), HW = g.H * g.W, PQ = g.P * g.Q;
-  if (planes == 0) return;
-  const int nt = pool_threads(g);
-  // Validate every index before writing anything: a bad index is a user
-  // error (indices from another call), never an out-of-bounds write.
-  std::atomic<int64_t> bad{-1};
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < planes * PQ; ++i) {
-    if (idx[i] < 0 || idx[i] >= HW) {
-      int64_t expected = -1;
-      bad.compare_exchange_strong(expected, i);
-    }
-  }
-  const int64_t b = bad.load();
-  if (b >= 0)
-    throw ArgumentError("indices: every index must lie in [0, H*W) = [0, " + std::to_string(HW) +
-                        ") for input of size (" + std::to_string(g.H) + " x " + std::to_string(g.W) +
-                        "), got " + std::to_string(idx[b]) + " at flat position " + std::to_string(b));
+  if (g.planes() == 0) return;
   run_first_applicable("maxpool2d_bwd", kBwdImpls, g, g.name(),
                        PoolArgs{nullptr, nullptr, nullptr, dy, idx, dx});
 }

@@ -23,6 +23,7 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
 // db (K) = sum of dy over N, P, Q.
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db);
 
+// y and idx (N x C x P x Q) from x; idx may be null (values only, less traffic).
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);
 // dx (N x C x H x W) from dy and idx (both N x C x P x Q).  Throws
 // ArgumentError naming `indices` if an index lies outside [0, H*W).

@@ -58,7 +58,8 @@ def max_pool2d_forward(
     dilation_h: int,
     dilation_w: int,
     ceil_mode: bool,
-) -> tuple[F32, I64]: ...
+    return_indices: bool = True,
+) -> tuple[F32, I64 | None]: ...
 def max_pool2d_backward(grad_output: F32, indices: I64, input_shape: Sequence[int]) -> F32: ...
 def pad_forward(
     input: F32, left: int, right: int, top: int, bottom: int, mode: str, value: float

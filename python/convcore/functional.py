@@ -195,10 +195,13 @@ def max_pool2d(
     input = be.float_input(input, "input")
     args = _pool_args(kernel_size, stride, padding, dilation)
     x, unbatched = _batched(be, input, "input")
-    out, idx = be.max_pool2d_forward(x, *args, bool(ceil_mode))
+    # Without return_indices the host kernels skip the index stream.
+    out, idx = be.max_pool2d_forward(x, *args, bool(ceil_mode), bool(return_indices))
     if unbatched:
-        out, idx = be.unbatch(out), be.unbatch(idx)
-    return (out, idx) if return_indices else out
+        out = be.unbatch(out)
+    if not return_indices:
+        return out
+    return out, (be.unbatch(idx) if unbatched else idx)
 
 
 def _pool_args(kernel_size, stride, padding, dilation) -> tuple[int, ...]:

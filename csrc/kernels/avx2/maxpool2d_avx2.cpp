@@ -2,7 +2,8 @@
 // segments, de-interleaved into the four window positions.  Compares follow
 // the reference's scan order (top-left, top-right, bottom-left,
 // bottom-right) with "greater, or unordered (NaN)" so ties and NaN resolve
-// exactly as in PyTorch.  Memory-bound: reads 2 rows, writes y and int64 idx.
+// exactly as in PyTorch.  Memory-bound: reads 2 rows, writes y and int64 idx
+// (a null idx skips the index stream).
 //
 // Compiled with -mavx2 -mfma; self-contained (no shared inline helpers).
 #ifndef __AVX2__
@@ -26,7 +27,7 @@ void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* 
     const float* r0 = x + 2 * p * W;
     const float* r1 = r0 + W;
     float* yp = y + p * Q;
-    int64_t* ip = idx + p * Q;
+    int64_t* ip = idx ? idx + p * Q : nullptr;
     const int64_t row_base = 2 * p * W;
     int64_t q = 0;
     for (; q + 8 <= Q; q += 8) {
@@ -49,6 +50,7 @@ void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* 
       best = _mm256_blendv_ps(best, br, m);
       off = _mm256_blendv_epi8(off, off_br, _mm256_castps_si256(m));
       _mm256_storeu_ps(yp + q, best);
+      if (!ip) continue;
       // index = row_base + 2q + 2*lane + off, widened to int64 in two halves.
       const __m256i rel = _mm256_add_epi32(_mm256_add_epi32(lane2, off), _mm256_set1_epi32(int(2 * q)));
       const __m256i base = _mm256_set1_epi64x(row_base);
@@ -70,7 +72,7 @@ void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* 
         }
       }
       yp[q] = best;
-      ip[q] = bi;
+      if (ip) ip[q] = bi;
     }
   }
 }

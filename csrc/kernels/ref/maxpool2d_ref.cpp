@@ -37,7 +37,7 @@ void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, i
         best_i = h * g.W + w;
       }
       y[p * g.Q + q] = best;
-      idx[p * g.Q + q] = best_i;
+      if (idx) idx[p * g.Q + q] = best_i;
     }
   }
 }

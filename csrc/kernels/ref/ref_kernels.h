@@ -24,7 +24,8 @@ void conv2d_bwd_weight_f32__ref(const Conv2dGeometry& g, const float* dy, const 
 // db[k] for one output channel k: the sum of dy[n][k][:] over the batch, in double.
 float conv2d_bwd_bias_f32__ref(int64_t N, int64_t K, int64_t PQ, const float* dy, int64_t k);
 
-// One plane: y (P x Q) and flat indices h*W + w (P x Q) of each window's max.
+// One plane: y (P x Q) and flat indices h*W + w (P x Q) of each window's max
+// (idx may be null: values only).
 void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);
 // One plane: dx (H x W) = scatter-add of dy (P x Q) through idx; dx is zeroed first.
 void maxpool2d_bwd_f32__ref(int64_t out_size, int64_t in_size, const float* dy, const int64_t* idx,

@@ -170,7 +170,9 @@ class GpuBackend:
         return self.ext.conv2d_backward(*args)
 
     def max_pool2d_forward(self, *args):
-        return self.ext.max_pool2d_forward(*args)
+        # The GPU kernel always writes the indices; return_indices (the
+        # last argument) only tells the caller whether to keep them.
+        return self.ext.max_pool2d_forward(*args[:-1])
 
     def max_pool2d_backward(self, grad_output, indices, shape):
         return self.ext.max_pool2d_backward(grad_output, indices, list(shape))

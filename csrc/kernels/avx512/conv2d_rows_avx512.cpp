@@ -1,0 +1,143 @@
+// AVX-512 row-segment convolution micro-kernels (see kernels/rows_ukernels.h).
+//
+// Forward tile NS x KB (NS * KB = 24 accumulators of 8 lanes): per reduction
+// step, NS unaligned loads of input row segments and KB weight broadcasts
+// feed NS * KB FMAs, so 2 x 12 does 14 loads per 24 FMAs and 24 x 1 does 25.
+// The 32 registers of AVX-512VL hold the 24 accumulators plus the loaded
+// segments; the result rows go straight to NCHW memory with masked stores,
+// so an 8- or 12-wide output row wastes no padding column.
+//
+// Weight-gradient tile KB x TB: per output segment, KB dy loads and TB
+// input-tap loads feed KB * TB FMAs; the reduction over positions stays in
+// the lanes and is summed across lanes once per call, in a fixed order.
+//
+// Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma;
+// self-contained (templates in an anonymous namespace, intrinsics only).
+#if !defined(__AVX512F__) || !defined(__AVX512VL__)
+#error "conv2d_rows_avx512.cpp must be compiled with -mavx512f -mavx512vl"
+#endif
+
+#include <immintrin.h>
+
+#include "kernels/rows_ukernels.h"
+
+namespace convcore {
+namespace {
+
+template <int NS, int KB>
+void rows_tile(int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,
+               const RowSegment* seg, int64_t nseg, float* y, int64_t ldk, int64_t kn,
+               const float* bias) {
+  __m256 acc[NS][KB];
+  for (int k = 0; k < KB; ++k) {
+    const __m256 b = _mm256_set1_ps(bias && k < kn ? bias[k] : 0.0f);
+    for (int j = 0; j < NS; ++j) acc[j][k] = b;
+  }
+  const float* xs[NS];
+  for (int j = 0; j < NS; ++j) xs[j] = x + seg[j < nseg ? j : 0].x_at;
+  w += p0 * KB;
+  for (int64_t p = p0; p < p1; ++p, w += KB) {
+    const int64_t off = offsets[p];
+    __m256 xv[NS];
+#pragma GCC unroll 24
+    for (int j = 0; j < NS; ++j) xv[j] = _mm256_loadu_ps(xs[j] + off);
+#pragma GCC unroll 12
+    for (int k = 0; k < KB; ++k) {
+      const __m256 wk = _mm256_broadcast_ss(w + k);
+#pragma GCC unroll 24
+      for (int j = 0; j < NS; ++j) acc[j][k] = _mm256_fmadd_ps(wk, xv[j], acc[j][k]);
+    }
+  }
+  // Constant trip counts and no early exit, so acc stays in registers (a
+  // loop bound of nseg or kn made GCC keep the array in memory, written back
+  // every step): absent segments and channels store under an empty mask.
+#pragma GCC unroll 24
+  for (int j = 0; j < NS; ++j) {
+    const bool there = j < nseg;
+    const __mmask8 m = there ? __mmask8((1u << seg[j].lanes) - 1u) : __mmask8(0);
+    float* yj = y + (there ? seg[j].y_at : 0);
+#pragma GCC unroll 12
+    for (int k = 0; k < KB; ++k)
+      _mm256_mask_storeu_ps(yj + (k < kn ? k : 0) * ldk, k < kn ? m : __mmask8(0), acc[j][k]);
+  }
+}
+
+template <int KB, int TB>
+void rows_wgrad(int64_t images, const float* dy, int64_t dy_img, int64_t ldk, const float* x,
+                int64_t x_img, const int64_t* taps, const RowSegment* seg, int64_t nseg,
+                int64_t kn, float* out, int64_t ldo) {
+  __m256 acc[KB][TB];
+#pragma GCC unroll 32
+  for (int i = 0; i < KB * TB; ++i) acc[i / TB][i % TB] = _mm256_setzero_ps();
+  int64_t dk[KB];  // channels past kn read channel 0 again; their sums are discarded
+  for (int k = 0; k < KB; ++k) dk[k] = (k < kn ? k : 0) * ldk;
+  // One flat loop over (image, segment): with the two loops nested GCC kept
+  // acc in memory, written back every segment.
+  const float* dyi = dy;
+  const float* xi = x;
+  for (int64_t u = 0, j = 0; u < images * nseg; ++u) {
+    // Masked loads: lanes past a row's end are zero in both operands
+    // (never 0 * inf); a whole segment has an all-ones mask.
+    const __mmask8 m = __mmask8((1u << seg[j].lanes) - 1u);
+    const float* d = dyi + seg[j].y_at;
+    const float* xs = xi + seg[j].x_at;
+    __m256 g[KB];
+#pragma GCC unroll 4
+    for (int k = 0; k < KB; ++k) g[k] = _mm256_maskz_loadu_ps(m, d + dk[k]);
+#pragma GCC unroll 12
+    for (int t = 0; t < TB; ++t) {
+      const __m256 xv = _mm256_maskz_loadu_ps(m, xs + taps[t]);
+#pragma GCC unroll 4
+      for (int k = 0; k < KB; ++k) acc[k][t] = _mm256_fmadd_ps(g[k], xv, acc[k][t]);
+    }
+    if (++j == nseg) {
+      j = 0;
+      dyi += dy_img;
+      xi += x_img;
+    }
+  }
+  // One constant-trip loop (see rows_tile), fully unrolled, so acc is only
+  // ever indexed by constants and stays in registers.
+#pragma GCC unroll 32
+  for (int i = 0; i < KB * TB; ++i) {
+    const int k = i / TB, t = i % TB;
+    // Fixed pairwise order across the 8 lanes.
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[k][t]), _mm256_extractf128_ps(acc[k][t], 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    const float v = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+    if (k < kn) out[k * ldo + t] += v;
+  }
+}
+
+}  // namespace
+
+#define CONVCORE_ROWS(NS, KB)                                                                      \
+  void conv2d_rows_ukernel_f32_##NS##x##KB##__avx512(                                              \
+      int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,             \
+      const RowSegment* seg, int64_t nseg, float* y, int64_t ldk, int64_t kn, const float* bias) { \
+    rows_tile<NS, KB>(p0, p1, w, offsets, x, seg, nseg, y, ldk, kn, bias);                         \
+  }
+CONVCORE_ROWS(24, 1)
+CONVCORE_ROWS(12, 2)
+CONVCORE_ROWS(8, 3)
+CONVCORE_ROWS(6, 4)
+CONVCORE_ROWS(4, 6)
+CONVCORE_ROWS(3, 8)
+CONVCORE_ROWS(2, 12)
+#undef CONVCORE_ROWS
+
+#define CONVCORE_ROWS_WGRAD(KB, TB)                                                              \
+  void conv2d_rows_wgrad_ukernel_f32_##KB##x##TB##__avx512(                                      \
+      int64_t images, const float* dy, int64_t dy_img, int64_t ldk, const float* x,             \
+      int64_t x_img, const int64_t* taps, const RowSegment* seg, int64_t nseg, int64_t kn,      \
+      float* out, int64_t ldo) {                                                                \
+    rows_wgrad<KB, TB>(images, dy, dy_img, ldk, x, x_img, taps, seg, nseg, kn, out, ldo);        \
+  }
+CONVCORE_ROWS_WGRAD(2, 9)
+CONVCORE_ROWS_WGRAD(2, 12)
+CONVCORE_ROWS_WGRAD(3, 8)
+CONVCORE_ROWS_WGRAD(4, 6)
+CONVCORE_ROWS_WGRAD(3, 9)
+#undef CONVCORE_ROWS_WGRAD
+
+}  // namespace convcore

@@ -1,0 +1,196 @@
+// conv2d row-segment drivers, for layers with few channels (the first layer
+// of a network, the tutorial model's 5x5 layers): each output row is cut
+// into segments of up to 8 columns (kernels/rows_ukernels.h), so narrow rows
+// (8, 12, 24, 28 outputs) fill the lanes, and results are stored straight
+// into NCHW rows.  Forward and stride-1 data gradient share one driver (the
+// data gradient is a full convolution of dy with the flipped, transposed
+// weights); its reduction is ordered tap row first, so the steps whose input
+// rows are all padding (most of a full convolution's border) are skipped as
+// one contiguous range per tile.  The weight gradient keeps the fixed batch
+// split of BatchChunks: bitwise the same for any thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ops/conv2d_drivers.h"
+#include "ops/parallel.h"
+#include "ops/workspace.h"
+
+namespace convcore {
+namespace {
+
+constexpr int64_t kLanes = 8;
+
+// Segments of every output row, row-major: row h, columns [q0, q0 + 8).
+std::vector<RowSegment> row_segments(int64_t P, int64_t Q, int64_t Wp) {
+  std::vector<RowSegment> segs;
+  for (int64_t h = 0; h < P; ++h)
+    for (int64_t q0 = 0; q0 < Q; q0 += kLanes)
+      segs.push_back({h * Wp + q0, h * Q + q0, int32_t(std::min(kLanes, Q - q0))});
+  return segs;
+}
+
+const RowsKernel& pick_rows_kernel(const RowsKernels& ks, int64_t Kout) {
+  // Fewest padded channels, then the widest channel block (fewest input loads).
+  const RowsKernel* best = &ks.tiles[0];
+  for (const RowsKernel& k : ks.tiles) {
+    const int64_t pad = (Kout + k.kb - 1) / k.kb * k.kb,
+                  best_pad = (Kout + best->kb - 1) / best->kb * best->kb;
+    if (pad < best_pad || (pad == best_pad && k.kb > best->kb)) best = &k;
+  }
+  return *best;
+}
+
+void run_rows(const RowsKernels& ks, const DirectConv& d, const float* w, bool transposed_flip,
+              int nt) {
+  const RowsKernel& uk = pick_rows_kernel(ks, d.Kout);
+  const int64_t kb = uk.kb, ns = uk.ns;
+  const int64_t RS = d.R * d.S, steps = d.Cin * RS, kblocks = (d.Kout + kb - 1) / kb;
+  const int64_t Wp = d.pp.Wh(), plane = d.pp.plane();
+  // Steps ordered (r, c, s): the steps of one kernel row are contiguous.
+  std::vector<int64_t> offsets(static_cast<size_t>(steps));
+  std::vector<float> wpack(static_cast<size_t>(kblocks * steps * kb));
+  for (int64_t r = 0; r < d.R; ++r)
+    for (int64_t c = 0; c < d.Cin; ++c)
+      for (int64_t s = 0; s < d.S; ++s) {
+        const int64_t step = (r * d.Cin + c) * d.S + s;
+        offsets[size_t(step)] = c * plane + r * d.dil_h * Wp + s * d.dil_w;
+        for (int64_t k = 0; k < kblocks * kb; ++k) {
+          float v = 0.0f;
+          if (k < d.Kout)
+            v = transposed_flip ? w[(c * d.Kout + k) * RS + (d.R - 1 - r) * d.S + (d.S - 1 - s)]
+                                : w[(k * d.Cin + c) * RS + r * d.S + s];
+          wpack[size_t(((k / kb) * steps + step) * kb + k % kb)] = v;
+        }
+      }
+  const std::vector<RowSegment> segs = row_segments(d.P, d.Q, Wp);
+  const int64_t nseg = int64_t(segs.size()), tiles = (nseg + ns - 1) / ns;
+  // Kernel rows that reach input data (not padding) for each tile.
+  const int64_t data_lo = std::max<int64_t>(d.pp.pad_top, 0),
+                data_hi = std::min(d.pp.pad_top + d.pp.H, d.pp.Hp);
+  std::vector<int64_t> step_lo(static_cast<size_t>(tiles)), step_hi(static_cast<size_t>(tiles));
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t h_lo = segs[size_t(t * ns)].y_at / d.Q;
+    const int64_t h_hi = segs[size_t(std::min(nseg, (t + 1) * ns) - 1)].y_at / d.Q;
+    int64_t r_lo = 0, r_hi = d.R - 1;
+    while (r_lo < d.R && h_hi + r_lo * d.dil_h < data_lo) ++r_lo;
+    while (r_hi >= 0 && h_lo + r_hi * d.dil_h >= data_hi) --r_hi;
+    step_lo[size_t(t)] = r_lo * d.Cin * d.S;
+    step_hi[size_t(t)] = std::max(r_hi + 1, r_lo) * d.Cin * d.S;
+  }
+  const int64_t in_img = d.Cin * d.pp.H * d.pp.W, out_img = d.Kout * d.P * d.Q;
+  const int64_t PQ = d.P * d.Q;
+  TaskErrors errors;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t n = 0; n < d.N; ++n) errors.run([&] {
+    float* xpad = thread_scratch(1).floats(d.Cin * plane + kLanes);
+    pad_planes(d.pp, d.Cin, d.in + n * in_img, xpad);
+    std::fill(xpad + d.Cin * plane, xpad + d.Cin * plane + kLanes, 0.0f);
+    for (int64_t b = 0; b < kblocks; ++b) {
+      const int64_t k0 = b * kb, kn = std::min(kb, d.Kout - k0);
+      float* y = d.out + n * out_img + k0 * PQ;
+      const float* wp = wpack.data() + b * steps * kb;
+      const float* bias = d.bias ? d.bias + k0 : nullptr;
+      for (int64_t t = 0; t < tiles; ++t)
+        uk.fn(step_lo[size_t(t)], step_hi[size_t(t)], wp, offsets.data(), xpad,
+              segs.data() + t * ns, std::min(ns, nseg - t * ns), y, PQ, kn, bias);
+    }
+  });
+  errors.rethrow();
+}
+
+}  // namespace
+
+bool rows_applicable(const Conv2dGeometry& g) {
+  return g.G == 1 && g.stride_h == 1 && g.stride_w == 1 && std::min(g.C, g.K) <= 8 &&
+         std::max(g.C, g.K) <= 64;
+}
+
+bool rows_weight_applicable(const Conv2dGeometry& g) { return rows_applicable(g); }
+
+void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
+                  const float* b, float* y) {
+  run_rows(ks, direct_forward_problem(g, x, b, y), w, false, conv_threads(g));
+}
+
+void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
+                        const float* w, float* dx) {
+  DirectConv d;
+  d.N = g.N;
+  d.G = 1;
+  d.Cin = g.K;
+  d.Kout = g.C;
+  d.R = g.R;
+  d.S = g.S;
+  d.dil_h = g.dil_h;
+  d.dil_w = g.dil_w;
+  const int64_t eh = g.dil_h * (g.R - 1), ew = g.dil_w * (g.S - 1);
+  d.pp = {g.P, g.Q, eh - g.pad_top, ew - g.pad_left, g.H + eh, g.W + ew, 1, 1};
+  d.P = g.H;
+  d.Q = g.W;
+  d.in = dy;
+  d.out = dx;
+  d.bias = nullptr;
+  run_rows(ks, d, w, true, conv_threads(g));
+}
+
+void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,
+                          const float* x, float* dw) {
+  const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
+  const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q;
+  // The tile with the least work: padded (channel, tap) slots, each an FMA
+  // plus its share of loads (1/kb of an input load, 1/tb of a dy load).
+  const auto cost = [&](const RowsWeightKernel& k) {
+    const double slots = double((g.K + k.kb - 1) / k.kb * k.kb * ((CRS + k.tb - 1) / k.tb * k.tb));
+    return slots * (1.0 + 1.0 / double(k.kb) + 1.0 / double(k.tb));
+  };
+  const RowsWeightKernel* uk = &ks.tiles[0];
+  for (const RowsWeightKernel& k : ks.tiles)
+    if (cost(k) < cost(*uk)) uk = &k;
+  const int64_t tb = uk->tb, kb = uk->kb;
+  const int64_t tblocks = (CRS + tb - 1) / tb, ldo = tblocks * tb;
+  const int64_t Wp = d.pp.Wh(), plane = d.pp.plane(), x_img = g.C * plane;
+  std::vector<int64_t> taps(static_cast<size_t>(ldo));
+  for (int64_t t = 0; t < ldo; ++t) {  // taps past CRS repeat the last one; discarded
+    const int64_t i = std::min(t, CRS - 1), c = i / (g.R * g.S), r = i / g.S % g.R, s = i % g.S;
+    taps[size_t(t)] = c * plane + r * g.dil_h * Wp + s * g.dil_w;
+  }
+  const std::vector<RowSegment> segs = row_segments(g.P, g.Q, Wp);
+  const int64_t kblocks = (g.K + kb - 1) / kb, part_size = kblocks * kb * ldo;
+  const BatchChunks split(g.N);
+  const int64_t chunks = split.count;
+  std::vector<float> partials(static_cast<size_t>(chunks * part_size));
+  const int nt = conv_threads(g);
+  TaskErrors errors;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
+    const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
+    float* part = partials.data() + chunk * part_size;
+    std::fill(part, part + part_size, 0.0f);
+    const int64_t ib = split.images_per_call(chunk, x_img + g.K * PQ);
+    float* xpad = thread_scratch(1).floats(ib * x_img + kLanes);
+    for (int64_t nb = n0; nb < n1; nb += ib) {
+      const int64_t images = std::min(ib, n1 - nb);
+      for (int64_t i = 0; i < images; ++i)
+        pad_planes(d.pp, g.C, x + (nb + i) * g.C * g.H * g.W, xpad + i * x_img);
+      std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
+      for (int64_t b = 0; b < kblocks; ++b) {
+        const int64_t k0 = b * kb;
+        for (int64_t t0 = 0; t0 < ldo; t0 += tb)
+          uk->fn(images, dy + (nb * g.K + k0) * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0,
+                 segs.data(), int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0,
+                 ldo);
+      }
+    }
+  });
+  errors.rethrow();
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t i = 0; i < CRS; ++i) {
+      float acc = partials[size_t(k * ldo + i)];
+      for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * part_size + k * ldo + i)];
+      dw[k * CRS + i] = acc;
+    }
+}
+
+}  // namespace convcore

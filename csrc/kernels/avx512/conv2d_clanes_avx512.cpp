@@ -7,7 +7,8 @@
 // and 31 of the 32 registers.  A 14-wide output row (the 14x14 layers, and
 // half a 28-wide row) fills the tile with no wasted lane, where the
 // positions-in-lanes kernels round 14 up to 16.  The tile is written back
-// transposed (channel-major rows of NCHW) once per 28 x steps FMAs.
+// through an in-register 16x16 transpose and masked stores (channel rows of
+// NCHW, never past the tile's nt positions) once per 28 x steps FMAs.
 //
 // Weight gradient MTxKP: MT input taps (broadcast from the padded planes) x
 // KP dy channels (one position-major panel row of KP/16 zmm), MT*KP/16 = 24
@@ -19,12 +20,52 @@
 #error "conv2d_clanes_avx512.cpp must be compiled with -mavx512f"
 #endif
 
+// GCC 12's AVX-512 intrinsics initialise their "undefined" pass-through
+// operand from itself (GCC bug 105593), which -Wmaybe-uninitialized reports
+// at every unpack; the operand is never read (all-ones mask).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "kernels/clanes_ukernels.h"
 
 namespace convcore {
 namespace {
+
+// col[k][j] = src[j * 32 + k] for j < NT (zero above): four rounds of
+// in-lane unpacks and 128-bit lane shuffles, 64 shuffles for 256 elements,
+// where a scalar transpose costs a load and a store per element.
+template <int NT>
+__attribute__((always_inline)) inline void transpose_16x16(const float* src, __m512* col) {
+  __m512 r[16], t[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) r[j] = j < NT ? _mm512_load_ps(src + j * 32) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int j = 0; j < 16; j += 2) {
+    t[j] = _mm512_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm512_unpackhi_ps(r[j], r[j + 1]);
+  }
+  // u[4b + m] holds, in 128-bit lane L, column 4L + m of rows 4b .. 4b+3.
+#pragma GCC unroll 4
+  for (int b = 0; b < 4; ++b) {
+    const __m512d t0 = _mm512_castps_pd(t[4 * b]), t1 = _mm512_castps_pd(t[4 * b + 1]);
+    const __m512d t2 = _mm512_castps_pd(t[4 * b + 2]), t3 = _mm512_castps_pd(t[4 * b + 3]);
+    r[4 * b + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+    r[4 * b + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+    r[4 * b + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+    r[4 * b + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    const __m512 v0 = _mm512_shuffle_f32x4(r[m], r[m + 4], 0x88);
+    const __m512 v4 = _mm512_shuffle_f32x4(r[m], r[m + 4], 0xdd);
+    const __m512 v8 = _mm512_shuffle_f32x4(r[m + 8], r[m + 12], 0x88);
+    const __m512 v12 = _mm512_shuffle_f32x4(r[m + 8], r[m + 12], 0xdd);
+    col[m] = _mm512_shuffle_f32x4(v0, v8, 0x88);
+    col[m + 8] = _mm512_shuffle_f32x4(v0, v8, 0xdd);
+    col[m + 4] = _mm512_shuffle_f32x4(v4, v12, 0x88);
+    col[m + 12] = _mm512_shuffle_f32x4(v4, v12, 0xdd);
+  }
+}
 
 template <int NT>
 __attribute__((always_inline)) inline void fwd_tile(int64_t steps, const float* __restrict w,
@@ -55,11 +96,15 @@ __attribute__((always_inline)) inline void fwd_tile(int64_t steps, const float* 
     _mm512_store_ps(tile + j * 32, a0[j]);
     _mm512_store_ps(tile + j * 32 + 16, a1[j]);
   }
-  for (int64_t k = 0; k < kn; ++k) {
-    const float bv = bias ? bias[k] : 0.0f;
-    float* yk = y + k * ldy;
-#pragma GCC unroll 14
-    for (int j = 0; j < NT; ++j) yk[j] = tile[j * 32 + k] + bv;
+  const __mmask16 lanes = __mmask16((1u << NT) - 1);
+  for (int64_t h = 0; h < 2 && h * 16 < kn; ++h) {
+    __m512 col[16];
+    transpose_16x16<NT>(tile + h * 16, col);
+    const int64_t kh = kn - h * 16 < 16 ? kn - h * 16 : 16;
+    for (int64_t k = 0; k < kh; ++k) {
+      const __m512 v = bias ? _mm512_add_ps(col[k], _mm512_set1_ps(bias[h * 16 + k])) : col[k];
+      _mm512_mask_storeu_ps(y + (h * 16 + k) * ldy, lanes, v);
+    }
   }
 }
 

@@ -74,6 +74,9 @@ class Case:
     check: Callable[[object, object], str]  # (convcore result, torch result) -> "" or a complaint
     flops: float | None  # per call (conv)
     bytes: float | None  # read + written per call (pool, pad)
+    # PyTorch on channels_last tensors, converted outside the timing: the
+    # stretch reference (its fastest CPU layout), where the op has one.
+    torch_cl: Callable[[], object] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -120,6 +123,8 @@ def conv_cases(name: str, group: str, ops: set[str]) -> list[Case]:
     xt, wt, bt, got = (torch.from_numpy(a) for a in (x, w, b, go))
     kw = dict(stride=p.stride, padding=p.padding, dilation=p.dilation, groups=p.groups)
     targs = (list(p.stride), list(p.padding), list(p.dilation), False, [0, 0], p.groups)
+    cl = torch.channels_last
+    xc, wc, goc = (t.contiguous(memory_format=cl) for t in (xt, wt, got))
     out = []
     if "conv2d_fwd" in ops:
         out.append(
@@ -132,6 +137,7 @@ def conv_cases(name: str, group: str, ops: set[str]) -> list[Case]:
                 lambda a, t: _close("output", a, t),
                 p.flops,
                 None,
+                lambda: F.conv2d(xc, wc, bt, **kw),
             )
         )
     if "conv2d_bwd_data" in ops:
@@ -147,6 +153,9 @@ def conv_cases(name: str, group: str, ops: set[str]) -> list[Case]:
                 lambda a, t: _close("grad_input", a[0], t[0]),
                 p.flops,
                 None,
+                lambda: torch.ops.aten.convolution_backward(
+                    goc, xc, wc, [p.K], *targs, [True, False, False]
+                ),
             )
         )
     if "conv2d_bwd_weight" in ops:
@@ -164,6 +173,9 @@ def conv_cases(name: str, group: str, ops: set[str]) -> list[Case]:
                 ),
                 p.flops,
                 None,
+                lambda: torch.ops.aten.convolution_backward(
+                    goc, xc, wc, [p.K], *targs, [False, True, True]
+                ),
             )
         )
     return out
@@ -325,8 +337,12 @@ def run_case(
         rounds = max(min_rounds, min(max_rounds, rounds))
         # A busy neighbour can make every call 100x slower than calibrated; the
         # deadline then ends the row early (after min_rounds, on a whole round).
+        fns = {"convcore": case.convcore, "torch": case.torch}
+        if case.torch_cl is not None:
+            case.torch_cl()  # warm up
+            fns["torch_cl"] = case.torch_cl
         samples = _common.interleaved(
-            {"convcore": case.convcore, "torch": case.torch},
+            fns,
             rounds,
             inner,
             deadline_s=4 * budget_s,
@@ -355,9 +371,14 @@ def run_case(
         "flops": case.flops,
         "bytes": case.bytes,
     }
+    if "torch_cl" in samples:
+        row["torch_cl_ms"] = statistics.median(samples["torch_cl"]) * 1e3
+        row["ratio_cl"] = row["torch_cl_ms"] / row["convcore_ms"]
     if case.flops:
         row["convcore_gflops"] = case.flops / mc / 1e9
         row["torch_gflops"] = case.flops / mt / 1e9
+        if "torch_cl_ms" in row:
+            row["torch_cl_gflops"] = case.flops / row["torch_cl_ms"] / 1e6
     if case.bytes:
         row["convcore_gbps"] = case.bytes / mc / 1e9
         row["torch_gbps"] = case.bytes / mt / 1e9
@@ -396,6 +417,8 @@ def add_peak(rows: list[dict], peak: float | None) -> None:
         if peak and "convcore_gflops" in r:
             r["convcore_pct_peak"] = 100.0 * r["convcore_gflops"] / peak
             r["torch_pct_peak"] = 100.0 * r["torch_gflops"] / peak
+            if "torch_cl_gflops" in r:
+                r["torch_cl_pct_peak"] = 100.0 * r["torch_cl_gflops"] / peak
 
 
 HEADER = [
@@ -407,6 +430,8 @@ HEADER = [
     "GFLOP/s",
     "% peak",
     "torch %",
+    "ratio CL",
+    "CL %",
     "GB/s",
     "others",
     "convcore kernel",
@@ -427,6 +452,8 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
                 _common.fmt(r.get("convcore_gflops"), 1),
                 _common.fmt(r.get("convcore_pct_peak"), 0),
                 _common.fmt(r.get("torch_pct_peak"), 0),
+                _common.fmt(r.get("ratio_cl")),
+                _common.fmt(r.get("torch_cl_pct_peak"), 0),
                 _common.fmt(r.get("convcore_gbps"), 1),
                 _common.fmt(r.get("others_load"), 1),
                 r["kernel"],

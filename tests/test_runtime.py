@@ -299,6 +299,7 @@ DETERMINISM = [
     ("n100_c6_h12_w12_k12_r5_s1_p0", "pool_n100_c6_h24_w24_r2_s2_p0", None),
     ("n100_c1_h28_w28_k32_r3_s1_p1", "pool_n100_c32_h28_w28_r2_s2_p0", None),
     ("n100_c64_h14_w14_k64_r3_s1_p1", "pool_n100_c64_h14_w14_r2_s2_p0", None),
+    ("n100_c32_h28_w28_k32_r3_s1_p1", "pool_n100_c32_h28_w28_r2_s2_p0", 17),
     ("n32_c64_h56_w56_k128_r3_s2_p1", "pool_n100_c64_h14_w14_r2_s2_p0", 4),
     ("n2_c8_h6_w6_k8_r3_s1_p1_g8", "pool_n100_c12_h8_w8_r2_s2_p0", 37),
     ("n100_c1_h28_w28_k6_r5_s1_p0", "pool_n100_c6_h24_w24_r2_s2_p0", 128),

@@ -107,11 +107,32 @@ const RowsWeightKernels kRowsWeightAvx512 = {{
 void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { forward_rows(kRowsAvx512, g, a.x, a.w, a.b, a.y); }
 void run_bwd_data_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_data_rows(kRowsAvx512, g, a.dy, a.w, a.dx); }
 void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_rows(kRowsWeightAvx512, g, a.dy, a.x, a.dw); }
+// Channels in lanes: 32-channel panels and row tiles of up to 14 positions.
+// Pays off once both channel counts fill the vectors and a row fills most of
+// a tile; below that the positions-in-lanes tiles waste less.
+bool clanes_fwd_fits(const Conv2dGeometry& g) { return g.Cg() >= 16 && g.Kg() >= 16 && g.Q >= 7; }
+bool clanes_bwd_data_fits(const Conv2dGeometry& g) {
+  return unit_stride(g) && g.Cg() >= 16 && g.Kg() >= 16 && g.W >= 7;
+}
+bool clanes_bwd_weight_fits(const Conv2dGeometry& g) { return g.Cg() >= 16 && g.Kg() >= 16 && g.Q >= 7; }
+void run_fwd_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
+  forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, g, a.x, a.w, a.b, a.y);
+}
+void run_bwd_data_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_data_clanes(conv2d_fwd_f32_clanes_14x32__avx512, g, a.dy, a.w, a.dx);
+}
+// 64-channel panels where K allows (one load per 6 FMAs), else 32.
+void run_bwd_weight_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
+  const ClanesOuterKernel uk = g.Kg() % 64 == 0 ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64}
+                                                : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32};
+  backward_weight_clanes(uk, g, a.dy, a.x, a.dw);
+}
 #endif
 
 const ConvImpl kFwdImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
     {"conv2d_fwd_f32_rows_8w__avx512", Isa::Avx512, rows_applicable, run_fwd_rows_avx512},
+    {"conv2d_fwd_f32_clanes_14x32__avx512", Isa::Avx512, clanes_fwd_fits, run_fwd_clanes},
 #endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
@@ -123,6 +144,7 @@ const ConvImpl kFwdImpls[] = {
 const ConvImpl kBwdDataImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
     {"conv2d_bwd_data_f32_rows_8w__avx512", Isa::Avx512, rows_applicable, run_bwd_data_rows_avx512},
+    {"conv2d_bwd_data_f32_clanes_14x32__avx512", Isa::Avx512, clanes_bwd_data_fits, run_bwd_data_clanes},
 #endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"conv2d_bwd_data_f32_direct_6x16_4x24__avx2", Isa::Avx2, unit_stride, run_bwd_data_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
@@ -136,6 +158,7 @@ const ConvImpl kBwdDataImpls[] = {
 const ConvImpl kBwdWeightImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
     {"conv2d_bwd_weight_f32_rows_8w__avx512", Isa::Avx512, rows_weight_applicable, run_bwd_weight_rows_avx512},
+    {"conv2d_bwd_weight_f32_clanes_6x64_12x32__avx512", Isa::Avx512, clanes_bwd_weight_fits, run_bwd_weight_clanes},
 #endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, many_taps_and_channels, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},

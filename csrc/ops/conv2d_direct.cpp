@@ -192,8 +192,7 @@ void forward_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const 
 
 // dx = full convolution of dy (padded by dil*(R-1) - pad, negative = crop)
 // with the flipped, transposed weights.
-void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
-                          const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
+DirectConv direct_backward_data_problem(const Conv2dGeometry& g, const float* dy, float* dx) {
   DirectConv d;
   d.N = g.N;
   d.G = g.G;
@@ -210,6 +209,12 @@ void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
   d.in = dy;
   d.out = dx;
   d.bias = nullptr;
+  return d;
+}
+
+void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
+                          const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
+  const DirectConv d = direct_backward_data_problem(g, dy, dx);
   run_direct(pick_direct(k6x16, k4x24, d), d, w, true, conv_threads(g));
 }
 

@@ -10,6 +10,7 @@
 
 #include "common/geometry.h"
 #include "common/runtime.h"
+#include "kernels/clanes_ukernels.h"
 #include "kernels/direct_ukernels.h"
 #include "kernels/gemm_ukernels.h"
 #include "kernels/rows_ukernels.h"
@@ -109,6 +110,9 @@ struct DirectKernel {
 };
 
 DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b, float* y);
+// The stride-1 data gradient as a direct convolution: dy (padded by
+// dil*(R-1) - pad, negative = crop) convolved with the flipped, transposed weights.
+DirectConv direct_backward_data_problem(const Conv2dGeometry& g, const float* dy, float* dx);
 
 // Forward pass and stride-1 data gradient on direct tiles (ops/conv2d_direct.cpp).
 void forward_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const Conv2dGeometry& g,
@@ -132,6 +136,22 @@ void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g
 // density of a 6x16 GEMM tile and no horizontal sums.
 void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,
                            const float* x, float* dw);
+
+// Channels-in-lanes family (ops/conv2d_clanes.cpp, kernels/clanes_ukernels.h):
+// 32 output channels in two vector registers, up to 14 positions of one
+// output row broadcast from the padded planes; forward and stride-1 data
+// gradient.  The weight gradient packs dy into position-major panels of kp
+// channels and sweeps mt-tap outer-product tiles, with the BatchChunks split.
+void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g, const float* x,
+                    const float* w, const float* b, float* y);
+void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g,
+                          const float* dy, const float* w, float* dx);
+struct ClanesOuterKernel {
+  conv_clanes_outer_ukernel_fn fn;
+  int64_t mt, kp;
+};
+void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
+                            const float* x, float* dw);
 
 // Data gradient as a packed GEMM and col2im, any stride (ops/conv2d_gemm.cpp).
 void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,

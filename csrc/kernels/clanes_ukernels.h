@@ -1,0 +1,48 @@
+// Channels-in-lanes ("clanes") conv micro-kernels: output or weight-gradient
+// channels live in the SIMD lanes (16 per zmm), output positions or kernel
+// taps in the broadcast dimension.  The input stays in the padded NCHW
+// planes of the direct path (ops/conv2d_drivers.h), read as scalar
+// broadcasts, so no blocked copy of the activations is made; only the
+// weights (forward, data gradient) or dy (weight gradient) are re-laid.
+#pragma once
+
+#include <cstdint>
+
+namespace convcore {
+
+// Forward / stride-1 data-gradient tile of nt <= 14 consecutive positions x
+// 32 output channels:
+//   y[k * ldy + j] = (bias ? bias[k] : 0) + sum_{p < steps} w[p * 32 + k] * x[offsets[p] + j]
+// for j < nt, k < kn <= 32.  w is a packed panel (steps x 32, zero past the
+// valid channels); the reduction over p runs in increasing order.
+using conv_clanes_fwd_ukernel_fn = void (*)(int64_t steps, const float* w, const float* x,
+                                            const int64_t* offsets, int64_t nt, int64_t kn,
+                                            const float* bias, float* y, int64_t ldy);
+constexpr int64_t kClanesTileN = 14;
+constexpr int64_t kClanesTileK = 32;
+
+// Weight-gradient outer-product tile of MT taps x KP channels over `nrows`
+// output rows of q_len positions each:
+//   c[i * ldc + j] += sum_{r < nrows} sum_{q < q_len}
+//                     rows[i][r * x_pitch + q] * panel[(r * q_len + q) * KP + j]
+// rows are MT input-tap streams read in place from the padded planes (row
+// pitch x_pitch), panel a packed block of KP dy channels, position-major with
+// no padding columns, so no FMA is spent on positions past the row end.  The
+// reduction runs row by row, q increasing.
+using conv_clanes_outer_ukernel_fn = void (*)(int64_t q_len, int64_t nrows, const float* const* rows,
+                                              int64_t x_pitch, const float* panel, float* c,
+                                              int64_t ldc);
+
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+void conv2d_fwd_f32_clanes_14x32__avx512(int64_t steps, const float* w, const float* x,
+                                         const int64_t* offsets, int64_t nt, int64_t kn,
+                                         const float* bias, float* y, int64_t ldy);
+void conv2d_bwd_weight_f32_clanes_6x64__avx512(int64_t q_len, int64_t nrows,
+                                               const float* const* rows, int64_t x_pitch,
+                                               const float* panel, float* c, int64_t ldc);
+void conv2d_bwd_weight_f32_clanes_12x32__avx512(int64_t q_len, int64_t nrows,
+                                                const float* const* rows, int64_t x_pitch,
+                                                const float* panel, float* c, int64_t ldc);
+#endif
+
+}  // namespace convcore

@@ -1,0 +1,174 @@
+// conv2d channels-in-lanes drivers (kernels/clanes_ukernels.h).
+//
+// Forward and stride-1 data gradient: the input is copied once per image
+// into the padded phase planes of the direct path; weights are packed into
+// panels of 32 output channels, [G][K/32][C][R][S][32]; each output row is
+// cut into near-equal tiles of at most 14 positions, and each tile runs the
+// whole C x R x S reduction in registers and writes its 32 rows of NCHW
+// output directly (no blocked output buffer, no reorder pass).
+//
+// Weight gradient: dy is packed once per image into position-major panels of
+// kp channels ([p][q][kp], no padding columns); mt-tap x kp-channel
+// outer-product tiles reduce over blocks of output rows whose dy panel stays
+// in L1.  Images are summed in the fixed BatchChunks split, so the result is
+// bitwise the same for any thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "ops/conv2d_drivers.h"
+#include "ops/parallel.h"
+#include "ops/workspace.h"
+
+namespace convcore {
+namespace {
+
+// wpack[g][panel][c*R*S + r*S + s][i] = weight of output channel panel*32+i
+// (zero past Kout).  transposed_flip: the weight of output channel k and
+// input channel c is w[g][c][k][R-1-r][S-1-s] of the original tensor.
+void pack_clanes_weights(const DirectConv& d, const float* w, bool transposed_flip, float* wpack) {
+  constexpr int64_t kp = kClanesTileK;
+  const int64_t RS = d.R * d.S, steps = d.Cin * RS, panels = (d.Kout + kp - 1) / kp;
+  std::fill(wpack, wpack + d.G * panels * steps * kp, 0.0f);
+  for (int64_t g = 0; g < d.G; ++g)
+    for (int64_t k = 0; k < d.Kout; ++k) {
+      float* dst = wpack + (g * panels + k / kp) * steps * kp + k % kp;
+      for (int64_t c = 0; c < d.Cin; ++c)
+        for (int64_t r = 0; r < d.R; ++r)
+          for (int64_t s = 0; s < d.S; ++s) {
+            const float v = transposed_flip
+                                ? w[((g * d.Cin + c) * d.Kout + k) * RS + (d.R - 1 - r) * d.S + (d.S - 1 - s)]
+                                : w[((g * d.Kout + k) * d.Cin + c) * RS + r * d.S + s];
+            dst[((c * d.R + r) * d.S + s) * kp] = v;
+          }
+    }
+}
+
+void run_clanes(conv_clanes_fwd_ukernel_fn uk, const DirectConv& d, const float* w,
+                bool transposed_flip, int nt) {
+  constexpr int64_t kp = kClanesTileK;
+  const int64_t steps = d.Cin * d.R * d.S, panels = (d.Kout + kp - 1) / kp;
+  std::vector<float> wpack_store(static_cast<size_t>(d.G * panels * steps * kp));
+  pack_clanes_weights(d, w, transposed_flip, wpack_store.data());
+  const float* wpack = wpack_store.data();
+  const int64_t plane = d.pp.plane(), Cin_all = d.G * d.Cin, Wh = d.pp.Wh(), PQ = d.P * d.Q;
+  const int64_t in_img = Cin_all * d.pp.H * d.pp.W, out_img = d.G * d.Kout * PQ;
+  const std::vector<int64_t> offsets = tap_offsets(d.pp, d.Cin, d.R, d.S, d.dil_h, d.dil_w);
+  // Near-equal tiles per row: 28 -> 14 + 14, 16 -> 8 + 8, never a sliver.
+  const int64_t row_tiles = (d.Q + kClanesTileN - 1) / kClanesTileN;
+  const int64_t tile_base = d.Q / row_tiles, tile_extra = d.Q % row_tiles;
+  // Split each image's panels into blocks when the batch alone cannot keep
+  // every thread busy; blocking changes no result.
+  int64_t blocks = 1;
+  while (d.N * blocks < nt && blocks < d.G * panels) ++blocks;
+  const int64_t per_block = (d.G * panels + blocks - 1) / blocks;
+  blocks = (d.G * panels + per_block - 1) / per_block;
+  TaskErrors errors;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t task = 0; task < d.N * blocks; ++task) errors.run([&] {
+    const int64_t n = task / blocks, b = task % blocks;
+    // Every tap of every valid output lies inside the padded planes, so the
+    // kernels need no slack past the end.
+    float* xpad = thread_scratch(1).floats(Cin_all * plane);
+    pad_planes(d.pp, Cin_all, d.in + n * in_img, xpad);
+    for (int64_t gp = b * per_block; gp < std::min((b + 1) * per_block, d.G * panels); ++gp) {
+      const int64_t g = gp / panels, k0 = (gp % panels) * kp, kn = std::min(kp, d.Kout - k0);
+      const float* wp = wpack + gp * steps * kp;
+      const float* xg = xpad + g * d.Cin * plane;
+      const float* bias = d.bias ? d.bias + g * d.Kout + k0 : nullptr;
+      float* yk = d.out + n * out_img + (g * d.Kout + k0) * PQ;
+      for (int64_t p = 0; p < d.P; ++p)
+        for (int64_t i = 0, q0 = 0; i < row_tiles; ++i) {
+          const int64_t width = tile_base + (i < tile_extra ? 1 : 0);
+          uk(steps, wp, xg + p * Wh + q0, offsets.data(), width, kn, bias, yk + p * d.Q + q0, PQ);
+          q0 += width;
+        }
+    }
+  });
+  errors.rethrow();
+}
+
+}  // namespace
+
+void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g, const float* x,
+                    const float* w, const float* b, float* y) {
+  run_clanes(ukernel, direct_forward_problem(g, x, b, y), w, false, conv_threads(g));
+}
+
+void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g,
+                          const float* dy, const float* w, float* dx) {
+  run_clanes(ukernel, direct_backward_data_problem(g, dy, dx), w, true, conv_threads(g));
+}
+
+void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
+                            const float* x, float* dw) {
+  const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
+  const int64_t mt = uk.mt, kp = uk.kp;
+  const int64_t RS = g.R * g.S, CRS = g.Cg() * RS, Kg = g.Kg(), PQ = g.P * g.Q;
+  const int64_t plane = d.pp.plane(), Wh = d.pp.Wh();
+  const int64_t crs_panels = (CRS + mt - 1) / mt, k_panels = (Kg + kp - 1) / kp, ldw = k_panels * kp;
+  const int64_t part_size = g.G * crs_panels * mt * ldw;
+  const int64_t x_img = g.C * plane, dyt_img = g.G * k_panels * PQ * kp;
+  // Output rows per kernel call: a 16 KiB block of the dy panel stays in L1
+  // while every tap tile of the panel sweeps it.
+  const int64_t row_block = std::clamp<int64_t>(4096 / (g.Q * kp), 1, g.P);
+  const BatchChunks split(g.N);
+  const int64_t chunks = split.count;
+  std::vector<float> partials(static_cast<size_t>(chunks * part_size));
+  const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
+  const int nt = conv_threads(g);
+  TaskErrors errors;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
+    float* part = partials.data() + chunk * part_size;
+    std::fill(part, part + part_size, 0.0f);
+    float* xpad = thread_scratch(1).floats(x_img);
+    float* dyt = thread_scratch(2).floats(dyt_img);
+    for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
+      pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
+      for (int64_t grp = 0; grp < g.G; ++grp)
+        for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
+          float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
+          const int64_t k0 = grp * Kg + kpn * kp, valid = std::min(kp, Kg - kpn * kp);
+          for (int64_t j = 0; j < valid; ++j) {
+            const float* src = dy + (n * g.K + k0 + j) * PQ;
+            for (int64_t t = 0; t < PQ; ++t) panel[t * kp + j] = src[t];
+          }
+          for (int64_t t = 0; t < PQ && valid < kp; ++t)
+            std::fill(panel + t * kp + valid, panel + (t + 1) * kp, 0.0f);
+        }
+      for (int64_t grp = 0; grp < g.G; ++grp) {
+        const float* xg = xpad + grp * g.Cg() * plane;
+        float* part_g = part + grp * crs_panels * mt * ldw;
+        for (int64_t p0 = 0; p0 < g.P; p0 += row_block) {
+          const int64_t rows_here = std::min(row_block, g.P - p0);
+          for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
+            const float* panel = dyt + (grp * k_panels + kpn) * PQ * kp + p0 * g.Q * kp;
+            for (int64_t cp = 0; cp < crs_panels; ++cp) {
+              const float* rows[16];
+              for (int64_t r = 0; r < mt; ++r)  // taps past the end repeat a valid one; discarded
+                rows[r] = xg + tap_offset[size_t(std::min(cp * mt + r, CRS - 1))] + p0 * Wh;
+              uk.fn(g.Q, rows_here, rows, Wh, panel, part_g + cp * mt * ldw + kpn * kp, ldw);
+            }
+          }
+        }
+      }
+    }
+  });
+  errors.rethrow();
+  const int rt = threads_for(double(g.weight_numel()) * chunks, 1e5);
+#pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
+  for (int64_t gk = 0; gk < g.K; ++gk) {
+    const int64_t grp = gk / Kg, k = gk % Kg;
+    for (int64_t crs = 0; crs < CRS; ++crs) {
+      const int64_t at = (grp * crs_panels * mt + crs) * ldw + k;
+      float acc = partials[size_t(at)];
+      for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * part_size + at)];
+      dw[gk * CRS + crs] = acc;
+    }
+  }
+}
+
+}  // namespace convcore

@@ -371,7 +371,14 @@ def test_training_on_the_device_matches_the_host_and_resumes(gpu, fmnist, tmp_pa
     for e_cpu, e_dev in zip(m_cpu["epochs"], m_dev["epochs"]):
         assert e_dev["train_loss"] == pytest.approx(e_cpu["train_loss"], rel=1e-3)
         assert e_dev["test_loss"] == pytest.approx(e_cpu["test_loss"], rel=1e-2)
-    assert abs(m_dev["test_accuracy"] - m_cpu["test_accuracy"]) <= 0.01
+    # Within one point: at most 5 of the 500 test images, counted as whole
+    # images (0.758 - 0.748 is 0.010000000000000009 in floating point).  The
+    # layers agree bitwise except Linear (BLAS on the host, a 1x1 convolution
+    # on the device), whose last-bit differences two epochs of training amplify.
+    n_test = 500
+    correct_cpu = round(m_cpu["test_accuracy"] * n_test)
+    correct_dev = round(m_dev["test_accuracy"] * n_test)
+    assert abs(correct_dev - correct_cpu) <= n_test // 100
     assert m_dev["test_accuracy"] > 0.6
 
     # Resume the device run after epoch 1 (on the device): bitwise the same end.

@@ -40,11 +40,14 @@ struct ArrayTraits<py::array> {
     if (a.dtype().equal(py::dtype::of<int64_t>())) return DType::Int64;
     return DType::Other;
   }
-  static std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+  static std::string dtype_name(const py::array& a) {
+    return py::str(a.dtype()).cast<std::string>();
+  }
   static int ndim(const py::array& a) { return int(a.ndim()); }
   static int64_t dim(const py::array& a, int i) { return a.shape(i); }
   static bool contiguous(const py::array& a) {
-    return (a.flags() & py::array::c_style) && (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
+    return (a.flags() & py::array::c_style) &&
+           (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
   }
   static const void* data(const py::array& a) { return a.data(); }
 };
@@ -61,11 +64,12 @@ template <class A>
 void check_ndim(const A& a, const char* name, int ndim) {
   const int got = ArrayTraits<A>::ndim(a);
   if (ndim >= 0 && got != ndim)
-    throw ArgumentError(std::string(name) + ": expected a " + std::to_string(ndim) + "-D array, got " +
-                        std::to_string(got) + "-D");
+    throw ArgumentError(std::string(name) + ": expected a " + std::to_string(ndim) +
+                        "-D array, got " + std::to_string(got) + "-D");
   // convcore never converts or copies silently: a strided array is an error.
   if (!ArrayTraits<A>::contiguous(a))
-    throw ArgumentError(std::string(name) + ": expected a C-contiguous array (use numpy.ascontiguousarray)");
+    throw ArgumentError(std::string(name) +
+                        ": expected a C-contiguous array (use numpy.ascontiguousarray)");
 }
 
 // A float32 array of `ndim` dimensions (-1: any), C-contiguous.
@@ -73,8 +77,8 @@ template <class A>
 const float* float_input(const A& a, const char* name, int ndim = -1) {
   using T = ArrayTraits<A>;
   if (T::dtype(a) != DType::Float32)
-    throw py::type_error(std::string(name) + ": expected a float32 array, got dtype " + T::dtype_name(a) +
-                         " (convert with .astype(numpy.float32))");
+    throw py::type_error(std::string(name) + ": expected a float32 array, got dtype " +
+                         T::dtype_name(a) + " (convert with .astype(numpy.float32))");
   check_ndim(a, name, ndim);
   return static_cast<const float*>(T::data(a));
 }
@@ -84,7 +88,8 @@ template <class A>
 const int64_t* index_input(const A& a, const char* name, int ndim) {
   using T = ArrayTraits<A>;
   if (T::dtype(a) != DType::Int64)
-    throw py::type_error(std::string(name) + ": expected an int64 array, got dtype " + T::dtype_name(a));
+    throw py::type_error(std::string(name) + ": expected an int64 array, got dtype " +
+                         T::dtype_name(a));
   check_ndim(a, name, ndim);
   return static_cast<const int64_t*>(T::data(a));
 }
@@ -95,8 +100,8 @@ void require_shape(const A& a, const char* name, const int64_t* expected, int n)
   bool same = int(got.size()) == n;
   for (int i = 0; same && i < n; ++i) same = got[size_t(i)] == expected[i];
   if (!same)
-    throw ArgumentError(std::string(name) + ": expected shape " + shape_string(expected, size_t(n)) + ", got " +
-                        shape_string(got));
+    throw ArgumentError(std::string(name) + ": expected shape " +
+                        shape_string(expected, size_t(n)) + ", got " + shape_string(got));
 }
 
 // conv2d's bias: a float32 vector of the K output channels.
@@ -105,8 +110,8 @@ const float* bias_input(const A& bias, int64_t K) {
   const float* b = float_input(bias, "bias", 1);
   const int64_t got = ArrayTraits<A>::dim(bias, 0);
   if (got != K)
-    throw ArgumentError("bias: expected shape (" + std::to_string(K) + ",) to match out_channels, got (" +
-                        std::to_string(got) + ",)");
+    throw ArgumentError("bias: expected shape (" + std::to_string(K) +
+                        ",) to match out_channels, got (" + std::to_string(got) + ",)");
   return b;
 }
 

@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "bindings/checks.h"
 #include "common/cpu.h"
 #include "common/geometry.h"
-#include "bindings/checks.h"
 #include "common/runtime.h"
 #include "ops/ops.h"
 
@@ -88,9 +88,8 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
   return py::make_tuple(gi, gw, gb);
 }
 
-py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh,
-                             int64_t sw, int64_t ph, int64_t pw, int64_t dil_h, int64_t dil_w,
-                             bool ceil_mode) {
+py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                             int64_t ph, int64_t pw, int64_t dil_h, int64_t dil_w, bool ceil_mode) {
   const float* x = float_input(input, "input", 4);
   const auto in = convcore::bindings::shape_of(input);
   const auto g =
@@ -139,8 +138,9 @@ py::array_t<float> pad_forward(const py::array& input, int64_t l, int64_t r, int
   return out;
 }
 
-py::array_t<float> pad_backward(const py::array& grad_output, const std::vector<int64_t>& input_shape,
-                                int64_t l, int64_t r, int64_t t, int64_t b, const std::string& mode) {
+py::array_t<float> pad_backward(const py::array& grad_output,
+                                const std::vector<int64_t>& input_shape, int64_t l, int64_t r,
+                                int64_t t, int64_t b, const std::string& mode) {
   if (input_shape.size() < 2)
     throw ArgumentError("input_shape: expected at least 2 sizes (..., H, W), got " +
                         std::to_string(input_shape.size()));
@@ -229,8 +229,9 @@ PYBIND11_MODULE(_core, m) {
       py::arg("kernel"), py::arg("dilation"), py::arg("stride"), py::arg("dim"));
   m.def("set_num_threads", &convcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &convcore::get_num_threads);
-  m.def("set_max_isa", [](const std::string& name) { convcore::set_max_isa(name.c_str()); },
-        py::arg("name"));
+  m.def(
+      "set_max_isa", [](const std::string& name) { convcore::set_max_isa(name.c_str()); },
+      py::arg("name"));
   m.def("active_isa", [] { return std::string(convcore::isa_name(convcore::active_isa())); });
   m.def("detected_isa", [] { return std::string(convcore::isa_name(convcore::detected_isa())); });
   m.def("last_kernel", &convcore::last_kernel, py::arg("op"));

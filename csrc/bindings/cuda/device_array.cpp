@@ -31,10 +31,12 @@ DeviceArray copy_array(const DeviceArray& a) {
   return b;
 }
 
-void same_device(const DeviceArray& a, const char* name, const DeviceArray& ref, const char* ref_name) {
+void same_device(const DeviceArray& a, const char* name, const DeviceArray& ref,
+                 const char* ref_name) {
   if (a.device() != ref.device())
-    throw ArgumentError(std::string(name) + ": is on cuda:" + std::to_string(a.device()) + " but " + ref_name +
-                        " is on cuda:" + std::to_string(ref.device()) + "; all arrays of a call must be on one device");
+    throw ArgumentError(std::string(name) + ": is on cuda:" + std::to_string(a.device()) + " but " +
+                        ref_name + " is on cuda:" + std::to_string(ref.device()) +
+                        "; all arrays of a call must be on one device");
 }
 
 namespace {
@@ -53,7 +55,9 @@ bool host_dtype(const py::array& host, DType* t) {
 // `host` as a C-contiguous, aligned array to copy from (itself when it is
 // one; an explicit copy anyway, so a strided array is gathered first).
 py::array copyable(const py::array& host) {
-  if ((host.flags() & py::array::c_style) && (host.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) return host;
+  if ((host.flags() & py::array::c_style) &&
+      (host.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    return host;
   return py::module_::import("numpy").attr("ascontiguousarray")(host);
 }
 
@@ -78,8 +82,10 @@ DeviceArray to_device(const py::array& host, int device) {
 
 py::array to_numpy(const DeviceArray& a) {
   py::array out = a.dtype == DType::Float32
-                      ? py::array(py::dtype::of<float>(), std::vector<py::ssize_t>(a.shape.begin(), a.shape.end()))
-                      : py::array(py::dtype::of<int64_t>(), std::vector<py::ssize_t>(a.shape.begin(), a.shape.end()));
+                      ? py::array(py::dtype::of<float>(),
+                                  std::vector<py::ssize_t>(a.shape.begin(), a.shape.end()))
+                      : py::array(py::dtype::of<int64_t>(),
+                                  std::vector<py::ssize_t>(a.shape.begin(), a.shape.end()));
   void* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
@@ -113,7 +119,8 @@ DeviceArray reshape(const DeviceArray& a, const std::vector<int64_t>& shape) {
     if (shape[i] == -1 && infer < 0) {
       infer = int(i);
     } else if (shape[i] < 0) {
-      throw ArgumentError("reshape: sizes must be non-negative (one may be -1), got " + shape_str(shape));
+      throw ArgumentError("reshape: sizes must be non-negative (one may be -1), got " +
+                          shape_str(shape));
     } else {
       known = convcore::checked_mul(known, shape[i], "reshape");
     }
@@ -140,8 +147,9 @@ DeviceArray subarray(const DeviceArray& a, int64_t start, const std::vector<int6
   const auto s = convcore::checked_shape(shape, "shape", 0);
   const int64_t n = convcore::checked_numel(s.data(), int(s.size()), "shape");
   if (start < 0 || start > a.numel() || n > a.numel() - start)
-    throw ArgumentError("subarray: elements [" + std::to_string(start) + ", " + std::to_string(start) + " + " +
-                        std::to_string(n) + ") lie outside an array of " + std::to_string(a.numel()) + " elements");
+    throw ArgumentError("subarray: elements [" + std::to_string(start) + ", " +
+                        std::to_string(start) + " + " + std::to_string(n) +
+                        ") lie outside an array of " + std::to_string(a.numel()) + " elements");
   DeviceArray b = a;
   b.shape = s;
   b.data = static_cast<char*>(a.data) + size_t(start) * item_bytes(a.dtype);
@@ -156,7 +164,8 @@ void copy_from_host(const DeviceArray& a, const py::array& host) {
                          " numpy array, got dtype " + py::str(host.dtype()).cast<std::string>());
   std::vector<int64_t> shape(host.shape(), host.shape() + host.ndim());
   if (shape != a.shape)
-    throw ArgumentError("copy_from_host: expected shape " + shape_str(a.shape) + ", got " + shape_str(shape));
+    throw ArgumentError("copy_from_host: expected shape " + shape_str(a.shape) + ", got " +
+                        shape_str(shape));
   py::array src = copyable(host);
   const void* p = src.data();
   py::gil_scoped_release release;
@@ -193,22 +202,23 @@ py::class_<DeviceArray> bind_device_array(py::module_ m) {
       py::arg("device"));
 
   py::class_<DeviceArray> cls(m, "DeviceArray");
-  cls
-      .def_property_readonly("shape",
-                             [](const DeviceArray& a) {
-                               py::tuple t(a.shape.size());
-                               for (size_t i = 0; i < a.shape.size(); ++i) t[i] = a.shape[i];
-                               return t;
-                             })
+  cls.def_property_readonly("shape",
+                            [](const DeviceArray& a) {
+                              py::tuple t(a.shape.size());
+                              for (size_t i = 0; i < a.shape.size(); ++i) t[i] = a.shape[i];
+                              return t;
+                            })
       .def_property_readonly("dtype",
                              [](const DeviceArray& a) {
-                               return a.dtype == DType::Float32 ? py::dtype::of<float>() : py::dtype::of<int64_t>();
+                               return a.dtype == DType::Float32 ? py::dtype::of<float>()
+                                                                : py::dtype::of<int64_t>();
                              })
       .def_property_readonly("ndim", &DeviceArray::ndim)
       .def_property_readonly("size", &DeviceArray::numel)
       .def_property_readonly("nbytes", &DeviceArray::nbytes)
       .def_property_readonly("device", &DeviceArray::device)
-      .def_property_readonly("data_ptr", [](const DeviceArray& a) { return reinterpret_cast<uintptr_t>(a.data); })
+      .def_property_readonly(
+          "data_ptr", [](const DeviceArray& a) { return reinterpret_cast<uintptr_t>(a.data); })
       .def("numpy", &to_numpy)
       .def("copy", &copy_array)
       .def("reshape", &reshape, py::arg("shape"))
@@ -222,10 +232,16 @@ py::class_<DeviceArray> bind_device_array(py::module_ m) {
       });
   m.def("to_device", &to_device, py::arg("array"), py::arg("device"));
   m.def(
-      "empty", [](const std::vector<int64_t>& s, const std::string& t, int d) { return empty_array(s, t, d, false); },
+      "empty",
+      [](const std::vector<int64_t>& s, const std::string& t, int d) {
+        return empty_array(s, t, d, false);
+      },
       py::arg("shape"), py::arg("dtype"), py::arg("device"));
   m.def(
-      "zeros", [](const std::vector<int64_t>& s, const std::string& t, int d) { return empty_array(s, t, d, true); },
+      "zeros",
+      [](const std::vector<int64_t>& s, const std::string& t, int d) {
+        return empty_array(s, t, d, true);
+      },
       py::arg("shape"), py::arg("dtype"), py::arg("device"));
 
   return cls;

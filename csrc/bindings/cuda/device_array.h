@@ -55,7 +55,8 @@ DeviceArray new_array(int device, std::vector<int64_t> shape, DType dtype);
 DeviceArray copy_array(const DeviceArray& a);
 
 // The array arguments of every op are on one device.
-void same_device(const DeviceArray& a, const char* name, const DeviceArray& ref, const char* ref_name);
+void same_device(const DeviceArray& a, const char* name, const DeviceArray& ref,
+                 const char* ref_name);
 
 // The bindings of each file, called by bind_cuda (cuda/module.cpp).
 py::class_<DeviceArray> bind_device_array(py::module_ m);

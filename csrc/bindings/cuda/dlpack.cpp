@@ -64,9 +64,10 @@ py::object export_dlpack(const DeviceArray& a, py::object stream, py::object max
   if (!dl_device.is_none()) {
     const auto dev = dl_device.cast<std::pair<int, int>>();
     if (dev.first != kDLCUDA || dev.second != a.device())
-      throw py::buffer_error("__dlpack__: the array is on CUDA device " + std::to_string(a.device()) +
-                             " and cannot be exported to DLPack device (" + std::to_string(dev.first) +
-                             ", " + std::to_string(dev.second) + ") without a copy");
+      throw py::buffer_error(
+          "__dlpack__: the array is on CUDA device " + std::to_string(a.device()) +
+          " and cannot be exported to DLPack device (" + std::to_string(dev.first) + ", " +
+          std::to_string(dev.second) + ") without a copy");
   }
   DeviceArray src = (!copy.is_none() && copy.cast<bool>()) ? copy_array(a) : a;
   // The consumer will use the data on `stream`.  Ours is the legacy default
@@ -83,7 +84,8 @@ py::object export_dlpack(const DeviceArray& a, py::object stream, py::object max
   ctx->buffer->mark_shared();
   ctx->shape = src.shape;
   ctx->strides.assign(src.shape.size(), 1);
-  for (int i = int(src.shape.size()) - 2; i >= 0; --i) ctx->strides[i] = ctx->strides[i + 1] * src.shape[i + 1];
+  for (int i = int(src.shape.size()) - 2; i >= 0; --i)
+    ctx->strides[i] = ctx->strides[i + 1] * src.shape[i + 1];
   DLTensor& t = ctx->tensor.dl_tensor;
   t.data = src.data;
   t.device = DLDevice{kDLCUDA, src.device()};
@@ -105,14 +107,16 @@ py::object export_dlpack(const DeviceArray& a, py::object stream, py::object max
 DeviceArray import_dlpack(py::object obj) {
   if (py::isinstance<DeviceArray>(obj)) return obj.cast<DeviceArray>();
   if (!py::hasattr(obj, "__dlpack__") || !py::hasattr(obj, "__dlpack_device__"))
-    throw py::type_error("from_dlpack: expected an object with __dlpack__ and __dlpack_device__ "
-                         "(a CUDA torch.Tensor, CuPy array...), got " +
-                         py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>());
+    throw py::type_error(
+        "from_dlpack: expected an object with __dlpack__ and __dlpack_device__ "
+        "(a CUDA torch.Tensor, CuPy array...), got " +
+        py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>());
   const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
   if (dev.first != kDLCUDA && dev.first != kDLCUDAManaged)
-    throw py::type_error("from_dlpack: expected an array in CUDA device memory, got DLPack device type " +
-                         std::to_string(dev.first) + (dev.first == kDLCPU ? " (CPU)" : "") +
-                         "; copy host arrays with convcore.cuda.to_device");
+    throw py::type_error(
+        "from_dlpack: expected an array in CUDA device memory, got DLPack device type " +
+        std::to_string(dev.first) + (dev.first == kDLCPU ? " (CPU)" : "") +
+        "; copy host arrays with convcore.cuda.to_device");
   py::object capsule;
   bool ordered = true;  // the producer ordered its work before our stream
   try {
@@ -132,9 +136,10 @@ DeviceArray import_dlpack(py::object obj) {
   else if (t.dtype.code == kDLInt && t.dtype.bits == 64 && t.dtype.lanes == 1)
     dtype = DType::Int64;
   else
-    throw py::type_error("from_dlpack: expected float32 or int64 elements, got DLPack dtype (code " +
-                         std::to_string(t.dtype.code) + ", bits " + std::to_string(t.dtype.bits) +
-                         ", lanes " + std::to_string(t.dtype.lanes) + ")");
+    throw py::type_error(
+        "from_dlpack: expected float32 or int64 elements, got DLPack dtype (code " +
+        std::to_string(t.dtype.code) + ", bits " + std::to_string(t.dtype.bits) + ", lanes " +
+        std::to_string(t.dtype.lanes) + ")");
   std::vector<int64_t> shape(t.shape, t.shape + t.ndim);
   int64_t numel = 1;
   for (int64_t s : shape) numel *= s;
@@ -142,15 +147,17 @@ DeviceArray import_dlpack(py::object obj) {
     int64_t expected = 1;
     for (int i = t.ndim - 1; i >= 0; --i) {
       if (shape[i] != 1 && t.strides[i] != expected)
-        throw ArgumentError("from_dlpack: expected a C-contiguous array (call .contiguous() first), got strides " +
-                            shape_str(t.strides, t.ndim) + " for shape " + shape_str(shape));
+        throw ArgumentError(
+            "from_dlpack: expected a C-contiguous array (call .contiguous() first), got strides " +
+            shape_str(t.strides, t.ndim) + " for shape " + shape_str(shape));
       expected *= shape[i];
     }
   }
   if (t.device.device_type != dev.first || t.device.device_id != dev.second)
-    throw ArgumentError("from_dlpack: the capsule's device (" + std::to_string(t.device.device_type) + ", " +
-                        std::to_string(t.device.device_id) + ") differs from __dlpack_device__() (" +
-                        std::to_string(dev.first) + ", " + std::to_string(dev.second) + ")");
+    throw ArgumentError(
+        "from_dlpack: the capsule's device (" + std::to_string(t.device.device_type) + ", " +
+        std::to_string(t.device.device_id) + ") differs from __dlpack_device__() (" +
+        std::to_string(dev.first) + ", " + std::to_string(dev.second) + ")");
   const int device = t.device.device_id;
   cu::require_device(device);
   if (!ordered) {
@@ -175,8 +182,10 @@ DeviceArray import_dlpack(py::object obj) {
 
 void bind_dlpack(py::module_ m, py::class_<DeviceArray>& cls) {
   cls.def("__dlpack__", &export_dlpack, py::kw_only(), py::arg("stream") = py::none(),
-          py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
-      .def("__dlpack_device__", [](const DeviceArray& a) { return py::make_tuple(int(kDLCUDA), a.device()); });
+          py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
+          py::arg("copy") = py::none())
+      .def("__dlpack_device__",
+           [](const DeviceArray& a) { return py::make_tuple(int(kDLCUDA), a.device()); });
   m.def("from_dlpack", &import_dlpack, py::arg("obj"));
 }
 

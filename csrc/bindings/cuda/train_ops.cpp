@@ -17,11 +17,12 @@ using convcore::ArgumentError;
 
 namespace {
 
-void same_shape(const DeviceArray& a, const char* name, const DeviceArray& ref, const char* ref_name) {
+void same_shape(const DeviceArray& a, const char* name, const DeviceArray& ref,
+                const char* ref_name) {
   same_device(a, name, ref, ref_name);
   if (a.shape != ref.shape)
-    throw ArgumentError(std::string(name) + ": expected shape " + shape_str(ref.shape) + " (that of " + ref_name +
-                        "), got " + shape_str(a.shape));
+    throw ArgumentError(std::string(name) + ": expected shape " + shape_str(ref.shape) +
+                        " (that of " + ref_name + "), got " + shape_str(a.shape));
 }
 
 DeviceArray relu_forward(const DeviceArray& x, bool inplace) {
@@ -69,17 +70,20 @@ void add_inplace(const DeviceArray& dst, const DeviceArray& src) {
 py::tuple cross_entropy(const DeviceArray& logits, const py::array& target, float scale) {
   float_input(logits, "logits", 2);
   const int64_t N = logits.shape[0], C = logits.shape[1];
-  if (C < 1) throw ArgumentError("logits: expected at least one class, got shape " + shape_str(logits.shape));
+  if (C < 1)
+    throw ArgumentError("logits: expected at least one class, got shape " +
+                        shape_str(logits.shape));
   if (!target.dtype().equal(py::dtype::of<int64_t>()) || target.ndim() != 1 || target.shape(0) != N)
-    throw ArgumentError("target: expected an int64 array of shape (" + std::to_string(N) + ",), got dtype " +
-                        py::str(target.dtype()).cast<std::string>() + " and " +
-                        shape_str(std::vector<int64_t>(target.shape(), target.shape() + target.ndim())));
+    throw ArgumentError(
+        "target: expected an int64 array of shape (" + std::to_string(N) + ",), got dtype " +
+        py::str(target.dtype()).cast<std::string>() + " and " +
+        shape_str(std::vector<int64_t>(target.shape(), target.shape() + target.ndim())));
   auto t = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(target);
   const int64_t* tp = t.data();
   for (int64_t i = 0; i < N; ++i)
     if (tp[i] < 0 || tp[i] >= C)
-      throw ArgumentError("target: labels must be in [0, " + std::to_string(C) + "), got " + std::to_string(tp[i]) +
-                          " at index " + std::to_string(i));
+      throw ArgumentError("target: labels must be in [0, " + std::to_string(C) + "), got " +
+                          std::to_string(tp[i]) + " at index " + std::to_string(i));
   py::array_t<int64_t> pred(N);
   int64_t* pp = pred.mutable_data();
   std::vector<double> row_loss(size_t(N), 0.0);
@@ -120,9 +124,9 @@ void require_disjoint(std::initializer_list<std::pair<const DeviceArray*, const 
     }
 }
 
-void adam_step(const DeviceArray& p, const DeviceArray& g, const DeviceArray& m, const DeviceArray& v,
-               float one_minus_beta1, float beta2, float one_minus_beta2, float bias_correction2_sqrt, float eps,
-               float neg_step_size, float weight_decay) {
+void adam_step(const DeviceArray& p, const DeviceArray& g, const DeviceArray& m,
+               const DeviceArray& v, float one_minus_beta1, float beta2, float one_minus_beta2,
+               float bias_correction2_sqrt, float eps, float neg_step_size, float weight_decay) {
   float_input(p, "param");
   float_input(g, "grad");
   float_input(m, "exp_avg");
@@ -131,15 +135,17 @@ void adam_step(const DeviceArray& p, const DeviceArray& g, const DeviceArray& m,
   same_shape(m, "exp_avg", p, "param");
   same_shape(v, "exp_avg_sq", p, "param");
   require_disjoint({{&p, "param"}, {&g, "grad"}, {&m, "exp_avg"}, {&v, "exp_avg_sq"}});
-  const cu::AdamConstants k{one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt,
-                            eps, neg_step_size, weight_decay};
+  const cu::AdamConstants k{one_minus_beta1,       beta2, one_minus_beta2,
+                            bias_correction2_sqrt, eps,   neg_step_size,
+                            weight_decay};
   py::gil_scoped_release release;
   cu::DeviceGuard guard(p.device());
   cu::adam_step(k, mptr(p), fptr(g), mptr(m), mptr(v), p.numel());
 }
 
 void sgd_step(const DeviceArray& p, const DeviceArray& g, const DeviceArray* buf, float momentum,
-              float one_minus_dampening, float weight_decay, float neg_lr, bool nesterov, bool first) {
+              float one_minus_dampening, float weight_decay, float neg_lr, bool nesterov,
+              bool first) {
   float_input(p, "param");
   float_input(g, "grad");
   same_shape(g, "grad", p, "param");
@@ -158,16 +164,18 @@ void sgd_step(const DeviceArray& p, const DeviceArray& g, const DeviceArray* buf
 
 void bind_train_ops(py::module_ m) {
   m.def("relu_forward", &relu_forward, py::arg("input"), py::arg("inplace"));
-  m.def("relu_backward", &relu_backward, py::arg("grad_output"), py::arg("output"), py::arg("inplace"));
+  m.def("relu_backward", &relu_backward, py::arg("grad_output"), py::arg("output"),
+        py::arg("inplace"));
   m.def("multiply", &multiply, py::arg("a"), py::arg("b"));
   m.def("add_", &add_inplace, py::arg("dst"), py::arg("src"));
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target"), py::arg("scale"));
-  m.def("adam_step", &adam_step, py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
-        py::arg("one_minus_beta1"), py::arg("beta2"), py::arg("one_minus_beta2"), py::arg("bias_correction2_sqrt"),
-        py::arg("eps"), py::arg("neg_step_size"), py::arg("weight_decay"));
-  m.def("sgd_step", &sgd_step, py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("momentum"),
-        py::arg("one_minus_dampening"), py::arg("weight_decay"), py::arg("neg_lr"), py::arg("nesterov"),
-        py::arg("first"));
+  m.def("adam_step", &adam_step, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
+        py::arg("exp_avg_sq"), py::arg("one_minus_beta1"), py::arg("beta2"),
+        py::arg("one_minus_beta2"), py::arg("bias_correction2_sqrt"), py::arg("eps"),
+        py::arg("neg_step_size"), py::arg("weight_decay"));
+  m.def("sgd_step", &sgd_step, py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"),
+        py::arg("momentum"), py::arg("one_minus_dampening"), py::arg("weight_decay"),
+        py::arg("neg_lr"), py::arg("nesterov"), py::arg("first"));
 }
 
 }  // namespace convcore::pycuda

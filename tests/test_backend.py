@@ -60,6 +60,28 @@ def test_the_stricter_rule_wins_pad_value_on_every_backend(monkeypatch):
             convcore.pad(arr, (1, 1), mode="reflect", value=2.0)
 
 
+def test_the_stricter_rule_wins_in_the_training_ops():
+    # The GPU bindings take float32 arrays of one shape; numpy would have
+    # computed in another dtype or broadcast.  The host now refuses too.
+    a = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="input: expected a float32 array, got dtype int64"):
+        HOST.relu(np.ones((2, 3), np.int64), False)
+    with pytest.raises(
+        ValueError, match=r"src: expected shape \(2, 3\) \(that of dst\), got \(3,\)"
+    ):
+        HOST.add_(a, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"b: expected shape \(2, 3\) \(that of a\), got \(1, 3\)"):
+        HOST.multiply(a, np.ones((1, 3), np.float32))
+    with pytest.raises(TypeError, match="output: expected a float32 array, got dtype float64"):
+        HOST.relu_backward(a, np.ones((2, 3)), False)
+    with pytest.raises(
+        ValueError, match=r"output: expected shape \(2, 3\) \(that of grad_output\)"
+    ):
+        HOST.relu_backward(a, a[:1], False)
+    with pytest.raises(TypeError, match="float32"):
+        nn.ReLU()(np.ones((2, 3)))
+
+
 def test_the_device_is_parsed_in_one_place(monkeypatch):
     assert _backend.parse_device("cpu") is None and _backend.parse_device("cuda:3") == 3
     assert convcore.cuda.parse_device is _backend.parse_device

@@ -2,7 +2,7 @@
 
 Each test runs twice, through the ``gpu`` fixture:
 
-* ``fake``: ``convcore.cuda`` backed by tests/fake_cuda.py, whose "device"
+* ``fake``: the GPU backend registered on tests/fake_cuda.py, whose "device"
   arrays live in host memory and refuse implicit numpy conversion.  It runs
   everywhere and tests the Python side of the GPU path: that every array of
   a step stays on the device, that parameters, gradients and optimiser

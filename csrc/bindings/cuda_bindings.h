@@ -1,7 +1,7 @@
 // pybind11 bindings of the optional GPU path (compiled only when
 // CONVCORE_WITH_CUDA is defined): the DeviceArray type, copies, DLPack, and
-// the ops on device arrays.  Exposed as convcore._core.cuda; the public face
-// is python/convcore/cuda.py.
+// the ops on device arrays (bindings/cuda/*.cpp).  Exposed as
+// convcore._core.cuda; the public face is python/convcore/cuda.py.
 #pragma once
 
 #include <pybind11/pybind11.h>

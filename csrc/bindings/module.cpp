@@ -1,5 +1,6 @@
-// pybind11 layer: type and layout checks on the numpy arrays, output
-// allocation, and the GIL released around every kernel.  All argument
+// pybind11 layer: type and layout checks on the numpy arrays (bindings/
+// checks.h, shared with the GPU bindings), output allocation, and the GIL
+// released around every kernel.  All argument
 // semantics (int-or-tuple, 'same', defaults) live in python/convcore; all
 // shape validity rules live in common/geometry.
 #include <pybind11/numpy.h>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/checks.h"
 #include "common/cpu.h"
 #include "common/geometry.h"
 #include "common/runtime.h"
@@ -25,74 +27,20 @@ using convcore::ArgumentError;
 
 namespace {
 
-std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-// Accepts only C-contiguous, aligned, native float32 arrays of the given ndim:
-// convcore never converts or copies silently.
-const float* float_input(const py::array& a, const char* name, int ndim) {
-  if (!a.dtype().equal(py::dtype::of<float>()))
-    throw py::type_error(std::string(name) + ": expected a float32 array, got dtype " + dtype_name(a) +
-                         " (convert with .astype(numpy.float32))");
-  if (a.ndim() != ndim)
-    throw ArgumentError(std::string(name) + ": expected a " + std::to_string(ndim) +
-                        "-D array, got " + std::to_string(a.ndim()) + "-D");
-  if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    throw ArgumentError(std::string(name) +
-                        ": expected a C-contiguous array (use numpy.ascontiguousarray)");
-  return static_cast<const float*>(a.data());
-}
-
-const int64_t* index_input(const py::array& a, const char* name, int ndim) {
-  if (!a.dtype().equal(py::dtype::of<int64_t>()))
-    throw py::type_error(std::string(name) + ": expected an int64 array, got dtype " + dtype_name(a));
-  if (a.ndim() != ndim)
-    throw ArgumentError(std::string(name) + ": expected a " + std::to_string(ndim) +
-                        "-D array, got " + std::to_string(a.ndim()) + "-D");
-  if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    throw ArgumentError(std::string(name) +
-                        ": expected a C-contiguous array (use numpy.ascontiguousarray)");
-  return static_cast<const int64_t*>(a.data());
-}
-
-void shape_of(const py::array& a, int64_t* out) {
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) out[i] = a.shape(i);
-}
-
-void require_shape(const py::array& a, const char* name, const int64_t* expected, int n) {
-  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
-  bool same = int(got.size()) == n;
-  for (int i = 0; same && i < n; ++i) same = got[i] == expected[i];
-  if (!same)
-    throw ArgumentError(std::string(name) + ": expected shape " +
-                        convcore::shape_string(expected, size_t(n)) + ", got " +
-                        convcore::shape_string(got));
-}
+using convcore::bindings::bias_input;
+using convcore::bindings::conv_geometry;
+using convcore::bindings::float_input;
+using convcore::bindings::index_input;
+using convcore::bindings::require_shape;
 
 py::array_t<float> new_float(std::vector<py::ssize_t> shape) { return py::array_t<float>(shape); }
 
-convcore::Conv2dGeometry conv_geometry(const py::array& input, const py::array& weight,
-                                       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
-                                       int64_t pr, int64_t dh, int64_t dw, int64_t groups) {
-  float_input(input, "input", 4);
-  float_input(weight, "weight", 4);
-  int64_t in[4], wt[4];
-  shape_of(input, in);
-  shape_of(weight, wt);
-  return convcore::make_conv2d_geometry(in, wt, sh, sw, pt, pb, pl, pr, dh, dw, groups);
-}
-
 py::array_t<float> conv2d_forward(const py::array& input, const py::array& weight,
                                   const std::optional<py::array>& bias, int64_t sh, int64_t sw,
-                                  int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
-                                  int64_t dw, int64_t groups) {
-  const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dh, dw, groups);
-  const float* b = nullptr;
-  if (bias) {
-    b = float_input(*bias, "bias", 1);
-    if (bias->shape(0) != g.K)
-      throw ArgumentError("bias: expected shape (" + std::to_string(g.K) +
-                          ",) to match out_channels, got (" + std::to_string(bias->shape(0)) + ",)");
-  }
+                                  int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dil_h,
+                                  int64_t dil_w, int64_t groups) {
+  const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dil_h, dil_w, groups);
+  const float* b = bias ? bias_input(*bias, g.K) : nullptr;
   auto out = new_float({g.N, g.K, g.P, g.Q});
   const float* x = static_cast<const float*>(input.data());
   const float* w = static_cast<const float*>(weight.data());
@@ -106,9 +54,9 @@ py::array_t<float> conv2d_forward(const py::array& input, const py::array& weigh
 
 py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
                           const py::array& weight, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                          int64_t pl, int64_t pr, int64_t dh, int64_t dw, int64_t groups,
+                          int64_t pl, int64_t pr, int64_t dil_h, int64_t dil_w, int64_t groups,
                           bool need_input, bool need_weight, bool need_bias) {
-  const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dh, dw, groups);
+  const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dil_h, dil_w, groups);
   const float* dy = float_input(grad_output, "grad_output", 4);
   const int64_t out_shape[4] = {g.N, g.K, g.P, g.Q};
   require_shape(grad_output, "grad_output", out_shape, 4);
@@ -140,19 +88,13 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
   return py::make_tuple(gi, gw, gb);
 }
 
-convcore::Pool2dGeometry pool_geometry(const int64_t in[4], int64_t kh, int64_t kw, int64_t sh,
-                                       int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                                       bool ceil_mode) {
-  return convcore::make_pool2d_geometry(in, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode);
-}
-
-py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh,
-                             int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                             bool ceil_mode, bool return_indices) {
+py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                             int64_t ph, int64_t pw, int64_t dil_h, int64_t dil_w, bool ceil_mode,
+                             bool return_indices) {
   const float* x = float_input(input, "input", 4);
-  int64_t in[4];
-  shape_of(input, in);
-  const auto g = pool_geometry(in, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode);
+  const auto in = convcore::bindings::shape_of(input);
+  const auto g =
+      convcore::make_pool2d_geometry(in.data(), kh, kw, sh, sw, ph, pw, dil_h, dil_w, ceil_mode);
   auto out = new_float({g.N, g.C, g.P, g.Q});
   float* y = out.mutable_data();
   // Without return_indices the kernels skip the int64 stream (a third of the bytes).
@@ -188,7 +130,7 @@ py::array_t<float> max_pool2d_backward(const py::array& grad_output, const py::a
 
 py::array_t<float> pad_forward(const py::array& input, int64_t l, int64_t r, int64_t t, int64_t b,
                                const std::string& mode, float value) {
-  const float* x = float_input(input, "input", int(input.ndim()));
+  const float* x = float_input(input, "input");
   std::vector<int64_t> shape(input.shape(), input.shape() + input.ndim());
   const auto g = convcore::make_pad2d_geometry(shape, l, r, t, b, mode);
   std::vector<py::ssize_t> out_shape(shape.begin(), shape.end());
@@ -203,8 +145,9 @@ py::array_t<float> pad_forward(const py::array& input, int64_t l, int64_t r, int
   return out;
 }
 
-py::array_t<float> pad_backward(const py::array& grad_output, const std::vector<int64_t>& input_shape,
-                                int64_t l, int64_t r, int64_t t, int64_t b, const std::string& mode) {
+py::array_t<float> pad_backward(const py::array& grad_output,
+                                const std::vector<int64_t>& input_shape, int64_t l, int64_t r,
+                                int64_t t, int64_t b, const std::string& mode) {
   if (input_shape.size() < 2)
     throw ArgumentError("input_shape: expected at least 2 sizes (..., H, W), got " +
                         std::to_string(input_shape.size()));
@@ -293,8 +236,9 @@ PYBIND11_MODULE(_core, m) {
       py::arg("kernel"), py::arg("dilation"), py::arg("stride"), py::arg("dim"));
   m.def("set_num_threads", &convcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &convcore::get_num_threads);
-  m.def("set_max_isa", [](const std::string& name) { convcore::set_max_isa(name.c_str()); },
-        py::arg("name"));
+  m.def(
+      "set_max_isa", [](const std::string& name) { convcore::set_max_isa(name.c_str()); },
+      py::arg("name"));
   m.def("active_isa", [] { return std::string(convcore::isa_name(convcore::active_isa())); });
   m.def("detected_isa", [] { return std::string(convcore::isa_name(convcore::detected_isa())); });
   m.def("last_kernel", &convcore::last_kernel, py::arg("op"));

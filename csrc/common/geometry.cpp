@@ -156,7 +156,8 @@ Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], in
   g.Q = (padded_w - eff_s) / stride_w + 1;
   const int64_t out[4] = {g.N, g.K, g.P, g.Q};
   checked_numel(out, 4, "output");
-  // The im2col work buffer of one image, (C/G * R * S) x (P * Q), must be indexable too.
+  // The columns of the GEMM data gradient for one image, (C/G * R * S) x (P * Q), must be
+  // indexable too.
   checked_mul(checked_mul(checked_mul(g.Cg(), g.R, "weight"), g.S, "weight"),
               checked_mul(g.P, g.Q, "output"), "convolution workspace");
   return g;

@@ -54,7 +54,8 @@ struct Conv2dGeometry {
   int64_t weight_numel() const { return K * Cg() * R * S; }
   // Multiply-adds of the forward pass (each backward pass has as many).
   double macs() const { return double(N) * K * P * Q * Cg() * R * S; }
-  // Compact problem name, e.g. n128_c32_h28_w28_k64_r3_s3_g1_u1_v1_p1_d1.
+  // Compact problem name, as python/convcore/problems.py writes it, e.g.
+  // n128_c32_h28_w28_k64_r3_s1_p1 (_d<dilation> and _g<groups> only when not 1).
   std::string name() const;
 };
 

@@ -37,7 +37,9 @@ class ScratchBuffer {
   size_t capacity_ = 0;
 };
 
-// Slot 0: GEMM packing, slot 1: im2col columns, slot 2: anything else.
+// Slot 0: GEMM packing.  Slot 1: the padded input of the direct and
+// weight-gradient drivers, or the columns of the GEMM data gradient (before
+// col2im).  Slot 2: the weight-gradient driver's rearranged grad_output.
 inline ScratchBuffer& thread_scratch(int slot) {
   thread_local ScratchBuffer buffers[3];
   return buffers[slot];

@@ -50,6 +50,22 @@ def _host_array(a, name: str, kind: str) -> np.ndarray:
     raise TypeError(f"{name}: expected a numpy.ndarray of {kind}, got {type(a).__name__}")
 
 
+def _f32(a, name: str) -> np.ndarray:
+    """The training ops' rule, as the GPU bindings apply it: float32 arrays."""
+    if not isinstance(a, np.ndarray) or a.dtype != _F32:
+        got = f"dtype {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name}: expected a float32 array, got {got}")
+    return a
+
+
+def _same_shape(a: np.ndarray, name: str, ref: np.ndarray, ref_name: str) -> None:
+    """No broadcasting in the elementwise training ops (as on the GPU)."""
+    if a.shape != ref.shape:
+        raise ValueError(
+            f"{name}: expected shape {tuple(ref.shape)} (that of {ref_name}), got {tuple(a.shape)}"
+        )
+
+
 def _writable(a: np.ndarray, name: str) -> np.ndarray:
     if not a.flags.writeable:
         raise ValueError(f"{name}: the array is read-only, but this op writes into it")
@@ -143,20 +159,25 @@ class HostBackend:
 
     # -- the rest of a training step -----------------------------------------
     def relu(self, x: np.ndarray, inplace: bool) -> np.ndarray:
+        _f32(x, "input")
         return np.maximum(x, _F32(0), out=_writable(x, "input") if inplace else None)
 
     def relu_backward(self, grad_output: np.ndarray, output: np.ndarray, inplace: bool):
         # Pass the gradient where the output is positive.  Multiplying by the
         # bool mask runs at memory speed; boolean indexing and np.where were
         # 5-10x slower here.
+        _f32(grad_output, "grad_output")
+        _same_shape(_f32(output, "output"), "output", grad_output, "grad_output")
         alive = output > 0
         out = _writable(grad_output, "grad_output") if inplace else None
         return np.multiply(grad_output, alive, out=out)
 
     def multiply(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _same_shape(_f32(b, "b"), "b", _f32(a, "a"), "a")
         return a * b
 
     def add_(self, dst: np.ndarray, src: np.ndarray) -> None:
+        _same_shape(_f32(src, "src"), "src", _f32(dst, "dst"), "dst")
         np.add(_writable(dst, "dst"), src, out=dst)
 
     def linear(self, x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:

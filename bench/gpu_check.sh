@@ -207,16 +207,17 @@ skip_or() {
 }
 
 # ---------------------------------------------------------------- 3 tests
+# -v: a run cut short by its limit still shows which tests ran and how.
 export CONVCORE_HYPOTHESIS_SCALE=${CONVCORE_HYPOTHESIS_SCALE:-0.5}
 if skip_or tests-cuda; then
   limited tests-cuda 90 "$R/3-test_cuda.log" env CONVCORE_REQUIRE_GPU=1 \
-    "$VPY" -m pytest tests/test_cuda.py -q -p no:cacheprovider -rfEs --durations=10 \
+    "$VPY" -m pytest tests/test_cuda.py -v -p no:cacheprovider -rfEs --durations=10 \
     --junitxml="$R/3-test_cuda.xml"
   record tests-cuda "$(status_of "$RC")" "$SECS" "$(pytest_counts "$R/3-test_cuda.log" "$RC")"
 fi
 if skip_or tests-training; then
   limited tests-training 80 "$R/3-test_training_device.log" env CONVCORE_REQUIRE_GPU=1 \
-    "$VPY" -m pytest tests/test_training_device.py tests/test_fake_cuda.py -q -p no:cacheprovider \
+    "$VPY" -m pytest tests/test_training_device.py tests/test_fake_cuda.py -v -p no:cacheprovider \
     -rfEs --durations=10 --junitxml="$R/3-test_training_device.xml"
   record tests-training "$(status_of "$RC")" "$SECS" "$(pytest_counts "$R/3-test_training_device.log" "$RC")"
 fi

@@ -151,8 +151,10 @@ if [ ! -x "$VPY" ]; then
     echo "python -m venv failed, see 2-venv.log" >>"$R/2-venv.log"
 fi
 if [ -x "$VPY" ]; then
+  # All cores for the build, and nvcc compiles the architectures in parallel.
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-  limited install 150 "$R/2-install.log" env CONVCORE_CUDA=ON "$VPY" -m pip install \
+  limited install 150 "$R/2-install.log" env CONVCORE_CUDA=ON CUDAFLAGS="${CUDAFLAGS:---threads=0}" \
+    "$VPY" -m pip install \
     --no-build-isolation --no-deps --no-index --progress-bar off \
     -Cbuild-dir=build/gpu-check -Ccmake.define.CMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF .
 else

@@ -20,6 +20,8 @@
 //
 // Build and run (CONVCORE_CUDA=ON):
 //   cmake --build <build> --target convcore_cuda_emulation && <build>/convcore_cuda_emulation
+// Check that it catches bugs in the kernels' code (six deliberate mutants):
+//   bash csrc/cuda/emulation/mutants.sh <build>
 #include <cmath>
 #include <cstdio>
 #include <cstring>

@@ -78,6 +78,10 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "gpu: the test needs a CUDA device (a failure under CONVCORE_REQUIRE_GPU=1)"
     )
+    # The test process is a program like convcore-train: one BLAS thread
+    # beside convcore's OpenMP threads (see convcore.tune_process), so the
+    # Linear layers do not fight the kernels for the two cores.
+    convcore.tune_process()
     if TORCH_ERROR is not None and CI:
         raise pytest.UsageError(
             f"CI=true but PyTorch, the test oracle, cannot be imported ({TORCH_ERROR}); "

@@ -332,7 +332,9 @@ def test_training_on_the_device_matches_the_host_and_resumes(gpu, fmnist, tmp_pa
     for e_cpu, e_dev in zip(m_cpu["epochs"], m_dev["epochs"]):
         assert e_dev["train_loss"] == pytest.approx(e_cpu["train_loss"], rel=1e-3)
         assert e_dev["test_loss"] == pytest.approx(e_cpu["test_loss"], rel=1e-2)
-    assert abs(m_dev["test_accuracy"] - m_cpu["test_accuracy"]) <= 0.01
+    # At most 1 % of the 500 test images classified differently, counted in
+    # images: 0.758 - 0.748 is 0.010000000000000009 in binary floating point.
+    assert round(abs(m_dev["test_accuracy"] - m_cpu["test_accuracy"]) * 500) <= 5
     assert m_dev["test_accuracy"] > 0.6
 
     # Resume the device run after epoch 1 (on the device): bitwise the same end.

@@ -65,8 +65,8 @@ def test_small_layers_run_the_rows_kernels(name, batch):
     silently stop being used), and match PyTorch."""
     x, w, b, kw = conv_case(name, n=batch)
     check("conv2d", x, w, b, **kw)
-    if convcore.build_info()["isa_detected"] != "avx512":
-        pytest.skip("no AVX-512 on this CPU: the rows kernels do not apply")
+    if convcore.build_info()["isa_active"] != "avx512":
+        pytest.skip("AVX-512 not active (CPU or CONVCORE_MAX_ISA): the rows kernels do not apply")
     assert convcore.last_kernel("conv2d_fwd") == "conv2d_fwd_f32_rows_8w__avx512"
     assert convcore.last_kernel("conv2d_bwd_data") == "conv2d_bwd_data_f32_rows_8w__avx512"
     assert convcore.last_kernel("conv2d_bwd_weight") == "conv2d_bwd_weight_f32_rows_8w__avx512"

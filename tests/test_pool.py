@@ -45,6 +45,9 @@ CASES = {
     "2x2_width17": ((1, 2, 4, 17), dict(kernel_size=2, stride=2)),
     "2x2_width33": ((2, 2, 6, 33), dict(kernel_size=(2, 2), stride=(2, 2))),
     "2x2_width64": ((2, 3, 4, 64), dict(kernel_size=2)),
+    "2x2_width8": ((3, 2, 8, 8), dict(kernel_size=2)),  # two row pairs per vector
+    "2x2_width8_odd_height": ((2, 3, 9, 8), dict(kernel_size=2)),
+    "2x2_width8_odd_rows_out": ((2, 3, 6, 8), dict(kernel_size=2)),  # P = 3: row by row
     "2x2_one_pixel_out": ((1, 1, 2, 2), dict(kernel_size=2)),
     "2x2_ceil_odd": ((2, 2, 5, 7), dict(kernel_size=2, ceil_mode=True)),
     "2x2_ceil_even": ((2, 2, 6, 8), dict(kernel_size=2, ceil_mode=True)),
@@ -175,13 +178,18 @@ def test_backward_arbitrary_indices(shape, out):
 def test_backward_2x2_indices_outside_their_window():
     # The 2x2/2 backward kernel writes whole windows; a plane whose indices
     # are not each in their own window (here: every other plane) is scattered.
-    shape, out = (3, 4, 8, 11), (3, 4, 4, 5)
-    _, idx = convcore.max_pool2d(rand(shape, 2, "ties"), 2, return_indices=True)
-    rng = np.random.default_rng(1)
-    idx[:, 1::2] = rng.integers(0, 8 * 11, size=idx[:, 1::2].shape)
-    idx[2, 2, 3, 4] = 0  # one stray index in an otherwise window-shaped plane
-    check_max_pool2d_backward_indices(rand(out, 3), idx, shape)
-    idx[1, 3, 0, 0] = 8 * 11  # out of range, in a plane the kernel rejects
+    for W in (11, 8):  # row by row; two row pairs per vector
+        shape, out = (3, 4, 8, W), (3, 4, 4, W // 2)
+        _, idx = convcore.max_pool2d(rand(shape, 2, "ties"), 2, return_indices=True)
+        rng = np.random.default_rng(1)
+        idx[:, 1::2] = rng.integers(0, 8 * W, size=idx[:, 1::2].shape)
+        idx[2, 2, 3, 3] = 0  # one stray index in an otherwise window-shaped plane
+        idx[0, 0, 2, 1] += 2**32  # aliases a window position in 32 bits only
+        with pytest.raises(ValueError, match="indices"):
+            convcore.max_pool2d_backward(rand(out, 3), idx, shape)
+        idx[0, 0, 2, 1] -= 2**32
+        check_max_pool2d_backward_indices(rand(out, 3), idx, shape)
+    idx[1, 3, 0, 0] = 8 * W  # out of range, in a plane the kernel rejects
     with pytest.raises(ValueError, match="indices"):
         convcore.max_pool2d_backward(rand(out, 3), idx, shape)
     idx[1, 3, 0, 0] = -1
@@ -191,18 +199,18 @@ def test_backward_2x2_indices_outside_their_window():
 
 @pytest.mark.parametrize("name", problems.ALL_POOL)
 def test_model_layers_run_the_fast_kernels(name):
-    """Under the default cap the model's pooling layers run the 2x2/2
-    kernels of the best ISA this CPU has (so the fast path cannot silently
-    stop being used), with and without indices."""
-    detected = convcore.build_info()["isa_detected"]
-    expected = {"avx512": "__avx512", "avx2": "__avx2"}.get(detected, "__ref")
+    """The model's pooling layers run the 2x2/2 kernels of the active ISA
+    (the best this CPU has, unless capped), with and without indices, so the
+    fast path cannot silently stop being used."""
+    active = convcore.build_info()["isa_active"]
+    expected = {"avx512": "__avx512", "avx2": "__avx2"}.get(active, "__ref")
     x, kw = pool_case(name, kind="relu")
     y, idx = convcore.max_pool2d(x, return_indices=True, **kw)
     assert convcore.last_kernel("maxpool2d_fwd").endswith(expected)
     assert np.array_equal(convcore.max_pool2d(x, **kw), y)
     assert convcore.last_kernel("maxpool2d_fwd").endswith(expected)
     convcore.max_pool2d_backward(y, idx, x.shape)
-    bwd = "__avx512" if detected == "avx512" else "__ref"
+    bwd = "__avx512" if active == "avx512" else "__ref"
     assert convcore.last_kernel("maxpool2d_bwd").endswith(bwd)
 
 

@@ -1,8 +1,9 @@
 // conv2d entry points and their ordered implementation lists.  The drivers
 // live beside this file: conv2d_direct.cpp (direct register tiles, forward
 // and stride-1 data gradient), conv2d_weight.cpp (weight gradient),
-// conv2d_gemm.cpp (data gradient as GEMM + col2im, any stride); the scalar
-// reference loops (kernels/ref/) end every list.
+// conv2d_gemm.cpp (data gradient as GEMM + col2im, any stride),
+// conv2d_rows.cpp (row-segment tiles for layers with few channels, AVX-512);
+// the scalar reference loops (kernels/ref/) end every list.
 #include <omp.h>
 
 #include <algorithm>

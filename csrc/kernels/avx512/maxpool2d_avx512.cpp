@@ -40,68 +40,161 @@ inline __mmask8 takes_over(__m256 v, __m256 best) {
 
 }  // namespace
 
-void maxpool2d_fwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* x,
-                                     float* y, int64_t* idx) {
-  const int64_t P = H / 2, Q = W / 2;
+namespace {
+
+// The window maxima of four (tl, tr, bl, br) vectors: value and offset in
+// the window (0, 1, W, W + 1), in the reference's scan order.
+inline __m256 window_max(__m256 tl, __m256 tr, __m256 bl, __m256 br, __m256i off_w,
+                         __m256i* off) {
+  const __m256i one = _mm256_set1_epi32(1);
+  __m256 best = tl;
+  __m256i o = _mm256_setzero_si256();
+  __mmask8 m = takes_over(tr, best);
+  best = _mm256_mask_mov_ps(best, m, tr);
+  o = _mm256_mask_mov_epi32(o, m, one);
+  m = takes_over(bl, best);
+  best = _mm256_mask_mov_ps(best, m, bl);
+  o = _mm256_mask_mov_epi32(o, m, off_w);
+  m = takes_over(br, best);
+  best = _mm256_mask_mov_ps(best, m, br);
+  o = _mm256_mask_mov_epi32(o, m, _mm256_add_epi32(off_w, one));
+  *off = o;
+  return best;
+}
+
+// One output row p of a plane: chunks of 8 outputs, the last one masked.
+inline void fwd_row(int64_t p, int64_t W, int64_t Q, const float* xp, float* yp, int64_t* ip) {
   // Even columns to lanes 0-7, odd columns to lanes 8-15.
   const __m512i split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
   const __m256i lane2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-  const __m256i off_tr = _mm256_set1_epi32(1), off_bl = _mm256_set1_epi32(int(W)),
-                off_br = _mm256_set1_epi32(int(W + 1));
-  for (int64_t pl = 0; pl < planes; ++pl) {
-    const float* xp = x + pl * H * W;
-    float* yp = y + pl * P * Q;
-    int64_t* ip = idx ? idx + pl * P * Q : nullptr;
-    for (int64_t p = 0; p < P; ++p) {
-      const float* r0 = xp + 2 * p * W;
-      const float* r1 = r0 + W;
-      for (int64_t q0 = 0; q0 < Q; q0 += 8) {
-        const int n = int(Q - q0 < 8 ? Q - q0 : 8);
-        const __mmask16 lm = __mmask16((1u << (2 * n)) - 1u);
-        const __mmask8 sm = __mmask8((1u << n) - 1u);
-        const bool full = n == 8;  // plain loads and stores where no mask is needed
-        const __m512 a = _mm512_permutexvar_ps(
-            split, full ? _mm512_loadu_ps(r0 + 2 * q0) : _mm512_maskz_loadu_ps(lm, r0 + 2 * q0));
-        const __m512 b = _mm512_permutexvar_ps(
-            split, full ? _mm512_loadu_ps(r1 + 2 * q0) : _mm512_maskz_loadu_ps(lm, r1 + 2 * q0));
-        const __m256 tl = _mm512_castps512_ps256(a), tr = _mm512_extractf32x8_ps(a, 1);
-        const __m256 bl = _mm512_castps512_ps256(b), br = _mm512_extractf32x8_ps(b, 1);
-        __m256 best = tl;
-        __m256i off = _mm256_setzero_si256();
-        __mmask8 m = takes_over(tr, best);
-        best = _mm256_mask_mov_ps(best, m, tr);
-        off = _mm256_mask_mov_epi32(off, m, off_tr);
-        m = takes_over(bl, best);
-        best = _mm256_mask_mov_ps(best, m, bl);
-        off = _mm256_mask_mov_epi32(off, m, off_bl);
-        m = takes_over(br, best);
-        best = _mm256_mask_mov_ps(best, m, br);
-        off = _mm256_mask_mov_epi32(off, m, off_br);
-        if (full)
-          _mm256_storeu_ps(yp + p * Q + q0, best);
-        else
-          _mm256_mask_storeu_ps(yp + p * Q + q0, sm, best);
-        if (ip) {
-          const __m256i at = _mm256_add_epi32(
-              _mm256_add_epi32(off, lane2), _mm256_set1_epi32(int(2 * p * W + 2 * q0)));
-          if (full)
-            _mm512_storeu_si512(ip + p * Q + q0, _mm512_cvtepi32_epi64(at));
-          else
-            _mm512_mask_storeu_epi64(ip + p * Q + q0, sm, _mm512_cvtepi32_epi64(at));
-        }
-      }
+  const __m256i off_w = _mm256_set1_epi32(int(W));
+  const float* r0 = xp + 2 * p * W;
+  const float* r1 = r0 + W;
+  for (int64_t q0 = 0; q0 < Q; q0 += 8) {
+    const int n = int(Q - q0 < 8 ? Q - q0 : 8);
+    const __mmask16 lm = __mmask16((1u << (2 * n)) - 1u);
+    const __mmask8 sm = __mmask8((1u << n) - 1u);
+    const bool full = n == 8;  // plain loads and stores where no mask is needed
+    const __m512 a = _mm512_permutexvar_ps(
+        split, full ? _mm512_loadu_ps(r0 + 2 * q0) : _mm512_maskz_loadu_ps(lm, r0 + 2 * q0));
+    const __m512 b = _mm512_permutexvar_ps(
+        split, full ? _mm512_loadu_ps(r1 + 2 * q0) : _mm512_maskz_loadu_ps(lm, r1 + 2 * q0));
+    __m256i off;
+    const __m256 best = window_max(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1),
+                                   _mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1), off_w,
+                                   &off);
+    if (full)
+      _mm256_storeu_ps(yp + p * Q + q0, best);
+    else
+      _mm256_mask_storeu_ps(yp + p * Q + q0, sm, best);
+    if (ip) {
+      const __m256i at = _mm256_add_epi32(_mm256_add_epi32(off, lane2),
+                                          _mm256_set1_epi32(int(2 * p * W + 2 * q0)));
+      if (full)
+        _mm512_storeu_si512(ip + p * Q + q0, _mm512_cvtepi32_epi64(at));
+      else
+        _mm512_mask_storeu_epi64(ip + p * Q + q0, sm, _mm512_cvtepi32_epi64(at));
     }
   }
 }
 
+}  // namespace
+
+void maxpool2d_fwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* x,
+                                     float* y, int64_t* idx) {
+  const int64_t P = H / 2, Q = W / 2;
+  if (W == 8 && P % 2 == 0) {
+    // 8-wide planes (the tutorial's second pool): rows of 4 outputs would
+    // fill half a vector, so each chunk takes two row pairs -- 32
+    // consecutive input floats and 8 consecutive outputs, lanes 0-3 from
+    // row pair p and lanes 4-7 from pair p + 1.
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22, 8, 10, 12, 14, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 17, 19, 21, 23, 9, 11, 13, 15, 25, 27, 29, 31);
+    const __m256i col2 = _mm256_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22);
+    const __m256i off_w = _mm256_set1_epi32(8);
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      const float* xp = x + pl * H * 8;
+      float* yp = y + pl * P * 4;
+      int64_t* ip = idx ? idx + pl * P * 4 : nullptr;
+      for (int64_t p = 0; p < P; p += 2) {
+        const __m512 a = _mm512_loadu_ps(xp + p * 16), b = _mm512_loadu_ps(xp + p * 16 + 16);
+        const __m512 tlbl = _mm512_permutex2var_ps(a, even, b);
+        const __m512 trbr = _mm512_permutex2var_ps(a, odd, b);
+        __m256i off;
+        const __m256 best = window_max(_mm512_castps512_ps256(tlbl), _mm512_castps512_ps256(trbr),
+                                       _mm512_extractf32x8_ps(tlbl, 1),
+                                       _mm512_extractf32x8_ps(trbr, 1), off_w, &off);
+        _mm256_storeu_ps(yp + p * 4, best);
+        if (ip) {
+          const __m256i at = _mm256_add_epi32(_mm256_add_epi32(off, col2),
+                                              _mm256_set1_epi32(int(p * 16)));
+          _mm512_storeu_si512(ip + p * 4, _mm512_cvtepi32_epi64(at));
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const float* xp = x + pl * H * W;
+    float* yp = y + pl * P * Q;
+    int64_t* ip = idx ? idx + pl * P * Q : nullptr;
+    for (int64_t p = 0; p < P; ++p) fwd_row(p, W, Q, xp, yp, ip);
+  }
+}
+
+namespace {
+
+// Masks of the window position (tl, tr, bl, br) of each index, relative to
+// its window's top-left `at`; compared in 64 bits so no out-of-range index
+// can alias a window position.  False if a lane of `valid` is in none.
+inline bool window_masks(__m512i idx, __m512i at, int64_t W, __mmask8 valid, __mmask8 m[4]) {
+  const __m512i rel = _mm512_sub_epi64(idx, at);
+  m[0] = _mm512_cmpeq_epi64_mask(rel, _mm512_setzero_si512());
+  m[1] = _mm512_cmpeq_epi64_mask(rel, _mm512_set1_epi64(1));
+  m[2] = _mm512_cmpeq_epi64_mask(rel, _mm512_set1_epi64(W));
+  m[3] = _mm512_cmpeq_epi64_mask(rel, _mm512_set1_epi64(W + 1));
+  return __mmask8((m[0] | m[1] | m[2] | m[3]) & valid) == valid;
+}
+
+// 0 + g where the mask is set, else 0 -- what the reference's zero fill then
+// add gives (-0 becomes +0).
+inline __m512 routed(__mmask8 m, __m256 g) {
+  return _mm512_castps256_ps512(_mm256_maskz_add_ps(m, g, _mm256_setzero_ps()));
+}
+
+}  // namespace
+
 int64_t maxpool2d_bwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* dy,
                                         const int64_t* idx, float* dx) {
   const int64_t P = H / 2, Q = W / 2;
+  if (W == 8 && P % 2 == 0) {
+    // 8-wide planes: two row pairs per chunk, as in the forward kernel.
+    // (tl | bl) and (tr | br) are zipped back into the 32 input floats.
+    const __m512i at2 = _mm512_setr_epi64(0, 2, 4, 6, 16, 18, 20, 22);
+    const __m512i zip_a = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 8, 24, 9, 25, 10, 26, 11, 27);
+    const __m512i zip_b = _mm512_setr_epi32(4, 20, 5, 21, 6, 22, 7, 23, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      const float* gp = dy + pl * P * 4;
+      const int64_t* ip = idx + pl * P * 4;
+      float* xp = dx + pl * H * 8;
+      for (int64_t p = 0; p < P; p += 2) {
+        const __m256 g = _mm256_loadu_ps(gp + p * 4);
+        __mmask8 m[4];
+        if (!window_masks(_mm512_loadu_si512(ip + p * 4),
+                          _mm512_add_epi64(at2, _mm512_set1_epi64(p * 16)), 8, 0xFF, m))
+          return pl;
+        const __m512 tlbl = _mm512_insertf32x8(routed(m[0], g), _mm512_castps512_ps256(routed(m[2], g)), 1);
+        const __m512 trbr = _mm512_insertf32x8(routed(m[1], g), _mm512_castps512_ps256(routed(m[3], g)), 1);
+        _mm512_storeu_ps(xp + p * 16, _mm512_permutex2var_ps(tlbl, zip_a, trbr));
+        _mm512_storeu_ps(xp + p * 16 + 16, _mm512_permutex2var_ps(tlbl, zip_b, trbr));
+      }
+      if (H & 1) std::memset(xp + (H - 1) * 8, 0, 8 * sizeof(float));
+    }
+    return planes;
+  }
   // (tl, tr) or (bl, br) interleaved back into an input row segment.
   const __m512i zip = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-  const __m512i one = _mm512_set1_epi64(1), w0 = _mm512_set1_epi64(W), w1 = _mm512_set1_epi64(W + 1);
-  const __m256 zero = _mm256_setzero_ps();
   for (int64_t pl = 0; pl < planes; ++pl) {
     const float* gp = dy + pl * P * Q;
     const int64_t* ip = idx + pl * P * Q;
@@ -114,23 +207,12 @@ int64_t maxpool2d_bwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, co
         const __mmask8 sm = __mmask8((1u << n) - 1u);
         const __mmask16 wm = __mmask16((1u << (2 * n)) - 1u);
         const __m256 g = _mm256_maskz_loadu_ps(sm, gp + p * Q + q0);
-        // Offset of each index within its own window, compared in 64 bits so
-        // no out-of-range index can alias a window position.
-        const __m512i rel = _mm512_sub_epi64(
-            _mm512_maskz_loadu_epi64(sm, ip + p * Q + q0),
-            _mm512_add_epi64(lane2, _mm512_set1_epi64(2 * p * W + 2 * q0)));
-        const __mmask8 m_tl = _mm512_cmpeq_epi64_mask(rel, _mm512_setzero_si512());
-        const __mmask8 m_tr = _mm512_cmpeq_epi64_mask(rel, one);
-        const __mmask8 m_bl = _mm512_cmpeq_epi64_mask(rel, w0);
-        const __mmask8 m_br = _mm512_cmpeq_epi64_mask(rel, w1);
-        if (__mmask8((m_tl | m_tr | m_bl | m_br) & sm) != sm) return pl;
-        // 0 + g, as the reference's zero-fill-then-add gives (-0 becomes +0).
-        const __m512 tl = _mm512_castps256_ps512(_mm256_maskz_add_ps(m_tl, g, zero));
-        const __m512 tr = _mm512_castps256_ps512(_mm256_maskz_add_ps(m_tr, g, zero));
-        const __m512 bl = _mm512_castps256_ps512(_mm256_maskz_add_ps(m_bl, g, zero));
-        const __m512 br = _mm512_castps256_ps512(_mm256_maskz_add_ps(m_br, g, zero));
-        _mm512_mask_storeu_ps(d0 + 2 * q0, wm, _mm512_permutex2var_ps(tl, zip, tr));
-        _mm512_mask_storeu_ps(d1 + 2 * q0, wm, _mm512_permutex2var_ps(bl, zip, br));
+        __mmask8 m[4];
+        if (!window_masks(_mm512_maskz_loadu_epi64(sm, ip + p * Q + q0),
+                          _mm512_add_epi64(lane2, _mm512_set1_epi64(2 * p * W + 2 * q0)), W, sm, m))
+          return pl;
+        _mm512_mask_storeu_ps(d0 + 2 * q0, wm, _mm512_permutex2var_ps(routed(m[0], g), zip, routed(m[1], g)));
+        _mm512_mask_storeu_ps(d1 + 2 * q0, wm, _mm512_permutex2var_ps(routed(m[2], g), zip, routed(m[3], g)));
       }
       if (W & 1) d0[W - 1] = d1[W - 1] = 0.0f;
     }

@@ -33,7 +33,15 @@ using conv_clanes_outer_ukernel_fn = void (*)(int64_t q_len, int64_t nrows, cons
                                               int64_t x_pitch, const float* panel, float* c,
                                               int64_t ldc);
 
+// Packs a kp-channel dy panel position-major: panel[t * kp + j] = dy[j * ld + t]
+// for t < positions, j < channels (zero for channels <= j < kp; kp a
+// multiple of 16).  Reads past `positions` or `channels` never happen.
+using conv_clanes_pack_fn = void (*)(const float* dy, int64_t ld, int64_t positions,
+                                     int64_t channels, float* panel, int64_t kp);
+
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
+void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, int64_t positions,
+                                                  int64_t channels, float* panel, int64_t kp);
 void conv2d_fwd_f32_clanes_14x32__avx512(int64_t steps, const float* w, const float* x,
                                          const int64_t* offsets, int64_t nt, int64_t kn,
                                          const float* bias, float* y, int64_t ldy);

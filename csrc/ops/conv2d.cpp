@@ -104,8 +104,10 @@ void run_bwd_data_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
 }
 // 64-channel panels where K allows (one load per 6 FMAs), else 32.
 void run_bwd_weight_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
-  const ClanesOuterKernel uk = g.Kg() % 64 == 0 ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64}
-                                                : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32};
+  const ClanesOuterKernel uk =
+      g.Kg() % 64 == 0
+          ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64, conv2d_bwd_weight_f32_pack_dy_clanes__avx512}
+          : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32, conv2d_bwd_weight_f32_pack_dy_clanes__avx512};
   backward_weight_clanes(uk, g, a.dy, a.x, a.dw);
 }
 #endif

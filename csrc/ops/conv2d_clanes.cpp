@@ -111,9 +111,12 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
   const int64_t crs_panels = (CRS + mt - 1) / mt, k_panels = (Kg + kp - 1) / kp, ldw = k_panels * kp;
   const int64_t part_size = g.G * crs_panels * mt * ldw;
   const int64_t x_img = g.C * plane, dyt_img = g.G * k_panels * PQ * kp;
-  // Output rows per kernel call: a 16 KiB block of the dy panel stays in L1
-  // while every tap tile of the panel sweeps it.
-  const int64_t row_block = std::clamp<int64_t>(4096 / (g.Q * kp), 1, g.P);
+  // Output rows per kernel call.  Long calls pay: each call loads and stores
+  // its 24 accumulators, and measured on the 14x14 layers (6x64 tiles) one
+  // call per 1 / 2 / 4 / 14 rows ran at 71 / 81 / 87 / 95 % of peak even
+  // though a 14-row panel (50 KiB) no longer fits L1; the L2 keeps up with
+  // one 64-byte panel load per 6 FMAs.  A 64 KiB panel block bounds it.
+  const int64_t row_block = std::clamp<int64_t>(16384 / (g.Q * kp), 1, g.P);
   const BatchChunks split(g.N);
   const int64_t chunks = split.count;
   std::vector<float> partials(static_cast<size_t>(chunks * part_size));
@@ -132,12 +135,7 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
         for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
           float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
           const int64_t k0 = grp * Kg + kpn * kp, valid = std::min(kp, Kg - kpn * kp);
-          for (int64_t j = 0; j < valid; ++j) {
-            const float* src = dy + (n * g.K + k0 + j) * PQ;
-            for (int64_t t = 0; t < PQ; ++t) panel[t * kp + j] = src[t];
-          }
-          for (int64_t t = 0; t < PQ && valid < kp; ++t)
-            std::fill(panel + t * kp + valid, panel + (t + 1) * kp, 0.0f);
+          uk.pack(dy + (n * g.K + k0) * PQ, PQ, PQ, valid, panel, kp);
         }
       for (int64_t grp = 0; grp < g.G; ++grp) {
         const float* xg = xpad + grp * g.Cg() * plane;

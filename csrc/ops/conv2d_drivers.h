@@ -148,6 +148,7 @@ void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeomet
 struct ClanesOuterKernel {
   conv_clanes_outer_ukernel_fn fn;
   int64_t mt, kp;
+  conv_clanes_pack_fn pack;
 };
 void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
                             const float* x, float* dw);

@@ -25,6 +25,8 @@
 namespace convcore {
 namespace {
 
+constexpr int64_t kClanesWeightChunks = 4;
+
 // wpack[g][panel][c*R*S + r*S + s][i] = weight of output channel panel*32+i
 // (zero past Kout).  transposed_flip: the weight of output channel k and
 // input channel c is w[g][c][k][R-1-r][S-1-s] of the original tensor.
@@ -117,7 +119,13 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
   // though a 14-row panel (50 KiB) no longer fits L1; the L2 keeps up with
   // one 64-byte panel load per 6 FMAs.  A 64 KiB panel block bounds it.
   const int64_t row_block = std::clamp<int64_t>(16384 / (g.Q * kp), 1, g.P);
-  const BatchChunks split(g.N);
+  // At most 4 fixed chunks (not kMaxWeightChunks = 16): each chunk costs a
+  // zero-filled partial and a pass of the final reduction, 147 KiB each on
+  // the 64x64 layer, and 16 of them took 5-8% of the call (1 thread: 76-82%
+  // of peak with 16 chunks, 82-86% with 4).  4 still splits evenly over 2
+  // threads; the split depends on N alone, so results stay bitwise the same
+  // for any thread count.
+  const BatchChunks split(g.N, kClanesWeightChunks);
   const int64_t chunks = split.count;
   // The calling thread's slot 0 (unused by the workers' padding and dy
   // slots): a fresh zeroed vector of up to 16 partials (2.4 MiB on the 64x64

@@ -74,11 +74,12 @@ std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64
 // into its own partial, the partials then added in chunk order -- what makes
 // the result bitwise the same for any number of threads.  Within a chunk,
 // images are fed to the kernel in groups whose input and dy fit the L2
-// budget (again a function of the shape only).
+// budget (again a function of the shape only).  A driver may ask for fewer
+// chunks (a constant of its own, never the thread count).
 struct BatchChunks {
   int64_t count, per_chunk, N;
-  explicit BatchChunks(int64_t n)
-      : count(std::min<int64_t>(n, kMaxWeightChunks)),
+  explicit BatchChunks(int64_t n, int64_t max_chunks = kMaxWeightChunks)
+      : count(std::min<int64_t>(n, max_chunks)),
         per_chunk(count > 0 ? (n + count - 1) / count : 0),
         N(n) {}
   int64_t begin(int64_t chunk) const { return chunk * per_chunk; }

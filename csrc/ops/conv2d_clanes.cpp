@@ -75,18 +75,31 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, const DirectConv& d, const float*
     // kernels need no slack past the end.
     float* xpad = thread_scratch(1).floats(Cin_all * plane);
     pad_planes(d.pp, Cin_all, d.in + n * in_img, xpad);
-    for (int64_t gp = b * per_block; gp < std::min((b + 1) * per_block, d.G * panels); ++gp) {
+    // The next image's input comes from DRAM when the batch exceeds the
+    // caches; its copy into padded planes took 5% of the call until it was
+    // prefetched into L2 a slice per output row, behind the FMAs.
+    const int64_t gp0 = b * per_block, gp1 = std::min((b + 1) * per_block, d.G * panels);
+    const char* next = task + blocks < d.N * blocks
+                           ? reinterpret_cast<const char*>(d.in + (n + 1) * in_img)
+                           : nullptr;
+    const int64_t next_lines = next && b == 0 ? in_img * int64_t(sizeof(float)) / 64 : 0;
+    const int64_t lines_per_row = (next_lines + (gp1 - gp0) * d.P - 1) / std::max<int64_t>((gp1 - gp0) * d.P, 1);
+    int64_t prefetched = 0;
+    for (int64_t gp = gp0; gp < gp1; ++gp) {
       const int64_t g = gp / panels, k0 = (gp % panels) * kp, kn = std::min(kp, d.Kout - k0);
       const float* wp = wpack + gp * steps * kp;
       const float* xg = xpad + g * d.Cin * plane;
       const float* bias = d.bias ? d.bias + g * d.Kout + k0 : nullptr;
       float* yk = d.out + n * out_img + (g * d.Kout + k0) * PQ;
-      for (int64_t p = 0; p < d.P; ++p)
+      for (int64_t p = 0; p < d.P; ++p) {
+        for (int64_t l = 0; l < lines_per_row && prefetched < next_lines; ++l, ++prefetched)
+          __builtin_prefetch(next + prefetched * 64, 0, 2);
         for (int64_t i = 0, q0 = 0; i < row_tiles; ++i) {
           const int64_t width = tile_base + (i < tile_extra ? 1 : 0);
           uk(steps, wp, xg + p * Wh + q0, offsets.data(), width, kn, bias, yk + p * d.Q + q0, PQ);
           q0 += width;
         }
+      }
     }
   });
   errors.rethrow();
@@ -128,8 +141,8 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
   const BatchChunks split(g.N, kClanesWeightChunks);
   const int64_t chunks = split.count;
   // The calling thread's slot 0 (unused by the workers' padding and dy
-  // slots): a fresh zeroed vector of up to 16 partials (2.4 MiB on the 64x64
-  // layer) cost its page faults and zeroing on every call.
+  // slots): a fresh zeroed vector of partials cost its page faults and
+  // zeroing on every call.
   float* partials = thread_scratch(0).floats(chunks * part_size);
   const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
   const int nt = conv_threads(g);
@@ -142,6 +155,16 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
     float* dyt = thread_scratch(2).floats(dyt_img);
     for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
       pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
+      // The next image's x and dy, prefetched into L2 a slice per kernel
+      // call, behind the FMAs (as in run_clanes).
+      const bool more = n + 1 < split.end(chunk);
+      const char* next_x = reinterpret_cast<const char*>(x + (n + 1) * g.C * g.H * g.W);
+      const char* next_dy = reinterpret_cast<const char*>(dy + (n + 1) * g.K * PQ);
+      const int64_t x_lines = more ? g.C * g.H * g.W * int64_t(sizeof(float)) / 64 : 0;
+      const int64_t dy_lines = more ? g.K * PQ * int64_t(sizeof(float)) / 64 : 0;
+      const int64_t calls = g.G * ((g.P + row_block - 1) / row_block) * k_panels * crs_panels;
+      const int64_t per_call = (x_lines + dy_lines + calls - 1) / calls;
+      int64_t prefetched = 0;
       for (int64_t grp = 0; grp < g.G; ++grp)
         for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
           float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
@@ -160,6 +183,10 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
               for (int64_t r = 0; r < mt; ++r)  // taps past the end repeat a valid one; discarded
                 rows[r] = xg + tap_offset[size_t(std::min(cp * mt + r, CRS - 1))] + p0 * Wh;
               uk.fn(g.Q, rows_here, rows, Wh, panel, part_g + cp * mt * ldw + kpn * kp, ldw);
+              for (int64_t l = 0; l < per_call && prefetched < x_lines + dy_lines; ++l, ++prefetched)
+                __builtin_prefetch(prefetched < x_lines ? next_x + prefetched * 64
+                                                        : next_dy + (prefetched - x_lines) * 64,
+                                   0, 2);
             }
           }
         }

@@ -125,6 +125,7 @@ CASES = {
     "clanes_dilated": ((1, 32, 12, 20), (32, 32, 3, 3), True, dict(padding=2, dilation=2)),
     "clanes_groups2": ((2, 64, 8, 16), (64, 32, 3, 3), True, dict(padding=1, groups=2)),
     "clanes_1x1": ((2, 32, 7, 14), (64, 32, 1, 1), True, {}),
+    "clanes_1x1_padded": ((1, 32, 6, 14), (32, 32, 1, 1), True, dict(padding=1)),  # dy cropped
     "clanes_k5": ((1, 32, 10, 14), (32, 32, 5, 5), True, dict(padding=2)),
     "clanes_batch17": ((17, 32, 4, 9), (32, 32, 3, 3), True, dict(padding=1)),
     "clanes_k16_half_panel": ((1, 16, 5, 14), (16, 16, 3, 3), True, dict(padding=1)),

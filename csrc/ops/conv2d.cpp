@@ -104,17 +104,19 @@ bool clanes_bwd_weight_fits(const Conv2dGeometry& g) {
   return g.Cg() >= 16 && fills_panels(g.Kg()) && g.Q >= 7;
 }
 void run_fwd_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
-  forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, g, a.x, a.w, a.b, a.y);
+  forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.x, a.w, a.b, a.y);
 }
 void run_bwd_data_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
-  backward_data_clanes(conv2d_fwd_f32_clanes_14x32__avx512, g, a.dy, a.w, a.dx);
+  backward_data_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.dy, a.w, a.dx);
 }
 // 64-channel panels where K allows (one load per 6 FMAs), else 32.
 void run_bwd_weight_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
   const ClanesOuterKernel uk =
       g.Kg() % 64 == 0
-          ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64, conv2d_bwd_weight_f32_pack_dy_clanes__avx512}
-          : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32, conv2d_bwd_weight_f32_pack_dy_clanes__avx512};
+          ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64, conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
+                              conv2d_pad_planes_f32_s1__avx512}
+          : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32, conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
+                              conv2d_pad_planes_f32_s1__avx512};
   backward_weight_clanes(uk, g, a.dy, a.x, a.dw);
 }
 #endif

@@ -48,8 +48,17 @@ void pack_clanes_weights(const DirectConv& d, const float* w, bool transposed_fl
     }
 }
 
-void run_clanes(conv_clanes_fwd_ukernel_fn uk, const DirectConv& d, const float* w,
-                bool transposed_flip, int nt) {
+// Padded planes of one image: the ISA's stride-1 copy where it applies.
+void pad_image(conv_clanes_pad_fn pad, const PaddedPlanes& pp, int64_t channels, const float* src,
+               float* dst) {
+  if (pp.sh == 1 && pp.sw == 1)
+    pad(src, channels, pp.H, pp.W, pp.pad_top, pp.pad_left, pp.Hp, pp.Wp, dst);
+  else
+    pad_planes(pp, channels, src, dst);
+}
+
+void run_clanes(conv_clanes_fwd_ukernel_fn uk, conv_clanes_pad_fn pad, const DirectConv& d,
+                const float* w, bool transposed_flip, int nt) {
   constexpr int64_t kp = kClanesTileK;
   const int64_t steps = d.Cin * d.R * d.S, panels = (d.Kout + kp - 1) / kp;
   std::vector<float> wpack_store(static_cast<size_t>(d.G * panels * steps * kp));
@@ -74,7 +83,7 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, const DirectConv& d, const float*
     // Every tap of every valid output lies inside the padded planes, so the
     // kernels need no slack past the end.
     float* xpad = thread_scratch(1).floats(Cin_all * plane);
-    pad_planes(d.pp, Cin_all, d.in + n * in_img, xpad);
+    pad_image(pad, d.pp, Cin_all, d.in + n * in_img, xpad);
     // The next image's input comes from DRAM when the batch exceeds the
     // caches; its copy into padded planes took 5% of the call until it was
     // prefetched into L2 a slice per output row, behind the FMAs.
@@ -107,14 +116,15 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, const DirectConv& d, const float*
 
 }  // namespace
 
-void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g, const float* x,
-                    const float* w, const float* b, float* y) {
-  run_clanes(ukernel, direct_forward_problem(g, x, b, y), w, false, conv_threads(g));
+void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
+                    const Conv2dGeometry& g, const float* x, const float* w, const float* b,
+                    float* y) {
+  run_clanes(ukernel, pad, direct_forward_problem(g, x, b, y), w, false, conv_threads(g));
 }
 
-void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g,
-                          const float* dy, const float* w, float* dx) {
-  run_clanes(ukernel, direct_backward_data_problem(g, dy, dx), w, true, conv_threads(g));
+void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
+                          const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
+  run_clanes(ukernel, pad, direct_backward_data_problem(g, dy, dx), w, true, conv_threads(g));
 }
 
 void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
@@ -154,7 +164,7 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
     float* xpad = thread_scratch(1).floats(x_img);
     float* dyt = thread_scratch(2).floats(dyt_img);
     for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
-      pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
+      pad_image(uk.pad, d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
       // The next image's x and dy, prefetched into L2 a slice per kernel
       // call, behind the FMAs (as in run_clanes).
       const bool more = n + 1 < split.end(chunk);

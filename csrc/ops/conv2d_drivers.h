@@ -142,14 +142,17 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
 // output row broadcast from the padded planes; forward and stride-1 data
 // gradient.  The weight gradient packs dy into position-major panels of kp
 // channels and sweeps mt-tap outer-product tiles, with the BatchChunks split.
-void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g, const float* x,
-                    const float* w, const float* b, float* y);
-void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g,
-                          const float* dy, const float* w, float* dx);
+// pad: copies stride-1 padded planes (pad_planes handles stride > 1).
+void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
+                    const Conv2dGeometry& g, const float* x, const float* w, const float* b,
+                    float* y);
+void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
+                          const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
 struct ClanesOuterKernel {
   conv_clanes_outer_ukernel_fn fn;
   int64_t mt, kp;
   conv_clanes_pack_fn pack;
+  conv_clanes_pad_fn pad;
 };
 void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
                             const float* x, float* dw);

@@ -200,4 +200,34 @@ void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, i
   }
 }
 
+// Rows of 14-30 floats: memcpy + fill calls per row cost more than the
+// copy; here a row is one or two zero stores and masked load/store pairs
+// that never touch memory outside the source row or the padded row.
+void conv2d_pad_planes_f32_s1__avx512(const float* src, int64_t channels, int64_t H, int64_t W,
+                                      int64_t pad_top, int64_t pad_left, int64_t Hp, int64_t Wp,
+                                      float* dst) {
+  const int64_t j_lo = pad_left > 0 ? pad_left : 0;
+  const int64_t j_hi = pad_left + W < Wp ? pad_left + W : Wp;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* sc = src + c * H * W;
+    float* dc = dst + c * Hp * Wp;
+    for (int64_t i = 0; i < Hp; ++i) {
+      float* row = dc + i * Wp;
+      for (int64_t j = 0; j < Wp; j += 16) {
+        const int64_t n = Wp - j < 16 ? Wp - j : 16;
+        _mm512_mask_storeu_ps(row + j, __mmask16((1u << n) - 1), zero);
+      }
+      const int64_t h = i - pad_top;
+      if (h < 0 || h >= H) continue;
+      const float* srow = sc + h * W - pad_left;  // srow[j] = source column j - pad_left
+      for (int64_t j = j_lo; j < j_hi; j += 16) {
+        const int64_t n = j_hi - j < 16 ? j_hi - j : 16;
+        const __mmask16 m = __mmask16((1u << n) - 1);
+        _mm512_mask_storeu_ps(row + j, m, _mm512_maskz_loadu_ps(m, srow + j));
+      }
+    }
+  }
+}
+
 }  // namespace convcore

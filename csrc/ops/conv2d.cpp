@@ -1,7 +1,8 @@
 // conv2d entry points and their ordered implementation lists.  The drivers
 // live beside this file: conv2d_direct.cpp (direct register tiles, forward
 // and stride-1 data gradient), conv2d_weight.cpp (weight gradient),
-// conv2d_gemm.cpp (data gradient as GEMM + col2im, any stride); the scalar
+// conv2d_gemm.cpp (data gradient as GEMM + col2im, any stride),
+// conv2d_clanes.cpp (AVX-512 channels in lanes, >= 16 channels); the scalar
 // reference loops (kernels/ref/) end every list.
 #include <omp.h>
 

@@ -103,6 +103,15 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, conv_clanes_pad_fn pad, const Dir
       for (int64_t p = 0; p < d.P; ++p) {
         for (int64_t l = 0; l < lines_per_row && prefetched < next_lines; ++l, ++prefetched)
           __builtin_prefetch(next + prefetched * 64, 0, 2);
+        // The tiles write 32 channel rows of the output, fresh memory each
+        // call: fetch the next output row's lines for writing ahead of them.
+        if (p + 1 < d.P)
+          for (int64_t k = 0; k < kn; ++k) {
+            const char* row = reinterpret_cast<const char*>(yk + k * PQ + (p + 1) * d.Q);
+            for (int64_t off = 0; off < d.Q * int64_t(sizeof(float)); off += 64)
+              __builtin_prefetch(row + off, 1, 3);
+            __builtin_prefetch(row + d.Q * int64_t(sizeof(float)) - 1, 1, 3);
+          }
         for (int64_t i = 0, q0 = 0; i < row_tiles; ++i) {
           const int64_t width = tile_base + (i < tile_extra ? 1 : 0);
           uk(steps, wp, xg + p * Wh + q0, offsets.data(), width, kn, bias, yk + p * d.Q + q0, PQ);

@@ -33,7 +33,25 @@ using conv_clanes_outer_ukernel_fn = void (*)(int64_t q_len, int64_t nrows, cons
                                               int64_t x_pitch, const float* panel, float* c,
                                               int64_t ldc);
 
+// Packs a kp-channel dy panel position-major: panel[t * kp + j] = dy[j * ld + t]
+// for t < positions, j < channels (zero for channels <= j < kp; kp a
+// multiple of 16).  Reads past `positions` or `channels` never happen.
+using conv_clanes_pack_fn = void (*)(const float* dy, int64_t ld, int64_t positions,
+                                     int64_t channels, float* panel, int64_t kp);
+
+// Stride-1 padded planes (the layout of ops/conv2d_drivers.h PaddedPlanes
+// with one phase): dst[c][i][j] = src[c][i - pad_top][j - pad_left] inside
+// the source, else 0, for i < Hp, j < Wp; pads may be negative (crop).
+using conv_clanes_pad_fn = void (*)(const float* src, int64_t channels, int64_t H, int64_t W,
+                                    int64_t pad_top, int64_t pad_left, int64_t Hp, int64_t Wp,
+                                    float* dst);
+
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
+void conv2d_pad_planes_f32_s1__avx512(const float* src, int64_t channels, int64_t H, int64_t W,
+                                      int64_t pad_top, int64_t pad_left, int64_t Hp, int64_t Wp,
+                                      float* dst);
+void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, int64_t positions,
+                                                  int64_t channels, float* panel, int64_t kp);
 void conv2d_fwd_f32_clanes_14x32__avx512(int64_t steps, const float* w, const float* x,
                                          const int64_t* offsets, int64_t nt, int64_t kn,
                                          const float* bias, float* y, int64_t ldy);

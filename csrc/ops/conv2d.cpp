@@ -2,8 +2,9 @@
 // live beside this file: conv2d_direct.cpp (direct register tiles, forward
 // and stride-1 data gradient), conv2d_weight.cpp (weight gradient),
 // conv2d_gemm.cpp (data gradient as GEMM + col2im, any stride),
-// conv2d_rows.cpp (row-segment tiles for layers with few channels, AVX-512);
-// the scalar reference loops (kernels/ref/) end every list.
+// conv2d_rows.cpp (row-segment tiles for layers with few channels, AVX-512),
+// conv2d_clanes.cpp (AVX-512 channels in lanes, >= 16 channels); the scalar
+// reference loops (kernels/ref/) end every list.
 #include <omp.h>
 
 #include <algorithm>
@@ -109,23 +110,34 @@ void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { forward_r
 void run_bwd_data_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_data_rows(kRowsAvx512, g, a.dy, a.w, a.dx); }
 void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_rows(kRowsWeightAvx512, g, a.dy, a.x, a.dw); }
 // Channels in lanes: 32-channel panels and row tiles of up to 14 positions.
-// Pays off once both channel counts fill the vectors and a row fills most of
-// a tile; below that the positions-in-lanes tiles waste less.
-bool clanes_fwd_fits(const Conv2dGeometry& g) { return g.Cg() >= 16 && g.Kg() >= 16 && g.Q >= 7; }
-bool clanes_bwd_data_fits(const Conv2dGeometry& g) {
-  return unit_stride(g) && g.Cg() >= 16 && g.Kg() >= 16 && g.W >= 7;
+// Measured against the AVX2 positions-in-lanes tiles (1 thread): 1.15-1.35x
+// where the panel's channel count is a multiple of 32 and rows are 7 or more
+// wide; 0.91-0.92x at 80 channels (a sixth of the lanes padding), 0.56-0.86x
+// at 16 or 24.  So at most a tenth of the lanes may be padding (90 -> 96).
+bool fills_panels(int64_t channels) { return (channels + 31) / 32 * 32 * 10 <= channels * 11; }
+bool clanes_fwd_fits(const Conv2dGeometry& g) {
+  return g.Cg() >= 16 && fills_panels(g.Kg()) && g.Q >= 7;
 }
-bool clanes_bwd_weight_fits(const Conv2dGeometry& g) { return g.Cg() >= 16 && g.Kg() >= 16 && g.Q >= 7; }
+bool clanes_bwd_data_fits(const Conv2dGeometry& g) {
+  return unit_stride(g) && g.Kg() >= 16 && fills_panels(g.Cg()) && g.W >= 7;
+}
+bool clanes_bwd_weight_fits(const Conv2dGeometry& g) {
+  return g.Cg() >= 16 && fills_panels(g.Kg()) && g.Q >= 7;
+}
 void run_fwd_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
-  forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, g, a.x, a.w, a.b, a.y);
+  forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.x, a.w, a.b, a.y);
 }
 void run_bwd_data_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
-  backward_data_clanes(conv2d_fwd_f32_clanes_14x32__avx512, g, a.dy, a.w, a.dx);
+  backward_data_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.dy, a.w, a.dx);
 }
 // 64-channel panels where K allows (one load per 6 FMAs), else 32.
 void run_bwd_weight_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
-  const ClanesOuterKernel uk = g.Kg() % 64 == 0 ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64}
-                                                : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32};
+  const ClanesOuterKernel uk =
+      g.Kg() % 64 == 0
+          ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64, conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
+                              conv2d_pad_planes_f32_s1__avx512}
+          : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32, conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
+                              conv2d_pad_planes_f32_s1__avx512};
   backward_weight_clanes(uk, g, a.dy, a.x, a.dw);
 }
 #endif

@@ -25,6 +25,8 @@
 namespace convcore {
 namespace {
 
+constexpr int64_t kClanesWeightChunks = 4;
+
 // wpack[g][panel][c*R*S + r*S + s][i] = weight of output channel panel*32+i
 // (zero past Kout).  transposed_flip: the weight of output channel k and
 // input channel c is w[g][c][k][R-1-r][S-1-s] of the original tensor.
@@ -46,8 +48,17 @@ void pack_clanes_weights(const DirectConv& d, const float* w, bool transposed_fl
     }
 }
 
-void run_clanes(conv_clanes_fwd_ukernel_fn uk, const DirectConv& d, const float* w,
-                bool transposed_flip, int nt) {
+// Padded planes of one image: the ISA's stride-1 copy where it applies.
+void pad_image(conv_clanes_pad_fn pad, const PaddedPlanes& pp, int64_t channels, const float* src,
+               float* dst) {
+  if (pp.sh == 1 && pp.sw == 1)
+    pad(src, channels, pp.H, pp.W, pp.pad_top, pp.pad_left, pp.Hp, pp.Wp, dst);
+  else
+    pad_planes(pp, channels, src, dst);
+}
+
+void run_clanes(conv_clanes_fwd_ukernel_fn uk, conv_clanes_pad_fn pad, const DirectConv& d,
+                const float* w, bool transposed_flip, int nt) {
   constexpr int64_t kp = kClanesTileK;
   const int64_t steps = d.Cin * d.R * d.S, panels = (d.Kout + kp - 1) / kp;
   std::vector<float> wpack_store(static_cast<size_t>(d.G * panels * steps * kp));
@@ -72,19 +83,41 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, const DirectConv& d, const float*
     // Every tap of every valid output lies inside the padded planes, so the
     // kernels need no slack past the end.
     float* xpad = thread_scratch(1).floats(Cin_all * plane);
-    pad_planes(d.pp, Cin_all, d.in + n * in_img, xpad);
-    for (int64_t gp = b * per_block; gp < std::min((b + 1) * per_block, d.G * panels); ++gp) {
+    pad_image(pad, d.pp, Cin_all, d.in + n * in_img, xpad);
+    // The next image's input comes from DRAM when the batch exceeds the
+    // caches; its copy into padded planes took 5% of the call until it was
+    // prefetched into L2 a slice per output row, behind the FMAs.
+    const int64_t gp0 = b * per_block, gp1 = std::min((b + 1) * per_block, d.G * panels);
+    const char* next = task + blocks < d.N * blocks
+                           ? reinterpret_cast<const char*>(d.in + (n + 1) * in_img)
+                           : nullptr;
+    const int64_t next_lines = next && b == 0 ? in_img * int64_t(sizeof(float)) / 64 : 0;
+    const int64_t lines_per_row = (next_lines + (gp1 - gp0) * d.P - 1) / std::max<int64_t>((gp1 - gp0) * d.P, 1);
+    int64_t prefetched = 0;
+    for (int64_t gp = gp0; gp < gp1; ++gp) {
       const int64_t g = gp / panels, k0 = (gp % panels) * kp, kn = std::min(kp, d.Kout - k0);
       const float* wp = wpack + gp * steps * kp;
       const float* xg = xpad + g * d.Cin * plane;
       const float* bias = d.bias ? d.bias + g * d.Kout + k0 : nullptr;
       float* yk = d.out + n * out_img + (g * d.Kout + k0) * PQ;
-      for (int64_t p = 0; p < d.P; ++p)
+      for (int64_t p = 0; p < d.P; ++p) {
+        for (int64_t l = 0; l < lines_per_row && prefetched < next_lines; ++l, ++prefetched)
+          __builtin_prefetch(next + prefetched * 64, 0, 2);
+        // The tiles write 32 channel rows of the output, fresh memory each
+        // call: fetch the next output row's lines for writing ahead of them.
+        if (p + 1 < d.P)
+          for (int64_t k = 0; k < kn; ++k) {
+            const char* row = reinterpret_cast<const char*>(yk + k * PQ + (p + 1) * d.Q);
+            for (int64_t off = 0; off < d.Q * int64_t(sizeof(float)); off += 64)
+              __builtin_prefetch(row + off, 1, 3);
+            __builtin_prefetch(row + d.Q * int64_t(sizeof(float)) - 1, 1, 3);
+          }
         for (int64_t i = 0, q0 = 0; i < row_tiles; ++i) {
           const int64_t width = tile_base + (i < tile_extra ? 1 : 0);
           uk(steps, wp, xg + p * Wh + q0, offsets.data(), width, kn, bias, yk + p * d.Q + q0, PQ);
           q0 += width;
         }
+      }
     }
   });
   errors.rethrow();
@@ -92,14 +125,15 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, const DirectConv& d, const float*
 
 }  // namespace
 
-void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g, const float* x,
-                    const float* w, const float* b, float* y) {
-  run_clanes(ukernel, direct_forward_problem(g, x, b, y), w, false, conv_threads(g));
+void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
+                    const Conv2dGeometry& g, const float* x, const float* w, const float* b,
+                    float* y) {
+  run_clanes(ukernel, pad, direct_forward_problem(g, x, b, y), w, false, conv_threads(g));
 }
 
-void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g,
-                          const float* dy, const float* w, float* dx) {
-  run_clanes(ukernel, direct_backward_data_problem(g, dy, dx), w, true, conv_threads(g));
+void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
+                          const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
+  run_clanes(ukernel, pad, direct_backward_data_problem(g, dy, dx), w, true, conv_threads(g));
 }
 
 void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
@@ -111,33 +145,50 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
   const int64_t crs_panels = (CRS + mt - 1) / mt, k_panels = (Kg + kp - 1) / kp, ldw = k_panels * kp;
   const int64_t part_size = g.G * crs_panels * mt * ldw;
   const int64_t x_img = g.C * plane, dyt_img = g.G * k_panels * PQ * kp;
-  // Output rows per kernel call: a 16 KiB block of the dy panel stays in L1
-  // while every tap tile of the panel sweeps it.
-  const int64_t row_block = std::clamp<int64_t>(4096 / (g.Q * kp), 1, g.P);
-  const BatchChunks split(g.N);
+  // Output rows per kernel call.  Long calls pay: each call loads and stores
+  // its 24 accumulators, and measured on the 14x14 layers (6x64 tiles) one
+  // call per 1 / 2 / 4 / 14 rows ran at 71 / 81 / 87 / 95 % of peak even
+  // though a 14-row panel (50 KiB) no longer fits L1; the L2 keeps up with
+  // one 64-byte panel load per 6 FMAs.  A 64 KiB panel block bounds it.
+  const int64_t row_block = std::clamp<int64_t>(16384 / (g.Q * kp), 1, g.P);
+  // At most 4 fixed chunks (not kMaxWeightChunks = 16): each chunk costs a
+  // zero-filled partial and a pass of the final reduction, 147 KiB each on
+  // the 64x64 layer, and 16 of them took 5-8% of the call (1 thread: 76-82%
+  // of peak with 16 chunks, 82-86% with 4).  4 still splits evenly over 2
+  // threads; the split depends on N alone, so results stay bitwise the same
+  // for any thread count.
+  const BatchChunks split(g.N, kClanesWeightChunks);
   const int64_t chunks = split.count;
-  std::vector<float> partials(static_cast<size_t>(chunks * part_size));
+  // The calling thread's slot 0 (unused by the workers' padding and dy
+  // slots): a fresh zeroed vector of partials cost its page faults and
+  // zeroing on every call.
+  float* partials = thread_scratch(0).floats(chunks * part_size);
   const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
   const int nt = conv_threads(g);
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
-    float* part = partials.data() + chunk * part_size;
+    float* part = partials + chunk * part_size;
     std::fill(part, part + part_size, 0.0f);
     float* xpad = thread_scratch(1).floats(x_img);
     float* dyt = thread_scratch(2).floats(dyt_img);
     for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
-      pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
+      pad_image(uk.pad, d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
+      // The next image's x and dy, prefetched into L2 a slice per kernel
+      // call, behind the FMAs (as in run_clanes).
+      const bool more = n + 1 < split.end(chunk);
+      const char* next_x = reinterpret_cast<const char*>(x + (n + 1) * g.C * g.H * g.W);
+      const char* next_dy = reinterpret_cast<const char*>(dy + (n + 1) * g.K * PQ);
+      const int64_t x_lines = more ? g.C * g.H * g.W * int64_t(sizeof(float)) / 64 : 0;
+      const int64_t dy_lines = more ? g.K * PQ * int64_t(sizeof(float)) / 64 : 0;
+      const int64_t calls = g.G * ((g.P + row_block - 1) / row_block) * k_panels * crs_panels;
+      const int64_t per_call = (x_lines + dy_lines + calls - 1) / calls;
+      int64_t prefetched = 0;
       for (int64_t grp = 0; grp < g.G; ++grp)
         for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
           float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
           const int64_t k0 = grp * Kg + kpn * kp, valid = std::min(kp, Kg - kpn * kp);
-          for (int64_t j = 0; j < valid; ++j) {
-            const float* src = dy + (n * g.K + k0 + j) * PQ;
-            for (int64_t t = 0; t < PQ; ++t) panel[t * kp + j] = src[t];
-          }
-          for (int64_t t = 0; t < PQ && valid < kp; ++t)
-            std::fill(panel + t * kp + valid, panel + (t + 1) * kp, 0.0f);
+          uk.pack(dy + (n * g.K + k0) * PQ, PQ, PQ, valid, panel, kp);
         }
       for (int64_t grp = 0; grp < g.G; ++grp) {
         const float* xg = xpad + grp * g.Cg() * plane;
@@ -151,6 +202,10 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
               for (int64_t r = 0; r < mt; ++r)  // taps past the end repeat a valid one; discarded
                 rows[r] = xg + tap_offset[size_t(std::min(cp * mt + r, CRS - 1))] + p0 * Wh;
               uk.fn(g.Q, rows_here, rows, Wh, panel, part_g + cp * mt * ldw + kpn * kp, ldw);
+              for (int64_t l = 0; l < per_call && prefetched < x_lines + dy_lines; ++l, ++prefetched)
+                __builtin_prefetch(prefetched < x_lines ? next_x + prefetched * 64
+                                                        : next_dy + (prefetched - x_lines) * 64,
+                                   0, 2);
             }
           }
         }

@@ -75,11 +75,12 @@ std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64
 // into its own partial, the partials then added in chunk order -- what makes
 // the result bitwise the same for any number of threads.  Within a chunk,
 // images are fed to the kernel in groups whose input and dy fit the L2
-// budget (again a function of the shape only).
+// budget (again a function of the shape only).  A driver may ask for fewer
+// chunks (a constant of its own, never the thread count).
 struct BatchChunks {
   int64_t count, per_chunk, N;
-  explicit BatchChunks(int64_t n)
-      : count(std::min<int64_t>(n, kMaxWeightChunks)),
+  explicit BatchChunks(int64_t n, int64_t max_chunks = kMaxWeightChunks)
+      : count(std::min<int64_t>(n, max_chunks)),
         per_chunk(count > 0 ? (n + count - 1) / count : 0),
         N(n) {}
   int64_t begin(int64_t chunk) const { return chunk * per_chunk; }
@@ -142,13 +143,17 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
 // output row broadcast from the padded planes; forward and stride-1 data
 // gradient.  The weight gradient packs dy into position-major panels of kp
 // channels and sweeps mt-tap outer-product tiles, with the BatchChunks split.
-void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g, const float* x,
-                    const float* w, const float* b, float* y);
-void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, const Conv2dGeometry& g,
-                          const float* dy, const float* w, float* dx);
+// pad: copies stride-1 padded planes (pad_planes handles stride > 1).
+void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
+                    const Conv2dGeometry& g, const float* x, const float* w, const float* b,
+                    float* y);
+void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
+                          const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
 struct ClanesOuterKernel {
   conv_clanes_outer_ukernel_fn fn;
   int64_t mt, kp;
+  conv_clanes_pack_fn pack;
+  conv_clanes_pad_fn pad;
 };
 void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
                             const float* x, float* dw);

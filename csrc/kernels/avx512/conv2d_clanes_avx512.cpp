@@ -31,14 +31,11 @@
 namespace convcore {
 namespace {
 
-// col[k][j] = src[j * 32 + k] for j < NT (zero above): four rounds of
-// in-lane unpacks and 128-bit lane shuffles, 64 shuffles for 256 elements,
-// where a scalar transpose costs a load and a store per element.
-template <int NT>
-__attribute__((always_inline)) inline void transpose_16x16(const float* src, __m512* col) {
-  __m512 r[16], t[16];
-#pragma GCC unroll 16
-  for (int j = 0; j < 16; ++j) r[j] = j < NT ? _mm512_load_ps(src + j * 32) : _mm512_setzero_ps();
+// In-register 16x16 transpose: r[j] lane k becomes col[k] lane j.  Four
+// rounds of in-lane unpacks and 128-bit lane shuffles, 64 shuffles for 256
+// elements, where a scalar transpose costs a load and a store per element.
+__attribute__((always_inline)) inline void transpose_16x16(__m512* r, __m512* col) {
+  __m512 t[16];
 #pragma GCC unroll 8
   for (int j = 0; j < 16; j += 2) {
     t[j] = _mm512_unpacklo_ps(r[j], r[j + 1]);
@@ -98,8 +95,10 @@ __attribute__((always_inline)) inline void fwd_tile(int64_t steps, const float* 
   }
   const __mmask16 lanes = __mmask16((1u << NT) - 1);
   for (int64_t h = 0; h < 2 && h * 16 < kn; ++h) {
-    __m512 col[16];
-    transpose_16x16<NT>(tile + h * 16, col);
+    __m512 r[16], col[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) r[j] = j < NT ? _mm512_load_ps(tile + j * 32 + h * 16) : _mm512_setzero_ps();
+    transpose_16x16(r, col);
     const int64_t kh = kn - h * 16 < 16 ? kn - h * 16 : 16;
     for (int64_t k = 0; k < kh; ++k) {
       const __m512 v = bias ? _mm512_add_ps(col[k], _mm512_set1_ps(bias[h * 16 + k])) : col[k];
@@ -183,6 +182,52 @@ void conv2d_bwd_weight_f32_clanes_12x32__avx512(int64_t q_len, int64_t nrows,
                                                 const float* const* rows, int64_t x_pitch,
                                                 const float* panel, float* c, int64_t ldc) {
   outer_tile<12, 2>(q_len, nrows, rows, x_pitch, panel, c, ldc);
+}
+
+void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, int64_t positions,
+                                                  int64_t channels, float* panel, int64_t kp) {
+  for (int64_t j0 = 0; j0 < kp; j0 += 16) {
+    for (int64_t t0 = 0; t0 < positions; t0 += 16) {
+      const int64_t tn = positions - t0 < 16 ? positions - t0 : 16;
+      const __mmask16 lanes = __mmask16((1u << tn) - 1);
+      __m512 r[16], col[16];
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j)
+        r[j] = j0 + j < channels ? _mm512_maskz_loadu_ps(lanes, dy + (j0 + j) * ld + t0) : _mm512_setzero_ps();
+      transpose_16x16(r, col);
+      for (int64_t t = 0; t < tn; ++t) _mm512_storeu_ps(panel + (t0 + t) * kp + j0, col[t]);
+    }
+  }
+}
+
+// Rows of 14-30 floats: memcpy + fill calls per row cost more than the
+// copy; here a row is one or two zero stores and masked load/store pairs
+// that never touch memory outside the source row or the padded row.
+void conv2d_pad_planes_f32_s1__avx512(const float* src, int64_t channels, int64_t H, int64_t W,
+                                      int64_t pad_top, int64_t pad_left, int64_t Hp, int64_t Wp,
+                                      float* dst) {
+  const int64_t j_lo = pad_left > 0 ? pad_left : 0;
+  const int64_t j_hi = pad_left + W < Wp ? pad_left + W : Wp;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* sc = src + c * H * W;
+    float* dc = dst + c * Hp * Wp;
+    for (int64_t i = 0; i < Hp; ++i) {
+      float* row = dc + i * Wp;
+      for (int64_t j = 0; j < Wp; j += 16) {
+        const int64_t n = Wp - j < 16 ? Wp - j : 16;
+        _mm512_mask_storeu_ps(row + j, __mmask16((1u << n) - 1), zero);
+      }
+      const int64_t h = i - pad_top;
+      if (h < 0 || h >= H) continue;
+      const float* srow = sc + h * W - pad_left;  // srow[j] = source column j - pad_left
+      for (int64_t j = j_lo; j < j_hi; j += 16) {
+        const int64_t n = j_hi - j < 16 ? j_hi - j : 16;
+        const __mmask16 m = __mmask16((1u << n) - 1);
+        _mm512_mask_storeu_ps(row + j, m, _mm512_maskz_loadu_ps(m, srow + j));
+      }
+    }
+  }
 }
 
 }  // namespace convcore

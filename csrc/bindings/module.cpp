@@ -218,7 +218,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("need_bias"));
   m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("input"), py::arg("kernel_h"),
         py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
-        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"), py::arg("return_indices") = true);
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"),
+        py::arg("return_indices") = true);
   m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_output"), py::arg("indices"),
         py::arg("input_shape"));
   m.def("pad_forward", &pad_forward, py::arg("input"), py::arg("left"), py::arg("right"),

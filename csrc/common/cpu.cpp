@@ -35,8 +35,8 @@ Isa parse(const char* name) {
   if (s == "portable" || s == "generic") return Isa::Portable;
   if (s == "avx2") return Isa::Avx2;
   if (s == "avx512") return Isa::Avx512;
-  throw ArgumentError("max ISA must be one of 'scalar', 'portable', 'avx2' or 'avx512', got '" +
-                      s + "'");
+  throw ArgumentError("max ISA must be one of 'scalar', 'portable', 'avx2' or 'avx512', got '" + s +
+                      "'");
 }
 
 int initial_cap() {
@@ -55,10 +55,14 @@ std::atomic<int> g_cap{initial_cap()};
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::Scalar: return "scalar";
-    case Isa::Portable: return "portable";
-    case Isa::Avx2: return "avx2";
-    case Isa::Avx512: return "avx512";
+    case Isa::Scalar:
+      return "scalar";
+    case Isa::Portable:
+      return "portable";
+    case Isa::Avx2:
+      return "avx2";
+    case Isa::Avx512:
+      return "avx512";
   }
   return "?";
 }

@@ -26,7 +26,8 @@ void require_positive(int64_t v, const char* arg, const char* dim) {
 int64_t checked_mul(int64_t a, int64_t b, const char* what) {
   int64_t r;
   if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r) || r > kMaxElements)
-    fail(what, ": size overflow (", a, " * ", b, " exceeds the largest supported array of 2^56 elements)");
+    fail(what, ": size overflow (", a, " * ", b,
+         " exceeds the largest supported array of 2^56 elements)");
   return r;
 }
 
@@ -51,7 +52,8 @@ std::string shape_string(const int64_t* dims, size_t n) {
   return os.str();
 }
 
-std::vector<int64_t> checked_shape(const std::vector<int64_t>& sizes, const char* name, size_t count) {
+std::vector<int64_t> checked_shape(const std::vector<int64_t>& sizes, const char* name,
+                                   size_t count) {
   if (count != 0 && sizes.size() != count)
     fail(name, ": expected ", count, " sizes, got ", sizes.size());
   for (int64_t v : sizes)
@@ -105,8 +107,10 @@ Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], in
     fail("input: expected shape (N, C, H, W) with N >= 0 and C, H, W >= 1, got ",
          shape_string(in, 4));
   if (wt[0] < 1 || wt[1] < 1 || wt[2] < 1 || wt[3] < 1)
-    fail("weight: expected shape (out_channels, in_channels/groups, kH, kW) with every size >= 1, got ",
-         shape_string(wt, 4));
+    fail(
+        "weight: expected shape (out_channels, in_channels/groups, kH, kW) with every size >= 1, "
+        "got ",
+        shape_string(wt, 4));
   if (groups < 1) fail("groups must be positive, got ", groups);
   require_positive(stride_h, "stride", "height");
   require_positive(stride_w, "stride", "width");
@@ -120,9 +124,8 @@ Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], in
   if (wt[0] % groups != 0)
     fail("groups=", groups, " must divide out_channels, but weight has ", wt[0]);
   if (wt[1] * groups != in[1])
-    fail("weight: expected in_channels/groups = ", in[1] / groups,
-         " (input C=", in[1], ", groups=", groups, ") in weight.shape[1], got weight of shape ",
-         shape_string(wt, 4));
+    fail("weight: expected in_channels/groups = ", in[1] / groups, " (input C=", in[1],
+         ", groups=", groups, ") in weight.shape[1], got weight of shape ", shape_string(wt, 4));
 
   checked_numel(in, 4, "input");
   checked_numel(wt, 4, "weight");
@@ -150,8 +153,8 @@ Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], in
   const int64_t eff_r = checked_add(checked_mul(dil_h, g.R - 1, "dilation"), 1, "dilation");
   const int64_t eff_s = checked_add(checked_mul(dil_w, g.S - 1, "dilation"), 1, "dilation");
   if (eff_r > padded_h || eff_s > padded_w)
-    fail("weight: kernel size (", eff_r, " x ", eff_s, ", dilation included) is larger than the padded input (",
-         padded_h, " x ", padded_w, ")");
+    fail("weight: kernel size (", eff_r, " x ", eff_s,
+         ", dilation included) is larger than the padded input (", padded_h, " x ", padded_w, ")");
   g.P = (padded_h - eff_r) / stride_h + 1;
   g.Q = (padded_w - eff_s) / stride_w + 1;
   const int64_t out[4] = {g.N, g.K, g.P, g.Q};
@@ -166,8 +169,8 @@ Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], in
 void same_padding(int64_t kernel, int64_t dilation, int64_t stride, const char* dim_name,
                   int64_t* before, int64_t* after) {
   if (stride != 1)
-    fail("padding='same' is not supported for strided convolutions (stride must be 1, got ",
-         stride, " for ", dim_name, ")");
+    fail("padding='same' is not supported for strided convolutions (stride must be 1, got ", stride,
+         " for ", dim_name, ")");
   if (dilation < 1) fail("dilation must be positive, got ", dilation, " for ", dim_name);
   if (kernel < 1) fail("weight: kernel ", dim_name, " must be positive, got ", kernel);
   const int64_t total = checked_mul(dilation, kernel - 1, "dilation");
@@ -210,8 +213,7 @@ Pool2dGeometry make_pool2d_geometry(const int64_t in[4], int64_t kernel_h, int64
   require_positive(stride_w, "stride", "width");
   require_positive(dil_h, "dilation", "height");
   require_positive(dil_w, "dilation", "width");
-  if (pad_h < 0 || pad_w < 0)
-    fail("padding must be non-negative, got (", pad_h, ", ", pad_w, ")");
+  if (pad_h < 0 || pad_w < 0) fail("padding must be non-negative, got (", pad_h, ", ", pad_w, ")");
   if (pad_h > kernel_h / 2 || pad_w > kernel_w / 2)
     fail("padding should be at most half of kernel_size, but got padding=(", pad_h, ", ", pad_w,
          ") and kernel_size=(", kernel_h, ", ", kernel_w, ")");
@@ -257,10 +259,14 @@ PadMode parse_pad_mode(const std::string& mode) {
 
 const char* pad_mode_name(PadMode mode) {
   switch (mode) {
-    case PadMode::Constant: return "constant";
-    case PadMode::Reflect: return "reflect";
-    case PadMode::Replicate: return "replicate";
-    case PadMode::Circular: return "circular";
+    case PadMode::Constant:
+      return "constant";
+    case PadMode::Reflect:
+      return "reflect";
+    case PadMode::Replicate:
+      return "replicate";
+    case PadMode::Circular:
+      return "circular";
   }
   return "?";
 }
@@ -288,7 +294,8 @@ Pad2dGeometry make_pad2d_geometry(int64_t planes, int64_t H, int64_t W, int64_t 
   if (mode != PadMode::Constant) {
     // Non-constant modes read the input, so every padded row/column needs a source.
     if ((g.OH > 0 && H == 0) || (g.OW > 0 && W == 0))
-      fail("pad: mode '", pad_mode_name(mode), "' needs a non-empty input, got (", H, " x ", W, ")");
+      fail("pad: mode '", pad_mode_name(mode), "' needs a non-empty input, got (", H, " x ", W,
+           ")");
   }
   if (mode == PadMode::Constant) {
     // Negative pads crop before positive ones pad (PyTorch narrows first):
@@ -300,9 +307,11 @@ Pad2dGeometry make_pad2d_geometry(int64_t planes, int64_t H, int64_t W, int64_t 
   }
   if (mode == PadMode::Reflect) {
     if (pad_left >= W || pad_right >= W || pad_top >= H || pad_bottom >= H)
-      fail("pad: reflect padding must be smaller than the input dimension it pads, got "
-           "(left, right, top, bottom) = (", pad_left, ", ", pad_right, ", ", pad_top, ", ",
-           pad_bottom, ") for input of size (", H, " x ", W, ")");
+      fail(
+          "pad: reflect padding must be smaller than the input dimension it pads, got "
+          "(left, right, top, bottom) = (",
+          pad_left, ", ", pad_right, ", ", pad_top, ", ", pad_bottom, ") for input of size (", H,
+          " x ", W, ")");
   } else if (mode == PadMode::Circular) {
     // Negative pads crop first; positive pads then wrap around the cropped
     // extent, at most once (as PyTorch's circular padding does).
@@ -310,9 +319,11 @@ Pad2dGeometry make_pad2d_geometry(int64_t planes, int64_t H, int64_t W, int64_t 
     const int64_t ch = H - std::max<int64_t>(0, -pad_top) - std::max<int64_t>(0, -pad_bottom);
     if (pad_left > cw || pad_right > cw || pad_top > ch || pad_bottom > ch ||
         ((pad_left > 0 || pad_right > 0) && cw < 1) || ((pad_top > 0 || pad_bottom > 0) && ch < 1))
-      fail("pad: circular padding can wrap around at most once: each pad must be at most the "
-           "(cropped) input dimension it pads, got (left, right, top, bottom) = (", pad_left, ", ",
-           pad_right, ", ", pad_top, ", ", pad_bottom, ") for input of size (", H, " x ", W, ")");
+      fail(
+          "pad: circular padding can wrap around at most once: each pad must be at most the "
+          "(cropped) input dimension it pads, got (left, right, top, bottom) = (",
+          pad_left, ", ", pad_right, ", ", pad_top, ", ", pad_bottom, ") for input of size (", H,
+          " x ", W, ")");
   }
   const int64_t out[3] = {planes, g.OH, g.OW};
   checked_numel(out, 3, "output");
@@ -324,7 +335,8 @@ Pad2dGeometry make_pad2d_geometry(const std::vector<int64_t>& shape, int64_t pad
                                   const std::string& mode) {
   const PadMode m = parse_pad_mode(mode);
   if (shape.size() < 2)
-    fail("input: expected an array with at least 2 dimensions (..., H, W), got ", shape.size(), "-D");
+    fail("input: expected an array with at least 2 dimensions (..., H, W), got ", shape.size(),
+         "-D");
   int64_t planes = 1;
   for (size_t i = 0; i + 2 < shape.size(); ++i) planes = checked_mul(planes, shape[i], "input");
   return make_pad2d_geometry(planes, shape[shape.size() - 2], shape.back(), pad_left, pad_right,

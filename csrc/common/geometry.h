@@ -36,7 +36,8 @@ inline std::string shape_string(const std::vector<int64_t>& dims) {
 // A shape given as a list of sizes (e.g. input_shape): `count` sizes (0: any
 // number), each >= 0, with an element count that fits; else ArgumentError
 // naming `name`.
-std::vector<int64_t> checked_shape(const std::vector<int64_t>& sizes, const char* name, size_t count);
+std::vector<int64_t> checked_shape(const std::vector<int64_t>& sizes, const char* name,
+                                   size_t count);
 
 struct Conv2dGeometry {
   int64_t N = 0, C = 0, H = 0, W = 0;  // input

@@ -37,7 +37,9 @@ int get_num_threads() {
 }
 
 void set_num_threads(int n) {
-  if (n < 1) throw ArgumentError("set_num_threads: expected a positive thread count, got " + std::to_string(n));
+  if (n < 1)
+    throw ArgumentError("set_num_threads: expected a positive thread count, got " +
+                        std::to_string(n));
   g_threads.store(n, std::memory_order_relaxed);
 }
 
@@ -54,7 +56,9 @@ void note_kernel(const char* op, const char* impl, const std::string& problem) {
     std::lock_guard<std::mutex> lock(g_log_mutex);
     last_kernels()[op] = impl;
   }
-  if (verbose()) std::fprintf(stderr, "convcore: %s %s -> %s (max_threads=%d)\n", op, problem.c_str(), impl, get_num_threads());
+  if (verbose())
+    std::fprintf(stderr, "convcore: %s %s -> %s (max_threads=%d)\n", op, problem.c_str(), impl,
+                 get_num_threads());
 }
 
 std::string last_kernel(const std::string& op) {

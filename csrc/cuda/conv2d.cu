@@ -72,9 +72,13 @@ struct FwdOp {
   __host__ __device__ int64_t M() const { return g.Kg; }
   __host__ __device__ int64_t NC() const { return g.N * g.PQ; }
   __host__ __device__ int64_t Z() const { return g.G; }
-  __host__ __device__ void k_range(int64_t, int64_t* k0, int64_t* k1) const { *k0 = 0, *k1 = g.Cg * g.RS; }
+  __host__ __device__ void k_range(int64_t, int64_t* k0, int64_t* k1) const {
+    *k0 = 0, *k1 = g.Cg * g.RS;
+  }
   __host__ __device__ int64_t a_ld() const { return g.Cg * g.RS; }
-  __host__ __device__ const float* a_row(int64_t z, int64_t kk) const { return w + z * g.Kg * g.Cg * g.RS + kk; }
+  __host__ __device__ const float* a_row(int64_t z, int64_t kk) const {
+    return w + z * g.Kg * g.Cg * g.RS + kk;
+  }
 
   struct Col {  // output pixel n = (image, p, q)
     const float* xg;
@@ -106,7 +110,9 @@ struct DataOp {
   __host__ __device__ int64_t M() const { return g.Cg; }
   __host__ __device__ int64_t NC() const { return g.N * g.HW; }
   __host__ __device__ int64_t Z() const { return g.G; }
-  __host__ __device__ void k_range(int64_t, int64_t* k0, int64_t* k1) const { *k0 = 0, *k1 = g.Kg * g.RS; }
+  __host__ __device__ void k_range(int64_t, int64_t* k0, int64_t* k1) const {
+    *k0 = 0, *k1 = g.Kg * g.RS;
+  }
   __host__ __device__ int64_t a_ld() const { return g.RS; }
   __host__ __device__ const float* a_row(int64_t z, int64_t kk) const {
     const int64_t k = kk / g.RS, rs = kk - k * g.RS;
@@ -169,7 +175,8 @@ struct WeightOp {
   __host__ __device__ float b(const Col& c, int64_t kk) const {  // kk = (image, p, q)
     const int64_t img = kk / g.PQ, pq = kk - img * g.PQ, p = pq / g.Q, q = pq - p * g.Q;
     const int64_t h = p * g.sh + c.hr, ww = q * g.sw + c.ws;
-    return (h >= 0 && h < g.H && ww >= 0 && ww < g.W) ? c.xc[img * g.C * g.HW + h * g.W + ww] : 0.0f;
+    return (h >= 0 && h < g.H && ww >= 0 && ww < g.W) ? c.xc[img * g.C * g.HW + h * g.W + ww]
+                                                      : 0.0f;
   }
   __host__ __device__ void store(int64_t z, int64_t m, int64_t n, float v) const {
     const int64_t grp = z / splits, j = z % splits;
@@ -210,13 +217,13 @@ __host__ __device__ __forceinline__ void igemm_load(const Op& op, int t, int64_t
   const int64_t M = op.M();
   const int64_t ka = k0 + a_k;
   const float* ap = ka < k_end ? op.a_row(z, ka) : nullptr;
-CONVCORE_UNROLL
+  CONVCORE_UNROLL
   for (int i = 0; i < 4; ++i) {
     const int64_t m = m0 + a_m + 16 * i;
     As[a_k][a_m + 16 * i] = (ap != nullptr && m < M) ? ap[m * op.a_ld()] : 0.0f;
   }
   const int b_n = t % BN, b_k = t / BN;
-CONVCORE_UNROLL
+  CONVCORE_UNROLL
   for (int i = 0; i < 4; ++i) {
     const int64_t kb = k0 + b_k + 4 * i;
     Bs[b_k + 4 * i][b_n] = (col_valid && kb < k_end) ? op.b(col, kb) : 0.0f;
@@ -227,17 +234,16 @@ CONVCORE_UNROLL
 __host__ __device__ __forceinline__ void igemm_fma(int t, const ATile& As, const BTile& Bs,
                                                    float (&acc)[4][4]) {
   const int tx = t % 16, ty = t / 16;
-CONVCORE_UNROLL
+  CONVCORE_UNROLL
   for (int kk = 0; kk < BK; ++kk) {
     float av[4], bv[4];
-CONVCORE_UNROLL
+    CONVCORE_UNROLL
     for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
-CONVCORE_UNROLL
+    CONVCORE_UNROLL
     for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
-CONVCORE_UNROLL
-    for (int i = 0; i < 4; ++i)
-CONVCORE_UNROLL
-      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    CONVCORE_UNROLL
+    for (int i = 0; i < 4; ++i) CONVCORE_UNROLL
+    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
   }
 }
 
@@ -246,11 +252,11 @@ __host__ __device__ __forceinline__ void igemm_store(const Op& op, int t, int64_
                                                      int64_t n0, const float (&acc)[4][4]) {
   const int tx = t % 16, ty = t / 16;
   const int64_t M = op.M(), NC = op.NC();
-CONVCORE_UNROLL
+  CONVCORE_UNROLL
   for (int i = 0; i < 4; ++i) {
     const int64_t m = m0 + ty + 16 * i;
     if (m >= M) continue;
-CONVCORE_UNROLL
+    CONVCORE_UNROLL
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + tx + 16 * j;
       if (n < NC) op.store(z, m, n, acc[i][j]);
@@ -274,9 +280,9 @@ struct IgemmThread {
 // __syncthreads() as the barrier; in the host emulation, every thread of the
 // block in turn, so the barrier is the end of the turn.
 template <class Op, class Threads>
-__host__ __device__ __forceinline__ void igemm_block(const Op& op, Threads& threads, ATile& As, BTile& Bs,
-                                                     int64_t bx, int64_t by, int64_t bz, int64_t gx,
-                                                     int64_t gy, int64_t gz) {
+__host__ __device__ __forceinline__ void igemm_block(const Op& op, Threads& threads, ATile& As,
+                                                     BTile& Bs, int64_t bx, int64_t by, int64_t bz,
+                                                     int64_t gx, int64_t gy, int64_t gz) {
   const int64_t Z = op.Z();
   const int64_t m_tiles = (op.M() + BM - 1) / BM, n_tiles = (op.NC() + BN - 1) / BN;
   for (int64_t z = bz; z < Z; z += gz) {
@@ -287,10 +293,9 @@ __host__ __device__ __forceinline__ void igemm_block(const Op& op, Threads& thre
         const int64_t m0 = mt * BM, n0 = nt * BN;
         threads.each([&](int t, IgemmThread<Op>& s) {
           s.col = igemm_col(op, t, z, n0, &s.col_valid);
-CONVCORE_UNROLL
-          for (int i = 0; i < 4; ++i)
-CONVCORE_UNROLL
-            for (int j = 0; j < 4; ++j) s.acc[i][j] = 0.0f;
+          CONVCORE_UNROLL
+          for (int i = 0; i < 4; ++i) CONVCORE_UNROLL
+          for (int j = 0; j < 4; ++j) s.acc[i][j] = 0.0f;
         });
         for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
           threads.each([&](int t, IgemmThread<Op>& s) {
@@ -328,7 +333,8 @@ __global__ void __launch_bounds__(kGemmThreads) conv_igemm_f32(Op op) {
   __shared__ BTile Bs;
   OneGpuThread<Op> self;
   self.t = int(threadIdx.x);
-  igemm_block(op, self, As, Bs, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z);
+  igemm_block(op, self, As, Bs, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y,
+              gridDim.z);
 }
 
 // The launch plan of conv_igemm_f32: a grid of (column tiles, row tiles,
@@ -353,8 +359,8 @@ void launch_igemm(const Op& op, const char* name) {
 }
 
 // Element i of the weight gradient: the sum of its chunks in chunk order.
-__host__ __device__ __forceinline__ float weight_reduce_one(int64_t numel, int64_t splits, const float* partial,
-                                                            int64_t i) {
+__host__ __device__ __forceinline__ float weight_reduce_one(int64_t numel, int64_t splits,
+                                                            const float* partial, int64_t i) {
   double acc = 0.0;
   for (int64_t j = 0; j < splits; ++j) acc += double(partial[j * numel + i]);
   return float(acc);
@@ -374,7 +380,8 @@ __global__ void conv2d_bwd_weight_reduce_f32__cuda(int64_t numel, int64_t splits
 // ..., 1, then 0: done; a barrier after each step); thread 0 writes part[0].
 constexpr int kBiasThreads = 256;
 
-__host__ __device__ __forceinline__ double bias_partial(const ConvArgs& g, const float* dy, int64_t k, int t) {
+__host__ __device__ __forceinline__ double bias_partial(const ConvArgs& g, const float* dy,
+                                                        int64_t k, int t) {
   const int64_t total = g.N * g.PQ;
   double acc = 0.0;
   for (int64_t e = t; e < total; e += kBiasThreads) {
@@ -384,14 +391,16 @@ __host__ __device__ __forceinline__ double bias_partial(const ConvArgs& g, const
   return acc;
 }
 
-__host__ __device__ __forceinline__ int bias_tree_stride(int step) { return (kBiasThreads / 2) >> step; }
+__host__ __device__ __forceinline__ int bias_tree_stride(int step) {
+  return (kBiasThreads / 2) >> step;
+}
 
 __host__ __device__ __forceinline__ void bias_tree_step(double* part, int t, int s) {
   if (t < s) part[t] += part[t + s];
 }
 
-__global__ void __launch_bounds__(kBiasThreads) conv2d_bwd_bias_f32__cuda(ConvArgs g, const float* __restrict__ dy,
-                                                                          float* __restrict__ db) {
+__global__ void __launch_bounds__(kBiasThreads)
+    conv2d_bwd_bias_f32__cuda(ConvArgs g, const float* __restrict__ dy, float* __restrict__ db) {
   __shared__ double part[kBiasThreads];
   const int t = threadIdx.x;
   for (int64_t k = blockIdx.x; k < g.K; k += gridDim.x) {
@@ -474,17 +483,18 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
   }
   detail::Scratch partial(size_t(plan.scratch_bytes));
   float* p = static_cast<float*>(partial.data());
-  launch_igemm(WeightOp{a, dy, x, p, plan.splits, plan.chunk}, "conv2d_bwd_weight_f32_igemm64x64__cuda");
-  conv2d_bwd_weight_reduce_f32__cuda<<<unsigned(plan.reduce_blocks), detail::kThreads, 0, cudaStreamLegacy>>>(
-      wnumel, plan.splits, p, dw);
+  launch_igemm(WeightOp{a, dy, x, p, plan.splits, plan.chunk},
+               "conv2d_bwd_weight_f32_igemm64x64__cuda");
+  conv2d_bwd_weight_reduce_f32__cuda<<<unsigned(plan.reduce_blocks), detail::kThreads, 0,
+                                       cudaStreamLegacy>>>(wnumel, plan.splits, p, dw);
   detail::check_launch("conv2d_bwd_weight_reduce_f32__cuda");
 }
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
   if (g.K == 0) return;
   note_kernel("conv2d_bwd_bias", "conv2d_bwd_bias_f32__cuda", g.name());
-  conv2d_bwd_bias_f32__cuda<<<unsigned(bias_blocks(g.K)), kBiasThreads, 0, cudaStreamLegacy>>>(conv_args(g), dy,
-                                                                                             db);
+  conv2d_bwd_bias_f32__cuda<<<unsigned(bias_blocks(g.K)), kBiasThreads, 0, cudaStreamLegacy>>>(
+      conv_args(g), dy, db);
   detail::check_launch("conv2d_bwd_bias_f32__cuda");
 }
 

@@ -158,8 +158,8 @@ void add_inplace(float* dst, const float* src, int64_t n);
 // grad (N x C) = (softmax - onehot) * scale, row_loss (N, double) =
 // log(sum exp(z - max)) - (z[t] - max), pred (N) = first argmax (first NaN).
 // A target outside [0, C) yields NaN for its row (the caller checks first).
-void cross_entropy(int64_t N, int64_t C, const float* logits, const int64_t* target, float scale, float* grad,
-                   double* row_loss, int64_t* pred);
+void cross_entropy(int64_t N, int64_t C, const float* logits, const int64_t* target, float scale,
+                   float* grad, double* row_loss, int64_t* pred);
 
 // Adam (torch.optim.Adam, amsgrad off) on n packed elements, with the
 // float32 constants the caller derived from the hyper-parameters and the

@@ -33,7 +33,7 @@ struct PoolArgs {
 
 // One output (p, q) of plane xp: the body of maxpool2d_fwd_f32__ref's loop.
 __host__ __device__ void maxpool2d_window(const PoolArgs& a, const float* xp, int64_t p, int64_t q,
-                                        float* y, int64_t* idx) {
+                                          float* y, int64_t* idx) {
   const int64_t h0 = p * a.sh - a.ph, w0 = q * a.sw - a.pw;
   float best = -INFINITY;
   int64_t best_i = -1;
@@ -108,8 +108,9 @@ __host__ __device__ __forceinline__ int64_t pool_bwd_lane(int64_t PQ, int64_t HW
 // After the lanes with the same target were grouped (peers, from
 // __match_any_sync): the lowest lane of a group adds the group's values, in
 // lane order, to its target.
-__host__ __device__ __forceinline__ void pool_bwd_group_add(float* dxp, long long target, unsigned peers,
-                                                            int lane, const float* vals) {
+__host__ __device__ __forceinline__ void pool_bwd_group_add(float* dxp, long long target,
+                                                            unsigned peers, int lane,
+                                                            const float* vals) {
   if (target < 0 || lane != lowest_lane(peers)) return;
   float acc = dxp[target];
   for (unsigned m = peers; m != 0; m &= m - 1) acc += vals[lowest_lane(m)];
@@ -153,8 +154,8 @@ void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_
   const int64_t total = g.N * g.C * g.P * g.Q;
   if (total == 0) return;
   note_kernel("maxpool2d_fwd", "maxpool2d_fwd_f32__cuda", g.name());
-  const PoolArgs a{g.N * g.C, g.H,        g.W,        g.P,     g.Q,     g.kernel_h, g.kernel_w,
-                   g.stride_h, g.stride_w, g.pad_h,    g.pad_w, g.dil_h, g.dil_w};
+  const PoolArgs a{g.N * g.C,  g.H,        g.W,     g.P,     g.Q,     g.kernel_h, g.kernel_w,
+                   g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w};
   maxpool2d_fwd_f32__cuda<<<detail::blocks_for(total), detail::kThreads, 0, cudaStreamLegacy>>>(
       a, x, y, idx);
   detail::check_launch("maxpool2d_fwd_f32__cuda");
@@ -166,11 +167,12 @@ void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t*
   fill_zero(dx, size_t(planes * HW) * sizeof(float));
   note_kernel("maxpool2d_bwd", "maxpool2d_bwd_f32_warp__cuda", g.name());
   detail::Scratch flag(sizeof(unsigned long long));
-  detail::check(cudaMemsetAsync(flag.data(), kNoBadIndexByte, sizeof(unsigned long long), cudaStreamLegacy),
-                "cudaMemsetAsync");
+  detail::check(
+      cudaMemsetAsync(flag.data(), kNoBadIndexByte, sizeof(unsigned long long), cudaStreamLegacy),
+      "cudaMemsetAsync");
   auto* first_bad = static_cast<unsigned long long*>(flag.data());
-  maxpool2d_bwd_f32__cuda<<<pool_bwd_blocks(planes), kWarpsPerBlock * 32, 0,
-                            cudaStreamLegacy>>>(planes, PQ, HW, dy, idx, dx, first_bad);
+  maxpool2d_bwd_f32__cuda<<<pool_bwd_blocks(planes), kWarpsPerBlock * 32, 0, cudaStreamLegacy>>>(
+      planes, PQ, HW, dy, idx, dx, first_bad);
   detail::check_launch("maxpool2d_bwd_f32_warp__cuda");
   // Waits for the kernel: a bad index is the caller's error and is reported
   // like the CPU path reports it (first bad flat position).
@@ -180,8 +182,9 @@ void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t*
     int64_t value = 0;
     copy_device_to_host(&value, idx + bad, sizeof value);
     throw ArgumentError("indices: every index must lie in [0, H*W) = [0, " + std::to_string(HW) +
-                        ") for input of size (" + std::to_string(g.H) + " x " + std::to_string(g.W) +
-                        "), got " + std::to_string(value) + " at flat position " + std::to_string(bad));
+                        ") for input of size (" + std::to_string(g.H) + " x " +
+                        std::to_string(g.W) + "), got " + std::to_string(value) +
+                        " at flat position " + std::to_string(bad));
   }
 }
 

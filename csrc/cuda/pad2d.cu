@@ -21,10 +21,14 @@ constexpr int kConstant = 0, kReflect = 1, kReplicate = 2, kCircular = 3;
 
 int mode_code(PadMode m) {
   switch (m) {
-    case PadMode::Constant: return kConstant;
-    case PadMode::Reflect: return kReflect;
-    case PadMode::Replicate: return kReplicate;
-    case PadMode::Circular: return kCircular;
+    case PadMode::Constant:
+      return kConstant;
+    case PadMode::Reflect:
+      return kReflect;
+    case PadMode::Replicate:
+      return kReplicate;
+    case PadMode::Circular:
+      return kCircular;
   }
   return kConstant;
 }
@@ -36,7 +40,7 @@ struct PadArgs {
 };
 
 PadArgs pad_args(const Pad2dGeometry& g) {
-  return PadArgs{g.planes, g.H,          g.W,          g.OH,           g.OW,
+  return PadArgs{g.planes,  g.H,          g.W,        g.OH,        g.OW,
                  g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, mode_code(g.mode)};
 }
 
@@ -45,7 +49,7 @@ __host__ __device__ inline int64_t max0(int64_t v) { return v > 0 ? v : 0; }
 // Source index along one dimension for output position o, or -1 (constant
 // fill).  Must stay identical to pad_source_index in kernels/ref/pad2d_ref.cpp.
 __host__ __device__ int64_t pad_source_index(int64_t o, int64_t size, int64_t before, int64_t after,
-                                    int mode) {
+                                             int mode) {
   const int64_t x = o - before;
   switch (mode) {
     case kConstant:
@@ -84,7 +88,7 @@ struct Preimage {
 };
 
 __host__ __device__ Preimage pad_preimage(int64_t x, int64_t size, int64_t before, int64_t after,
-                                 int64_t out, int mode) {
+                                          int64_t out, int mode) {
   Preimage r;
   switch (mode) {
     case kConstant:
@@ -135,11 +139,11 @@ __host__ __device__ inline float pad2d_bwd_one(const PadArgs& a, const float* dy
   const float* dyp = dy + plane * a.OH * a.OW;
   float acc = 0.0f;
   // Fixed trip counts keep the ranges in registers.
-CONVCORE_UNROLL
+  CONVCORE_UNROLL
   for (int ri = 0; ri < 3; ++ri) {
     if (ri >= rows.n) break;
     for (int64_t oh = rows.begin[ri]; oh < rows.end[ri]; ++oh) {
-CONVCORE_UNROLL
+      CONVCORE_UNROLL
       for (int ci = 0; ci < 3; ++ci) {
         if (ci >= cols.n) break;
         for (int64_t ow = cols.begin[ci]; ow < cols.end[ci]; ++ow) acc += dyp[oh * a.OW + ow];
@@ -157,7 +161,8 @@ __global__ void pad2d_fwd_f32__cuda(PadArgs a, const float* __restrict__ x, floa
     y[i] = pad2d_fwd_one(a, x, value, i);
 }
 
-__global__ void pad2d_bwd_f32__cuda(PadArgs a, const float* __restrict__ dy, float* __restrict__ dx) {
+__global__ void pad2d_bwd_f32__cuda(PadArgs a, const float* __restrict__ dy,
+                                    float* __restrict__ dx) {
   const int64_t total = a.planes * a.H * a.W;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x)

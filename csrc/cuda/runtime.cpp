@@ -88,10 +88,12 @@ void* device_alloc(size_t bytes, bool* pooled) {
     cudaError_t err = cudaMallocFromPoolAsync(&p, bytes, pool, cudaStreamLegacy);
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();
-      if (cudaStreamSynchronize(cudaStreamLegacy) == cudaSuccess && cudaMemPoolTrimTo(pool, 0) == cudaSuccess)
+      if (cudaStreamSynchronize(cudaStreamLegacy) == cudaSuccess &&
+          cudaMemPoolTrimTo(pool, 0) == cudaSuccess)
         err = cudaMallocFromPoolAsync(&p, bytes, pool, cudaStreamLegacy);
     }
-    if (err != cudaSuccess) throw_cuda_error(err, "cudaMallocFromPoolAsync(" + byte_size(bytes) + ")");
+    if (err != cudaSuccess)
+      throw_cuda_error(err, "cudaMallocFromPoolAsync(" + byte_size(bytes) + ")");
   } else {
     const cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess) throw_cuda_error(err, "cudaMalloc(" + byte_size(bytes) + ")");
@@ -118,11 +120,11 @@ Scratch::Scratch(size_t bytes) {
 
 Scratch::~Scratch() { device_release(data_, pooled_); }
 
-// Why a build for `archs` (CMAKE_CUDA_ARCHITECTURES, comma-separated) has no code a device of compute capability major.minor can
-// run, or "".  CMAKE_CUDA_ARCHITECTURES entries: "NN-real" is machine code,
-// which runs on the same major version with a minor >= its own; "NN-virtual"
-// is PTX, which the driver compiles for any newer device; "NN" is both.
-// Other spellings ("native", "all") are taken on trust.
+// Why a build for `archs` (CMAKE_CUDA_ARCHITECTURES, comma-separated) has no code a device of
+// compute capability major.minor can run, or "".  CMAKE_CUDA_ARCHITECTURES entries: "NN-real" is
+// machine code, which runs on the same major version with a minor >= its own; "NN-virtual" is PTX,
+// which the driver compiles for any newer device; "NN" is both. Other spellings ("native", "all")
+// are taken on trust.
 std::string missing_kernel_image(const std::string& archs, int major, int minor) {
   if (archs.empty()) return "";
   const int cc = major * 10 + minor;
@@ -130,7 +132,8 @@ std::string missing_kernel_image(const std::string& archs, int major, int minor)
   std::string entry;
   while (std::getline(in, entry, ',')) {
     size_t digits = 0;
-    while (digits < entry.size() && std::isdigit(static_cast<unsigned char>(entry[digits]))) ++digits;
+    while (digits < entry.size() && std::isdigit(static_cast<unsigned char>(entry[digits])))
+      ++digits;
     if (digits == 0) return "";  // "native", "all", "all-major": cannot tell
     const int arch = std::stoi(entry.substr(0, digits));
     const std::string kind = entry.substr(digits);
@@ -139,8 +142,9 @@ std::string missing_kernel_image(const std::string& archs, int major, int minor)
     if (ptx && arch <= cc) return "";
   }
   std::ostringstream os;
-  os << "convcore was built for CUDA architectures " << archs << ", which a device of compute capability "
-     << major << "." << minor << " cannot run; rebuild with -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=" << cc;
+  os << "convcore was built for CUDA architectures " << archs
+     << ", which a device of compute capability " << major << "." << minor
+     << " cannot run; rebuild with -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=" << cc;
   return os.str();
 }
 
@@ -231,7 +235,8 @@ void require_device(int device) {
     throw ArgumentError("device: expected a CUDA device index in [0, " + std::to_string(n) +
                         "), got " + std::to_string(device));
   const std::string& problem = probe().problems[size_t(device)];
-  if (!problem.empty()) throw CudaError("convcore.cuda: " + problem, int(cudaErrorNoKernelImageForDevice));
+  if (!problem.empty())
+    throw CudaError("convcore.cuda: " + problem, int(cudaErrorNoKernelImageForDevice));
 }
 
 std::string device_name(int device) {
@@ -261,7 +266,8 @@ DeviceGuard::DeviceGuard(int device) {
 
 DeviceGuard::~DeviceGuard() {
   int now = -1;
-  if (cudaGetDevice(&now) == cudaSuccess && now != previous_ && previous_ >= 0) cudaSetDevice(previous_);
+  if (cudaGetDevice(&now) == cudaSuccess && now != previous_ && previous_ >= 0)
+    cudaSetDevice(previous_);
   cudaGetLastError();
 }
 
@@ -307,11 +313,13 @@ DeviceBuffer::~DeviceBuffer() {
 }
 
 void copy_host_to_device(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(host to device)");
+  if (bytes)
+    check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(host to device)");
 }
 
 void copy_device_to_host(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy(device to host)");
+  if (bytes)
+    check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy(device to host)");
 }
 
 void copy_device_to_device(void* dst, const void* src, size_t bytes) {

@@ -71,13 +71,16 @@ __host__ __device__ inline float relu_value(float x) { return (x > 0.0f || x != 
 
 // numpy.multiply(dy, y > 0): a multiplication, so NaN * 0 stays NaN and
 // -3 * 0 is -0.0, as on the CPU.
-__host__ __device__ inline float relu_grad_value(float dy, float y) { return mul_rn(dy, y > 0.0f ? 1.0f : 0.0f); }
+__host__ __device__ inline float relu_grad_value(float dy, float y) {
+  return mul_rn(dy, y > 0.0f ? 1.0f : 0.0f);
+}
 
 // ---- optimisers: the float32 operation sequence of optim.py's numpy code ----
 
-__host__ __device__ inline void adam_element(const AdamConstants& k, float& p, float g, float& m, float& v) {
-  if (k.weight_decay != 0.0f) g = add_rn(g, mul_rn(p, k.weight_decay));  // g = g + p * wd
-  m = add_rn(m, mul_rn(sub_rn(g, m), k.one_minus_beta1));                // m.lerp_(g, 1 - beta1)
+__host__ __device__ inline void adam_element(const AdamConstants& k, float& p, float g, float& m,
+                                             float& v) {
+  if (k.weight_decay != 0.0f) g = add_rn(g, mul_rn(p, k.weight_decay));     // g = g + p * wd
+  m = add_rn(m, mul_rn(sub_rn(g, m), k.one_minus_beta1));                   // m.lerp_(g, 1 - beta1)
   v = add_rn(mul_rn(v, k.beta2), mul_rn(mul_rn(g, k.one_minus_beta2), g));  // v*b2 + (g*(1-b2))*g
   const float denom = add_rn(div_rn(sqrt_rn(v), k.bias_correction2_sqrt), k.eps);
   p = add_rn(p, mul_rn(div_rn(m, denom), k.neg_step_size));  // p += (m / denom) * -step_size
@@ -105,9 +108,11 @@ __host__ __device__ inline void sgd_element(const SgdConstants& k, float& p, flo
 // (the first maximum; the first NaN wins).  A target outside [0, C) gives a
 // NaN loss and a NaN gradient row instead of a wild read (the bindings
 // check targets before launching).
-__host__ __device__ inline void cross_entropy_row(int64_t row, int64_t C, const float* __restrict__ logits,
+__host__ __device__ inline void cross_entropy_row(int64_t row, int64_t C,
+                                                  const float* __restrict__ logits,
                                                   const int64_t* __restrict__ target, float scale,
-                                                  float* __restrict__ grad, double* __restrict__ row_loss,
+                                                  float* __restrict__ grad,
+                                                  double* __restrict__ row_loss,
                                                   int64_t* __restrict__ pred) {
   const float* z = logits + row * C;
   float* gr = grad + row * C;
@@ -150,41 +155,50 @@ __host__ __device__ inline void cross_entropy_row(int64_t row, int64_t C, const 
 // ---- kernels ------------------------------------------------------------------
 
 __global__ void relu_fwd_f32__cuda(int64_t n, const float* x, float* y) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     y[i] = relu_value(x[i]);
 }
 
 __global__ void relu_bwd_f32__cuda(int64_t n, const float* dy, const float* y, float* dx) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = relu_grad_value(dy[i], y[i]);
 }
 
 __global__ void mul_f32__cuda(int64_t n, const float* a, const float* b, float* out) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     out[i] = mul_rn(a[i], b[i]);
 }
 
 __global__ void add_inplace_f32__cuda(int64_t n, float* dst, const float* src) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = add_rn(dst[i], src[i]);
 }
 
 __global__ void cross_entropy_f32__cuda(int64_t N, int64_t C, const float* __restrict__ logits,
-                                        const int64_t* __restrict__ target, float scale, float* __restrict__ grad,
-                                        double* __restrict__ row_loss, int64_t* __restrict__ pred) {
-  for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < N; r += int64_t(gridDim.x) * blockDim.x)
+                                        const int64_t* __restrict__ target, float scale,
+                                        float* __restrict__ grad, double* __restrict__ row_loss,
+                                        int64_t* __restrict__ pred) {
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < N;
+       r += int64_t(gridDim.x) * blockDim.x)
     cross_entropy_row(r, C, logits, target, scale, grad, row_loss, pred);
 }
 
-__global__ void adam_f32__cuda(int64_t n, AdamConstants k, float* __restrict__ p, const float* __restrict__ g,
-                               float* __restrict__ m, float* __restrict__ v) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+__global__ void adam_f32__cuda(int64_t n, AdamConstants k, float* __restrict__ p,
+                               const float* __restrict__ g, float* __restrict__ m,
+                               float* __restrict__ v) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     adam_element(k, p[i], g[i], m[i], v[i]);
 }
 
-__global__ void sgd_f32__cuda(int64_t n, SgdConstants k, float* __restrict__ p, const float* __restrict__ g,
-                              float* __restrict__ buf) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+__global__ void sgd_f32__cuda(int64_t n, SgdConstants k, float* __restrict__ p,
+                              const float* __restrict__ g, float* __restrict__ buf) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     sgd_element(k, p[i], g[i], buf != nullptr ? buf + i : nullptr);
 }
 
@@ -200,7 +214,8 @@ void relu_forward(const float* x, float* y, int64_t n) {
 void relu_backward(const float* dy, const float* y, float* dx, int64_t n) {
   if (n == 0) return;
   note_kernel("relu_bwd", "relu_bwd_f32__cuda", "");
-  relu_bwd_f32__cuda<<<detail::blocks_for(n), detail::kThreads, 0, cudaStreamLegacy>>>(n, dy, y, dx);
+  relu_bwd_f32__cuda<<<detail::blocks_for(n), detail::kThreads, 0, cudaStreamLegacy>>>(n, dy, y,
+                                                                                       dx);
   detail::check_launch("relu_bwd_f32__cuda");
 }
 
@@ -214,25 +229,27 @@ void multiply(const float* a, const float* b, float* out, int64_t n) {
 void add_inplace(float* dst, const float* src, int64_t n) {
   if (n == 0) return;
   note_kernel("add_", "add_inplace_f32__cuda", "");
-  add_inplace_f32__cuda<<<detail::blocks_for(n), detail::kThreads, 0, cudaStreamLegacy>>>(n, dst, src);
+  add_inplace_f32__cuda<<<detail::blocks_for(n), detail::kThreads, 0, cudaStreamLegacy>>>(n, dst,
+                                                                                          src);
   detail::check_launch("add_inplace_f32__cuda");
 }
 
-void cross_entropy(int64_t N, int64_t C, const float* logits, const int64_t* target, float scale, float* grad,
-                   double* row_loss, int64_t* pred) {
+void cross_entropy(int64_t N, int64_t C, const float* logits, const int64_t* target, float scale,
+                   float* grad, double* row_loss, int64_t* pred) {
   if (N == 0) return;
   note_kernel("cross_entropy", "cross_entropy_f32__cuda", "");
   // One row per thread: rows are short (10 classes here) and there are few
   // of them, so a block of 128 keeps more SMs busy than 256.
-  cross_entropy_f32__cuda<<<detail::blocks_for(N, 128), 128, 0, cudaStreamLegacy>>>(N, C, logits, target, scale,
-                                                                                     grad, row_loss, pred);
+  cross_entropy_f32__cuda<<<detail::blocks_for(N, 128), 128, 0, cudaStreamLegacy>>>(
+      N, C, logits, target, scale, grad, row_loss, pred);
   detail::check_launch("cross_entropy_f32__cuda");
 }
 
 void adam_step(const AdamConstants& k, float* p, const float* g, float* m, float* v, int64_t n) {
   if (n == 0) return;
   note_kernel("adam", "adam_f32__cuda", "");
-  adam_f32__cuda<<<detail::blocks_for(n), detail::kThreads, 0, cudaStreamLegacy>>>(n, k, p, g, m, v);
+  adam_f32__cuda<<<detail::blocks_for(n), detail::kThreads, 0, cudaStreamLegacy>>>(n, k, p, g, m,
+                                                                                   v);
   detail::check_launch("adam_f32__cuda");
 }
 

@@ -29,9 +29,9 @@ constexpr int64_t kClanesTileK = 32;
 // pitch x_pitch), panel a packed block of KP dy channels, position-major with
 // no padding columns, so no FMA is spent on positions past the row end.  The
 // reduction runs row by row, q increasing.
-using conv_clanes_outer_ukernel_fn = void (*)(int64_t q_len, int64_t nrows, const float* const* rows,
-                                              int64_t x_pitch, const float* panel, float* c,
-                                              int64_t ldc);
+using conv_clanes_outer_ukernel_fn = void (*)(int64_t q_len, int64_t nrows,
+                                              const float* const* rows, int64_t x_pitch,
+                                              const float* panel, float* c, int64_t ldc);
 
 // Packs a kp-channel dy panel position-major: panel[t * kp + j] = dy[j * ld + t]
 // for t < positions, j < channels (zero for channels <= j < kp; kp a

@@ -54,7 +54,8 @@ void conv2d_outer_ukernel_f32_6x16__portable(int64_t steps, const float* const* 
                                              bool accumulate);
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
 void conv2d_outer_ukernel_f32_6x16__avx2(int64_t steps, const float* const* rows,
-                                         const float* panel, float* c, int64_t ldc, bool accumulate);
+                                         const float* panel, float* c, int64_t ldc,
+                                         bool accumulate);
 void conv2d_direct_ukernel_f32_6x16__avx2(int64_t steps, const float* w, const float* x,
                                           const int64_t* offsets, float* out);
 void conv2d_direct_ukernel_f32_4x24__avx2(int64_t steps, const float* w, const float* x,

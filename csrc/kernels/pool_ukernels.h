@@ -17,8 +17,8 @@ void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* 
 // 2x2 window, stride 2, no padding or dilation, over `planes` consecutive
 // H x W planes, P = H/2, Q = W/2, any width (masked tails); H*W < 2^30.
 // idx may be null (values only).
-void maxpool2d_fwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* x,
-                                     float* y, int64_t* idx);
+void maxpool2d_fwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* x, float* y,
+                                     int64_t* idx);
 // Backward of the same geometry when every index lies in its own window
 // (as every forward pass produces): dx is written densely, with no zero
 // pass and no scatter.  Returns the number of planes done; a plane with an

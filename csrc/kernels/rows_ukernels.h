@@ -13,9 +13,9 @@ namespace convcore {
 
 // One output row segment: up to 8 consecutive outputs of one row.
 struct RowSegment {
-  int64_t x_at;  // offset of the segment's first output in the padded input plane (h * Wp + q0)
-  int64_t y_at;  // offset of the segment's first output in an output plane (h * Q + q0)
-  int32_t lanes; // valid outputs, 1..8
+  int64_t x_at;   // offset of the segment's first output in the padded input plane (h * Wp + q0)
+  int64_t y_at;   // offset of the segment's first output in an output plane (h * Q + q0)
+  int32_t lanes;  // valid outputs, 1..8
 };
 
 // Forward-style tile: NS segments x KB output channels, all accumulators in
@@ -27,9 +27,9 @@ struct RowSegment {
 // floats past the last valid lane of a segment (the caller leaves slack).
 // Reduction in increasing p.
 using conv_rows_ukernel_fn = void (*)(int64_t p0, int64_t p1, const float* w,
-                                      const int64_t* offsets, const float* x,
-                                      const RowSegment* seg, int64_t nseg, float* y, int64_t ldk,
-                                      int64_t kn, const float* bias);
+                                      const int64_t* offsets, const float* x, const RowSegment* seg,
+                                      int64_t nseg, float* y, int64_t ldk, int64_t kn,
+                                      const float* bias);
 
 // Weight-gradient tile: KB output channels x TB taps, reduced over `nseg`
 // segments of `images` images in lanes, then across lanes in a fixed order:
@@ -39,33 +39,32 @@ using conv_rows_ukernel_fn = void (*)(int64_t p0, int64_t p1, const float* w,
 using conv_rows_wgrad_ukernel_fn = void (*)(int64_t images, const float* dy, int64_t dy_img,
                                             int64_t ldk, const float* x, int64_t x_img,
                                             const int64_t* taps, const RowSegment* seg,
-                                            int64_t nseg, int64_t kn, float* out,
-                                            int64_t ldo);
+                                            int64_t nseg, int64_t kn, float* out, int64_t ldo);
 
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
 // Tiles of 24 accumulators (ymm, AVX-512VL for 32 registers and masked
 // tails): NS segments x KB channels.
 void conv2d_rows_ukernel_f32_24x1__avx512(int64_t, int64_t, const float*, const int64_t*,
-                                          const float*, const RowSegment*, int64_t, float*,
-                                          int64_t, int64_t, const float*);
+                                          const float*, const RowSegment*, int64_t, float*, int64_t,
+                                          int64_t, const float*);
 void conv2d_rows_ukernel_f32_12x2__avx512(int64_t, int64_t, const float*, const int64_t*,
-                                          const float*, const RowSegment*, int64_t, float*,
-                                          int64_t, int64_t, const float*);
+                                          const float*, const RowSegment*, int64_t, float*, int64_t,
+                                          int64_t, const float*);
 void conv2d_rows_ukernel_f32_8x3__avx512(int64_t, int64_t, const float*, const int64_t*,
-                                         const float*, const RowSegment*, int64_t, float*,
-                                         int64_t, int64_t, const float*);
+                                         const float*, const RowSegment*, int64_t, float*, int64_t,
+                                         int64_t, const float*);
 void conv2d_rows_ukernel_f32_6x4__avx512(int64_t, int64_t, const float*, const int64_t*,
-                                         const float*, const RowSegment*, int64_t, float*,
-                                         int64_t, int64_t, const float*);
+                                         const float*, const RowSegment*, int64_t, float*, int64_t,
+                                         int64_t, const float*);
 void conv2d_rows_ukernel_f32_4x6__avx512(int64_t, int64_t, const float*, const int64_t*,
-                                         const float*, const RowSegment*, int64_t, float*,
-                                         int64_t, int64_t, const float*);
+                                         const float*, const RowSegment*, int64_t, float*, int64_t,
+                                         int64_t, const float*);
 void conv2d_rows_ukernel_f32_3x8__avx512(int64_t, int64_t, const float*, const int64_t*,
-                                         const float*, const RowSegment*, int64_t, float*,
-                                         int64_t, int64_t, const float*);
+                                         const float*, const RowSegment*, int64_t, float*, int64_t,
+                                         int64_t, const float*);
 void conv2d_rows_ukernel_f32_2x12__avx512(int64_t, int64_t, const float*, const int64_t*,
-                                          const float*, const RowSegment*, int64_t, float*,
-                                          int64_t, int64_t, const float*);
+                                          const float*, const RowSegment*, int64_t, float*, int64_t,
+                                          int64_t, const float*);
 // Weight gradient: KB channels x TB taps (at most 27 accumulators).
 void conv2d_rows_wgrad_ukernel_f32_2x9__avx512(int64_t, const float*, int64_t, int64_t,
                                                const float*, int64_t, const int64_t*,

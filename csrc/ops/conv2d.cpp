@@ -50,7 +50,8 @@ void run_fwd_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   const int nt = conv_threads(g);
   const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t n = 0; n < g.N; ++n) conv2d_fwd_f32__ref(g, a.x + n * img_in, a.w, a.b, a.y + n * img_out);
+  for (int64_t n = 0; n < g.N; ++n)
+    conv2d_fwd_f32__ref(g, a.x + n * img_in, a.w, a.b, a.y + n * img_out);
 }
 
 template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
@@ -58,20 +59,29 @@ void run_bwd_data_direct(const Conv2dGeometry& g, const ConvArgs& a) {
   backward_data_direct({UK6x16, 6, 16}, {UK4x24, 4, 24}, g, a.dy, a.w, a.dx);
 }
 template <gemm_ukernel_fn UK>
-void run_bwd_data_gemm(const Conv2dGeometry& g, const ConvArgs& a) { backward_data_gemm(UK, g, a.dy, a.w, a.dx); }
+void run_bwd_data_gemm(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_data_gemm(UK, g, a.dy, a.w, a.dx);
+}
 void run_bwd_data_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   const int nt = conv_threads(g);
   const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t n = 0; n < g.N; ++n) conv2d_bwd_data_f32__ref(g, a.dy + n * img_out, a.w, a.dx + n * img_in);
+  for (int64_t n = 0; n < g.N; ++n)
+    conv2d_bwd_data_f32__ref(g, a.dy + n * img_out, a.w, a.dx + n * img_in);
 }
 
 template <conv_dot_ukernel_fn UK>
-void run_bwd_weight_direct(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_direct(UK, g, a.dy, a.x, a.dw); }
+void run_bwd_weight_direct(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_weight_direct(UK, g, a.dy, a.x, a.dw);
+}
 template <conv_outer_ukernel_fn UK>
-void run_bwd_weight_outer(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_outer(UK, g, a.dy, a.x, a.dw); }
+void run_bwd_weight_outer(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_weight_outer(UK, g, a.dy, a.x, a.dw);
+}
 // Outer-product tiles pay off when dy is reused over many taps and channels.
-bool many_taps_and_channels(const Conv2dGeometry& g) { return g.Kg() >= 16 && g.Cg() * g.R * g.S >= 32; }
+bool many_taps_and_channels(const Conv2dGeometry& g) {
+  return g.Kg() >= 16 && g.Cg() * g.R * g.S >= 32;
+}
 void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   // Threads split the output channels; each element reduces over the whole
   // batch in one order, so the result does not depend on their number.
@@ -106,9 +116,15 @@ const RowsWeightKernels kRowsWeightAvx512 = {{
     {conv2d_rows_wgrad_ukernel_f32_4x6__avx512, 4, 6},
     {conv2d_rows_wgrad_ukernel_f32_3x9__avx512, 3, 9},
 }};
-void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { forward_rows(kRowsAvx512, g, a.x, a.w, a.b, a.y); }
-void run_bwd_data_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_data_rows(kRowsAvx512, g, a.dy, a.w, a.dx); }
-void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) { backward_weight_rows(kRowsWeightAvx512, g, a.dy, a.x, a.dw); }
+void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
+  forward_rows(kRowsAvx512, g, a.x, a.w, a.b, a.y);
+}
+void run_bwd_data_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_data_rows(kRowsAvx512, g, a.dy, a.w, a.dx);
+}
+void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_weight_rows(kRowsWeightAvx512, g, a.dy, a.x, a.dw);
+}
 // Channels in lanes: 32-channel panels and row tiles of up to 14 positions.
 // Measured against the AVX2 positions-in-lanes tiles (1 thread): 1.15-1.35x
 // where the panel's channel count is a multiple of 32 and rows are 7 or more
@@ -125,19 +141,22 @@ bool clanes_bwd_weight_fits(const Conv2dGeometry& g) {
   return g.Cg() >= 16 && fills_panels(g.Kg()) && g.Q >= 7;
 }
 void run_fwd_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
-  forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.x, a.w, a.b, a.y);
+  forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.x, a.w,
+                 a.b, a.y);
 }
 void run_bwd_data_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
-  backward_data_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.dy, a.w, a.dx);
+  backward_data_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g,
+                       a.dy, a.w, a.dx);
 }
 // 64-channel panels where K allows (one load per 6 FMAs), else 32.
 void run_bwd_weight_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
   const ClanesOuterKernel uk =
-      g.Kg() % 64 == 0
-          ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64, conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
-                              conv2d_pad_planes_f32_s1__avx512}
-          : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32, conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
-                              conv2d_pad_planes_f32_s1__avx512};
+      g.Kg() % 64 == 0 ? ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_6x64__avx512, 6, 64,
+                                           conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
+                                           conv2d_pad_planes_f32_s1__avx512}
+                       : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32,
+                                           conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
+                                           conv2d_pad_planes_f32_s1__avx512};
   backward_weight_clanes(uk, g, a.dy, a.x, a.dw);
 }
 #endif
@@ -148,42 +167,59 @@ const ConvImpl kFwdImpls[] = {
     {"conv2d_fwd_f32_clanes_14x32__avx512", Isa::Avx512, clanes_fwd_fits, run_fwd_clanes},
 #endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
+    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, always,
+     run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
 #endif
-    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__portable, conv2d_direct_ukernel_f32_4x24__portable>},
+    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, always,
+     run_fwd_direct<conv2d_direct_ukernel_f32_6x16__portable,
+                    conv2d_direct_ukernel_f32_4x24__portable>},
     {"conv2d_fwd_f32_direct__ref", Isa::Scalar, always, run_fwd_ref},
 };
 
 const ConvImpl kBwdDataImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
     {"conv2d_bwd_data_f32_rows_8w__avx512", Isa::Avx512, rows_applicable, run_bwd_data_rows_avx512},
-    {"conv2d_bwd_data_f32_clanes_14x32__avx512", Isa::Avx512, clanes_bwd_data_fits, run_bwd_data_clanes},
+    {"conv2d_bwd_data_f32_clanes_14x32__avx512", Isa::Avx512, clanes_bwd_data_fits,
+     run_bwd_data_clanes},
 #endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_bwd_data_f32_direct_6x16_4x24__avx2", Isa::Avx2, unit_stride, run_bwd_data_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
-    {"conv2d_bwd_data_f32_gemm_col2im_6x16__avx2", Isa::Avx2, always, run_bwd_data_gemm<gemm_ukernel_f32_6x16__avx2>},
+    {"conv2d_bwd_data_f32_direct_6x16_4x24__avx2", Isa::Avx2, unit_stride,
+     run_bwd_data_direct<conv2d_direct_ukernel_f32_6x16__avx2,
+                         conv2d_direct_ukernel_f32_4x24__avx2>},
+    {"conv2d_bwd_data_f32_gemm_col2im_6x16__avx2", Isa::Avx2, always,
+     run_bwd_data_gemm<gemm_ukernel_f32_6x16__avx2>},
 #endif
-    {"conv2d_bwd_data_f32_direct_6x16_4x24__portable", Isa::Portable, unit_stride, run_bwd_data_direct<conv2d_direct_ukernel_f32_6x16__portable, conv2d_direct_ukernel_f32_4x24__portable>},
-    {"conv2d_bwd_data_f32_gemm_col2im_6x16__portable", Isa::Portable, always, run_bwd_data_gemm<gemm_ukernel_f32_6x16__portable>},
+    {"conv2d_bwd_data_f32_direct_6x16_4x24__portable", Isa::Portable, unit_stride,
+     run_bwd_data_direct<conv2d_direct_ukernel_f32_6x16__portable,
+                         conv2d_direct_ukernel_f32_4x24__portable>},
+    {"conv2d_bwd_data_f32_gemm_col2im_6x16__portable", Isa::Portable, always,
+     run_bwd_data_gemm<gemm_ukernel_f32_6x16__portable>},
     {"conv2d_bwd_data_f32_direct__ref", Isa::Scalar, always, run_bwd_data_ref},
 };
 
 const ConvImpl kBwdWeightImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
-    {"conv2d_bwd_weight_f32_rows_8w__avx512", Isa::Avx512, rows_weight_applicable, run_bwd_weight_rows_avx512},
-    {"conv2d_bwd_weight_f32_clanes_6x64_12x32__avx512", Isa::Avx512, clanes_bwd_weight_fits, run_bwd_weight_clanes},
+    {"conv2d_bwd_weight_f32_rows_8w__avx512", Isa::Avx512, rows_weight_applicable,
+     run_bwd_weight_rows_avx512},
+    {"conv2d_bwd_weight_f32_clanes_6x64_12x32__avx512", Isa::Avx512, clanes_bwd_weight_fits,
+     run_bwd_weight_clanes},
 #endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, many_taps_and_channels, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
-    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, always, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
+    {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, many_taps_and_channels,
+     run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, always,
+     run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
 #endif
-    {"conv2d_bwd_weight_f32_direct_outer_6x16__portable", Isa::Portable, many_taps_and_channels, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__portable>},
-    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, always, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
+    {"conv2d_bwd_weight_f32_direct_outer_6x16__portable", Isa::Portable, many_taps_and_channels,
+     run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__portable>},
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, always,
+     run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
     {"conv2d_bwd_weight_f32_direct__ref", Isa::Scalar, always, run_bwd_weight_ref},
 };
 
 const ConvImpl kBwdBiasImpls[] = {
-    {"conv2d_bwd_bias_f32_lanes16__portable", Isa::Portable, always, run_bwd_bias<conv2d_bwd_bias_f32__portable>},
+    {"conv2d_bwd_bias_f32_lanes16__portable", Isa::Portable, always,
+     run_bwd_bias<conv2d_bwd_bias_f32__portable>},
     {"conv2d_bwd_bias_f32__ref", Isa::Scalar, always, run_bwd_bias<conv2d_bwd_bias_f32__ref>},
 };
 

@@ -40,9 +40,10 @@ void pack_clanes_weights(const DirectConv& d, const float* w, bool transposed_fl
       for (int64_t c = 0; c < d.Cin; ++c)
         for (int64_t r = 0; r < d.R; ++r)
           for (int64_t s = 0; s < d.S; ++s) {
-            const float v = transposed_flip
-                                ? w[((g * d.Cin + c) * d.Kout + k) * RS + (d.R - 1 - r) * d.S + (d.S - 1 - s)]
-                                : w[((g * d.Kout + k) * d.Cin + c) * RS + r * d.S + s];
+            const float v =
+                transposed_flip
+                    ? w[((g * d.Cin + c) * d.Kout + k) * RS + (d.R - 1 - r) * d.S + (d.S - 1 - s)]
+                    : w[((g * d.Kout + k) * d.Cin + c) * RS + r * d.S + s];
             dst[((c * d.R + r) * d.S + s) * kp] = v;
           }
     }
@@ -78,48 +79,50 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, conv_clanes_pad_fn pad, const Dir
   blocks = (d.G * panels + per_block - 1) / per_block;
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t task = 0; task < d.N * blocks; ++task) errors.run([&] {
-    const int64_t n = task / blocks, b = task % blocks;
-    // Every tap of every valid output lies inside the padded planes, so the
-    // kernels need no slack past the end.
-    float* xpad = thread_scratch(1).floats(Cin_all * plane);
-    pad_image(pad, d.pp, Cin_all, d.in + n * in_img, xpad);
-    // The next image's input comes from DRAM when the batch exceeds the
-    // caches; its copy into padded planes took 5% of the call until it was
-    // prefetched into L2 a slice per output row, behind the FMAs.
-    const int64_t gp0 = b * per_block, gp1 = std::min((b + 1) * per_block, d.G * panels);
-    const char* next = task + blocks < d.N * blocks
-                           ? reinterpret_cast<const char*>(d.in + (n + 1) * in_img)
-                           : nullptr;
-    const int64_t next_lines = next && b == 0 ? in_img * int64_t(sizeof(float)) / 64 : 0;
-    const int64_t lines_per_row = (next_lines + (gp1 - gp0) * d.P - 1) / std::max<int64_t>((gp1 - gp0) * d.P, 1);
-    int64_t prefetched = 0;
-    for (int64_t gp = gp0; gp < gp1; ++gp) {
-      const int64_t g = gp / panels, k0 = (gp % panels) * kp, kn = std::min(kp, d.Kout - k0);
-      const float* wp = wpack + gp * steps * kp;
-      const float* xg = xpad + g * d.Cin * plane;
-      const float* bias = d.bias ? d.bias + g * d.Kout + k0 : nullptr;
-      float* yk = d.out + n * out_img + (g * d.Kout + k0) * PQ;
-      for (int64_t p = 0; p < d.P; ++p) {
-        for (int64_t l = 0; l < lines_per_row && prefetched < next_lines; ++l, ++prefetched)
-          __builtin_prefetch(next + prefetched * 64, 0, 2);
-        // The tiles write 32 channel rows of the output, fresh memory each
-        // call: fetch the next output row's lines for writing ahead of them.
-        if (p + 1 < d.P)
-          for (int64_t k = 0; k < kn; ++k) {
-            const char* row = reinterpret_cast<const char*>(yk + k * PQ + (p + 1) * d.Q);
-            for (int64_t off = 0; off < d.Q * int64_t(sizeof(float)); off += 64)
-              __builtin_prefetch(row + off, 1, 3);
-            __builtin_prefetch(row + d.Q * int64_t(sizeof(float)) - 1, 1, 3);
+  for (int64_t task = 0; task < d.N * blocks; ++task)
+    errors.run([&] {
+      const int64_t n = task / blocks, b = task % blocks;
+      // Every tap of every valid output lies inside the padded planes, so the
+      // kernels need no slack past the end.
+      float* xpad = thread_scratch(1).floats(Cin_all * plane);
+      pad_image(pad, d.pp, Cin_all, d.in + n * in_img, xpad);
+      // The next image's input comes from DRAM when the batch exceeds the
+      // caches; its copy into padded planes took 5% of the call until it was
+      // prefetched into L2 a slice per output row, behind the FMAs.
+      const int64_t gp0 = b * per_block, gp1 = std::min((b + 1) * per_block, d.G * panels);
+      const char* next = task + blocks < d.N * blocks
+                             ? reinterpret_cast<const char*>(d.in + (n + 1) * in_img)
+                             : nullptr;
+      const int64_t next_lines = next && b == 0 ? in_img * int64_t(sizeof(float)) / 64 : 0;
+      const int64_t lines_per_row =
+          (next_lines + (gp1 - gp0) * d.P - 1) / std::max<int64_t>((gp1 - gp0) * d.P, 1);
+      int64_t prefetched = 0;
+      for (int64_t gp = gp0; gp < gp1; ++gp) {
+        const int64_t g = gp / panels, k0 = (gp % panels) * kp, kn = std::min(kp, d.Kout - k0);
+        const float* wp = wpack + gp * steps * kp;
+        const float* xg = xpad + g * d.Cin * plane;
+        const float* bias = d.bias ? d.bias + g * d.Kout + k0 : nullptr;
+        float* yk = d.out + n * out_img + (g * d.Kout + k0) * PQ;
+        for (int64_t p = 0; p < d.P; ++p) {
+          for (int64_t l = 0; l < lines_per_row && prefetched < next_lines; ++l, ++prefetched)
+            __builtin_prefetch(next + prefetched * 64, 0, 2);
+          // The tiles write 32 channel rows of the output, fresh memory each
+          // call: fetch the next output row's lines for writing ahead of them.
+          if (p + 1 < d.P)
+            for (int64_t k = 0; k < kn; ++k) {
+              const char* row = reinterpret_cast<const char*>(yk + k * PQ + (p + 1) * d.Q);
+              for (int64_t off = 0; off < d.Q * int64_t(sizeof(float)); off += 64)
+                __builtin_prefetch(row + off, 1, 3);
+              __builtin_prefetch(row + d.Q * int64_t(sizeof(float)) - 1, 1, 3);
+            }
+          for (int64_t i = 0, q0 = 0; i < row_tiles; ++i) {
+            const int64_t width = tile_base + (i < tile_extra ? 1 : 0);
+            uk(steps, wp, xg + p * Wh + q0, offsets.data(), width, kn, bias, yk + p * d.Q + q0, PQ);
+            q0 += width;
           }
-        for (int64_t i = 0, q0 = 0; i < row_tiles; ++i) {
-          const int64_t width = tile_base + (i < tile_extra ? 1 : 0);
-          uk(steps, wp, xg + p * Wh + q0, offsets.data(), width, kn, bias, yk + p * d.Q + q0, PQ);
-          q0 += width;
         }
       }
-    }
-  });
+    });
   errors.rethrow();
 }
 
@@ -142,7 +145,8 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
   const int64_t mt = uk.mt, kp = uk.kp;
   const int64_t RS = g.R * g.S, CRS = g.Cg() * RS, Kg = g.Kg(), PQ = g.P * g.Q;
   const int64_t plane = d.pp.plane(), Wh = d.pp.Wh();
-  const int64_t crs_panels = (CRS + mt - 1) / mt, k_panels = (Kg + kp - 1) / kp, ldw = k_panels * kp;
+  const int64_t crs_panels = (CRS + mt - 1) / mt, k_panels = (Kg + kp - 1) / kp,
+                ldw = k_panels * kp;
   const int64_t part_size = g.G * crs_panels * mt * ldw;
   const int64_t x_img = g.C * plane, dyt_img = g.G * k_panels * PQ * kp;
   // Output rows per kernel call.  Long calls pay: each call loads and stores
@@ -167,51 +171,53 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
   const int nt = conv_threads(g);
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
-    float* part = partials + chunk * part_size;
-    std::fill(part, part + part_size, 0.0f);
-    float* xpad = thread_scratch(1).floats(x_img);
-    float* dyt = thread_scratch(2).floats(dyt_img);
-    for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
-      pad_image(uk.pad, d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
-      // The next image's x and dy, prefetched into L2 a slice per kernel
-      // call, behind the FMAs (as in run_clanes).
-      const bool more = n + 1 < split.end(chunk);
-      const char* next_x = reinterpret_cast<const char*>(x + (n + 1) * g.C * g.H * g.W);
-      const char* next_dy = reinterpret_cast<const char*>(dy + (n + 1) * g.K * PQ);
-      const int64_t x_lines = more ? g.C * g.H * g.W * int64_t(sizeof(float)) / 64 : 0;
-      const int64_t dy_lines = more ? g.K * PQ * int64_t(sizeof(float)) / 64 : 0;
-      const int64_t calls = g.G * ((g.P + row_block - 1) / row_block) * k_panels * crs_panels;
-      const int64_t per_call = (x_lines + dy_lines + calls - 1) / calls;
-      int64_t prefetched = 0;
-      for (int64_t grp = 0; grp < g.G; ++grp)
-        for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
-          float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
-          const int64_t k0 = grp * Kg + kpn * kp, valid = std::min(kp, Kg - kpn * kp);
-          uk.pack(dy + (n * g.K + k0) * PQ, PQ, PQ, valid, panel, kp);
-        }
-      for (int64_t grp = 0; grp < g.G; ++grp) {
-        const float* xg = xpad + grp * g.Cg() * plane;
-        float* part_g = part + grp * crs_panels * mt * ldw;
-        for (int64_t p0 = 0; p0 < g.P; p0 += row_block) {
-          const int64_t rows_here = std::min(row_block, g.P - p0);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    errors.run([&] {
+      float* part = partials + chunk * part_size;
+      std::fill(part, part + part_size, 0.0f);
+      float* xpad = thread_scratch(1).floats(x_img);
+      float* dyt = thread_scratch(2).floats(dyt_img);
+      for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
+        pad_image(uk.pad, d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
+        // The next image's x and dy, prefetched into L2 a slice per kernel
+        // call, behind the FMAs (as in run_clanes).
+        const bool more = n + 1 < split.end(chunk);
+        const char* next_x = reinterpret_cast<const char*>(x + (n + 1) * g.C * g.H * g.W);
+        const char* next_dy = reinterpret_cast<const char*>(dy + (n + 1) * g.K * PQ);
+        const int64_t x_lines = more ? g.C * g.H * g.W * int64_t(sizeof(float)) / 64 : 0;
+        const int64_t dy_lines = more ? g.K * PQ * int64_t(sizeof(float)) / 64 : 0;
+        const int64_t calls = g.G * ((g.P + row_block - 1) / row_block) * k_panels * crs_panels;
+        const int64_t per_call = (x_lines + dy_lines + calls - 1) / calls;
+        int64_t prefetched = 0;
+        for (int64_t grp = 0; grp < g.G; ++grp)
           for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
-            const float* panel = dyt + (grp * k_panels + kpn) * PQ * kp + p0 * g.Q * kp;
-            for (int64_t cp = 0; cp < crs_panels; ++cp) {
-              const float* rows[16];
-              for (int64_t r = 0; r < mt; ++r)  // taps past the end repeat a valid one; discarded
-                rows[r] = xg + tap_offset[size_t(std::min(cp * mt + r, CRS - 1))] + p0 * Wh;
-              uk.fn(g.Q, rows_here, rows, Wh, panel, part_g + cp * mt * ldw + kpn * kp, ldw);
-              for (int64_t l = 0; l < per_call && prefetched < x_lines + dy_lines; ++l, ++prefetched)
-                __builtin_prefetch(prefetched < x_lines ? next_x + prefetched * 64
-                                                        : next_dy + (prefetched - x_lines) * 64,
-                                   0, 2);
+            float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
+            const int64_t k0 = grp * Kg + kpn * kp, valid = std::min(kp, Kg - kpn * kp);
+            uk.pack(dy + (n * g.K + k0) * PQ, PQ, PQ, valid, panel, kp);
+          }
+        for (int64_t grp = 0; grp < g.G; ++grp) {
+          const float* xg = xpad + grp * g.Cg() * plane;
+          float* part_g = part + grp * crs_panels * mt * ldw;
+          for (int64_t p0 = 0; p0 < g.P; p0 += row_block) {
+            const int64_t rows_here = std::min(row_block, g.P - p0);
+            for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
+              const float* panel = dyt + (grp * k_panels + kpn) * PQ * kp + p0 * g.Q * kp;
+              for (int64_t cp = 0; cp < crs_panels; ++cp) {
+                const float* rows[16];
+                for (int64_t r = 0; r < mt; ++r)  // taps past the end repeat a valid one; discarded
+                  rows[r] = xg + tap_offset[size_t(std::min(cp * mt + r, CRS - 1))] + p0 * Wh;
+                uk.fn(g.Q, rows_here, rows, Wh, panel, part_g + cp * mt * ldw + kpn * kp, ldw);
+                for (int64_t l = 0; l < per_call && prefetched < x_lines + dy_lines;
+                     ++l, ++prefetched)
+                  __builtin_prefetch(prefetched < x_lines ? next_x + prefetched * 64
+                                                          : next_dy + (prefetched - x_lines) * 64,
+                                     0, 2);
+              }
             }
           }
         }
       }
-    }
-  });
+    });
   errors.rethrow();
   const int rt = threads_for(double(g.weight_numel()) * chunks, 1e5);
 #pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)

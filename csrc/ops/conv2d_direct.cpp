@@ -26,7 +26,8 @@ void pad_planes(const PaddedPlanes& pp, int64_t channels, const float* src, floa
         // Columns j whose source column lies in [0, W) and padded column in [0, Wp).
         const int64_t j_lo = std::clamp<int64_t>(ceil_div(pp.pad_left - b, pp.sw), 0, Wh);
         const int64_t j_hi = std::clamp<int64_t>(
-            std::min(ceil_div(pp.pad_left + pp.W - b, pp.sw), ceil_div(pp.Wp - b, pp.sw)), j_lo, Wh);
+            std::min(ceil_div(pp.pad_left + pp.W - b, pp.sw), ceil_div(pp.Wp - b, pp.sw)), j_lo,
+            Wh);
         const int64_t w0 = j_lo * pp.sw + b - pp.pad_left;  // source column of j_lo
         float* phase = d + (a * pp.sw + b) * Hh * Wh;
         for (int64_t i = 0; i < Hh; ++i) {
@@ -61,7 +62,8 @@ std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64
   return offsets;
 }
 
-DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b, float* y) {
+DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b,
+                                  float* y) {
   DirectConv d;
   d.N = g.N;
   d.G = g.G;
@@ -71,8 +73,14 @@ DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const
   d.S = g.S;
   d.dil_h = g.dil_h;
   d.dil_w = g.dil_w;
-  d.pp = {g.H, g.W, g.pad_top, g.pad_left, g.H + g.pad_top + g.pad_bottom,
-          g.W + g.pad_left + g.pad_right, g.stride_h, g.stride_w};
+  d.pp = {g.H,
+          g.W,
+          g.pad_top,
+          g.pad_left,
+          g.H + g.pad_top + g.pad_bottom,
+          g.W + g.pad_left + g.pad_right,
+          g.stride_h,
+          g.stride_w};
   d.P = g.P;
   d.Q = g.Q;
   d.in = x;
@@ -100,9 +108,9 @@ void pack_direct_weights(const DirectConv& d, int64_t mr, const float* w, bool t
               const int64_t k = pn * mr + i;
               float v = 0.0f;
               if (k < d.Kout) {
-                v = transposed_flip
-                        ? w[((g * d.Cin + c) * d.Kout + k) * RS + (d.R - 1 - r) * d.S + (d.S - 1 - s)]
-                        : w[((g * d.Kout + k) * d.Cin + c) * RS + r * d.S + s];
+                v = transposed_flip ? w[((g * d.Cin + c) * d.Kout + k) * RS + (d.R - 1 - r) * d.S +
+                                        (d.S - 1 - s)]
+                                    : w[((g * d.Kout + k) * d.Cin + c) * RS + r * d.S + s];
               }
               col[i] = v;
             }
@@ -112,7 +120,8 @@ void pack_direct_weights(const DirectConv& d, int64_t mr, const float* w, bool t
 
 // The tile shape that computes the fewest padded outputs (channels rounded
 // up to MR times positions rounded up to NR); ties go to 6x16, which loads less.
-DirectKernel pick_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const DirectConv& d) {
+DirectKernel pick_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
+                         const DirectConv& d) {
   const int64_t T = d.P * d.pp.Wh();
   const auto padded = [&](const DirectKernel& k) {
     return (d.Kout + k.mr - 1) / k.mr * k.mr * ((T + k.nr - 1) / k.nr * k.nr);
@@ -142,43 +151,47 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
   blocks = (d.G * panels + per_block - 1) / per_block;
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t task = 0; task < d.N * blocks; ++task) errors.run([&] {
-    const int64_t n = task / blocks, b = task % blocks;
-    float* xpad = thread_scratch(1).floats(Cin_all * plane + slack);
-    pad_planes(d.pp, Cin_all, d.in + n * in_img, xpad);
-    std::fill(xpad + Cin_all * plane, xpad + Cin_all * plane + slack, 0.0f);
-    alignas(64) float tile[6 * 24];
-    // Blocks of positions whose input rows (all taps, all channels of a
-    // group) fit in L2 alongside the weights: for large images the panels
-    // would otherwise stream the input from L3 once each.
-    const int64_t tb = round_up(std::clamp<int64_t>(kDirectInputBlockFloats / (d.Cin * d.pp.sh * d.pp.sw), nr, std::max<int64_t>(T, nr)), nr);
-    for (int64_t tb0 = 0; tb0 < T; tb0 += tb)
-    for (int64_t gp = b * per_block; gp < std::min((b + 1) * per_block, d.G * panels); ++gp) {
-      const int64_t g = gp / panels, pn = gp % panels;
-      const float* wp = wpack + gp * steps * mr;
-      const float* xg = xpad + g * d.Cin * plane;
-      const int64_t k0 = pn * mr, kn = std::min(mr, d.Kout - k0);
-      float* yk = d.out + n * out_img + (g * d.Kout + k0) * d.P * d.Q;
-      for (int64_t t0 = tb0; t0 < std::min(T, tb0 + tb); t0 += nr) {
-        uk.fn(steps, wp, xg + t0, offsets.data(), tile);
-        // Scatter the valid lanes (q < Q) row segment by row segment.
-        int64_t p = t0 / Wh, q = t0 % Wh;
-        for (int64_t j = 0; j < nr && p < d.P;) {
-          const int64_t run = std::min(nr - j, Wh - q);
-          const int64_t valid = std::max<int64_t>(0, std::min(run, d.Q - q));
-          for (int64_t i = 0; i < kn; ++i) {
-            float* dst = yk + (i * d.P + p) * d.Q + q;
-            const float* src = tile + i * nr + j;
-            const float bv = d.bias ? d.bias[g * d.Kout + k0 + i] : 0.0f;
-            for (int64_t l = 0; l < valid; ++l) dst[l] = src[l] + bv;
+  for (int64_t task = 0; task < d.N * blocks; ++task)
+    errors.run([&] {
+      const int64_t n = task / blocks, b = task % blocks;
+      float* xpad = thread_scratch(1).floats(Cin_all * plane + slack);
+      pad_planes(d.pp, Cin_all, d.in + n * in_img, xpad);
+      std::fill(xpad + Cin_all * plane, xpad + Cin_all * plane + slack, 0.0f);
+      alignas(64) float tile[6 * 24];
+      // Blocks of positions whose input rows (all taps, all channels of a
+      // group) fit in L2 alongside the weights: for large images the panels
+      // would otherwise stream the input from L3 once each.
+      const int64_t tb =
+          round_up(std::clamp<int64_t>(kDirectInputBlockFloats / (d.Cin * d.pp.sh * d.pp.sw), nr,
+                                       std::max<int64_t>(T, nr)),
+                   nr);
+      for (int64_t tb0 = 0; tb0 < T; tb0 += tb)
+        for (int64_t gp = b * per_block; gp < std::min((b + 1) * per_block, d.G * panels); ++gp) {
+          const int64_t g = gp / panels, pn = gp % panels;
+          const float* wp = wpack + gp * steps * mr;
+          const float* xg = xpad + g * d.Cin * plane;
+          const int64_t k0 = pn * mr, kn = std::min(mr, d.Kout - k0);
+          float* yk = d.out + n * out_img + (g * d.Kout + k0) * d.P * d.Q;
+          for (int64_t t0 = tb0; t0 < std::min(T, tb0 + tb); t0 += nr) {
+            uk.fn(steps, wp, xg + t0, offsets.data(), tile);
+            // Scatter the valid lanes (q < Q) row segment by row segment.
+            int64_t p = t0 / Wh, q = t0 % Wh;
+            for (int64_t j = 0; j < nr && p < d.P;) {
+              const int64_t run = std::min(nr - j, Wh - q);
+              const int64_t valid = std::max<int64_t>(0, std::min(run, d.Q - q));
+              for (int64_t i = 0; i < kn; ++i) {
+                float* dst = yk + (i * d.P + p) * d.Q + q;
+                const float* src = tile + i * nr + j;
+                const float bv = d.bias ? d.bias[g * d.Kout + k0 + i] : 0.0f;
+                for (int64_t l = 0; l < valid; ++l) dst[l] = src[l] + bv;
+              }
+              j += run;
+              q = 0;
+              ++p;
+            }
           }
-          j += run;
-          q = 0;
-          ++p;
         }
-      }
-    }
-  });
+    });
   errors.rethrow();
 }
 

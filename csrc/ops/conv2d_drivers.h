@@ -30,7 +30,9 @@ constexpr int64_t kDotWorkingSetBytes = 512 * 1024;
 // the next weight panel (about 256 KiB of input rows in L2).
 constexpr int64_t kDirectInputBlockFloats = 64 * 1024;
 
-inline int conv_threads(const Conv2dGeometry& g) { return threads_for(g.macs(), kMinMacsPerThread); }
+inline int conv_threads(const Conv2dGeometry& g) {
+  return threads_for(g.macs(), kMinMacsPerThread);
+}
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -52,7 +54,7 @@ struct PaddedPlanes {
   int64_t Hp, Wp;             // padded plane
   int64_t sh = 1, sw = 1;     // stride: number of phases per dimension
   int64_t Hh() const { return ceil_div(Hp, sh); }
-  int64_t Wh() const { return ceil_div(Wp, sw); }  // row pitch of a phase plane, and of t
+  int64_t Wh() const { return ceil_div(Wp, sw); }          // row pitch of a phase plane, and of t
   int64_t plane() const { return sh * sw * Hh() * Wh(); }  // floats per channel
   // Distance from a channel's first element to tap (row r_off, column s_off)
   // of output position t = 0.
@@ -96,7 +98,7 @@ struct BatchChunks {
 // dy with the flipped, transposed weights).
 struct DirectConv {
   int64_t N, G;
-  int64_t Cin, Kout;  // per group
+  int64_t Cin, Kout;           // per group
   int64_t R, S, dil_h, dil_w;  // kernel size and dilation
   PaddedPlanes pp;
   int64_t P, Q;       // output size
@@ -110,7 +112,8 @@ struct DirectKernel {
   int64_t mr, nr;
 };
 
-DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b, float* y);
+DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b,
+                                  float* y);
 // The stride-1 data gradient as a direct convolution: dy (padded by
 // dil*(R-1) - pad, negative = crop) convolved with the flipped, transposed weights.
 DirectConv direct_backward_data_problem(const Conv2dGeometry& g, const float* dy, float* dx);

@@ -26,7 +26,8 @@ void col2im_channels(const Conv2dGeometry& g, const float* dcols, int64_t c0, in
         const float* row = dcols + (((c - c0) * g.R + r) * g.S + s) * PQ;
         const int64_t w_off = s * g.dil_w - g.pad_left;
         const int64_t qa = std::clamp<int64_t>((-w_off + g.stride_w - 1) / g.stride_w, 0, g.Q);
-        const int64_t qb = std::clamp<int64_t>((g.W - w_off + g.stride_w - 1) / g.stride_w, qa, g.Q);
+        const int64_t qb =
+            std::clamp<int64_t>((g.W - w_off + g.stride_w - 1) / g.stride_w, qa, g.Q);
         for (int64_t p = 0; p < g.P; ++p) {
           const int64_t h = p * g.stride_h - g.pad_top + r * g.dil_h;
           if (h < 0 || h >= g.H) continue;
@@ -61,20 +62,20 @@ void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const 
   const int64_t tasks = g.N * g.G * blocks;
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t t = 0; t < tasks; ++t) errors.run([&] {
-    const int64_t n = t / (g.G * blocks), grp = (t / blocks) % g.G;
-    const int64_t c0 = (t % blocks) * cb, c1 = std::min(g.Cg(), c0 + cb);
-    float* dx_g = dx + (n * g.C + grp * g.Cg()) * HW;
-    const float* dy_g = dy + (n * g.K + grp * Kg) * PQ;
-    const float* w_g = w + grp * Kg * CRS;
-    const int64_t rows = (c1 - c0) * RS;
-    std::fill(dx_g + c0 * HW, dx_g + c1 * HW, 0.0f);
-    float* work = thread_scratch(0).floats(gemm_workspace_floats(rows, PQ, Kg));
-    float* dcols = thread_scratch(1).floats(rows * PQ);
-    gemm_f32(ukernel, rows, PQ, Kg, w_g + c0 * RS, 1, CRS, dy_g, PQ, 1, dcols, PQ, false,
-             work);
-    col2im_channels(g, dcols, c0, c1, dx_g);
-  });
+  for (int64_t t = 0; t < tasks; ++t)
+    errors.run([&] {
+      const int64_t n = t / (g.G * blocks), grp = (t / blocks) % g.G;
+      const int64_t c0 = (t % blocks) * cb, c1 = std::min(g.Cg(), c0 + cb);
+      float* dx_g = dx + (n * g.C + grp * g.Cg()) * HW;
+      const float* dy_g = dy + (n * g.K + grp * Kg) * PQ;
+      const float* w_g = w + grp * Kg * CRS;
+      const int64_t rows = (c1 - c0) * RS;
+      std::fill(dx_g + c0 * HW, dx_g + c1 * HW, 0.0f);
+      float* work = thread_scratch(0).floats(gemm_workspace_floats(rows, PQ, Kg));
+      float* dcols = thread_scratch(1).floats(rows * PQ);
+      gemm_f32(ukernel, rows, PQ, Kg, w_g + c0 * RS, 1, CRS, dy_g, PQ, 1, dcols, PQ, false, work);
+      col2im_channels(g, dcols, c0, c1, dx_g);
+    });
   errors.rethrow();
 }
 

@@ -83,20 +83,21 @@ void run_rows(const RowsKernels& ks, const DirectConv& d, const float* w, bool t
   const int64_t PQ = d.P * d.Q;
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t n = 0; n < d.N; ++n) errors.run([&] {
-    float* xpad = thread_scratch(1).floats(d.Cin * plane + kLanes);
-    pad_planes(d.pp, d.Cin, d.in + n * in_img, xpad);
-    std::fill(xpad + d.Cin * plane, xpad + d.Cin * plane + kLanes, 0.0f);
-    for (int64_t b = 0; b < kblocks; ++b) {
-      const int64_t k0 = b * kb, kn = std::min(kb, d.Kout - k0);
-      float* y = d.out + n * out_img + k0 * PQ;
-      const float* wp = wpack.data() + b * steps * kb;
-      const float* bias = d.bias ? d.bias + k0 : nullptr;
-      for (int64_t t = 0; t < tiles; ++t)
-        uk.fn(step_lo[size_t(t)], step_hi[size_t(t)], wp, offsets.data(), xpad,
-              segs.data() + t * ns, std::min(ns, nseg - t * ns), y, PQ, kn, bias);
-    }
-  });
+  for (int64_t n = 0; n < d.N; ++n)
+    errors.run([&] {
+      float* xpad = thread_scratch(1).floats(d.Cin * plane + kLanes);
+      pad_planes(d.pp, d.Cin, d.in + n * in_img, xpad);
+      std::fill(xpad + d.Cin * plane, xpad + d.Cin * plane + kLanes, 0.0f);
+      for (int64_t b = 0; b < kblocks; ++b) {
+        const int64_t k0 = b * kb, kn = std::min(kb, d.Kout - k0);
+        float* y = d.out + n * out_img + k0 * PQ;
+        const float* wp = wpack.data() + b * steps * kb;
+        const float* bias = d.bias ? d.bias + k0 : nullptr;
+        for (int64_t t = 0; t < tiles; ++t)
+          uk.fn(step_lo[size_t(t)], step_hi[size_t(t)], wp, offsets.data(), xpad,
+                segs.data() + t * ns, std::min(ns, nseg - t * ns), y, PQ, kn, bias);
+      }
+    });
   errors.rethrow();
 }
 
@@ -164,26 +165,27 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
   const int nt = conv_threads(g);
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) errors.run([&] {
-    const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
-    float* part = partials.data() + chunk * part_size;
-    std::fill(part, part + part_size, 0.0f);
-    const int64_t ib = split.images_per_call(chunk, x_img + g.K * PQ);
-    float* xpad = thread_scratch(1).floats(ib * x_img + kLanes);
-    for (int64_t nb = n0; nb < n1; nb += ib) {
-      const int64_t images = std::min(ib, n1 - nb);
-      for (int64_t i = 0; i < images; ++i)
-        pad_planes(d.pp, g.C, x + (nb + i) * g.C * g.H * g.W, xpad + i * x_img);
-      std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
-      for (int64_t b = 0; b < kblocks; ++b) {
-        const int64_t k0 = b * kb;
-        for (int64_t t0 = 0; t0 < ldo; t0 += tb)
-          uk->fn(images, dy + (nb * g.K + k0) * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0,
-                 segs.data(), int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0,
-                 ldo);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    errors.run([&] {
+      const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
+      float* part = partials.data() + chunk * part_size;
+      std::fill(part, part + part_size, 0.0f);
+      const int64_t ib = split.images_per_call(chunk, x_img + g.K * PQ);
+      float* xpad = thread_scratch(1).floats(ib * x_img + kLanes);
+      for (int64_t nb = n0; nb < n1; nb += ib) {
+        const int64_t images = std::min(ib, n1 - nb);
+        for (int64_t i = 0; i < images; ++i)
+          pad_planes(d.pp, g.C, x + (nb + i) * g.C * g.H * g.W, xpad + i * x_img);
+        std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
+        for (int64_t b = 0; b < kblocks; ++b) {
+          const int64_t k0 = b * kb;
+          for (int64_t t0 = 0; t0 < ldo; t0 += tb)
+            uk->fn(images, dy + (nb * g.K + k0) * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0,
+                   segs.data(), int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0,
+                   ldo);
+        }
       }
-    }
-  });
+    });
   errors.rethrow();
   for (int64_t k = 0; k < g.K; ++k)
     for (int64_t i = 0; i < CRS; ++i) {

@@ -10,7 +10,7 @@ namespace {
 // MC x KC block of A (96 KiB) stays in L2, and a KC x NC panel of B
 // (up to 4 MiB) in the shared L3.
 constexpr int64_t KC = 256;
-constexpr int64_t MC = 96;  // multiple of MR
+constexpr int64_t MC = 96;    // multiple of MR
 constexpr int64_t NC = 4096;  // multiple of NR
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -21,7 +21,8 @@ void pack_a(const float* A, int64_t a_rs, int64_t a_cs, int64_t mc, int64_t kc, 
     const float* src = A + i0 * a_rs;
     if (a_rs == 1 && mr == kGemmMR) {
       // Column-major A (a transposed operand): each panel column is contiguous.
-      for (int64_t p = 0; p < kc; ++p) std::memcpy(dst + p * kGemmMR, src + p * a_cs, kGemmMR * sizeof(float));
+      for (int64_t p = 0; p < kc; ++p)
+        std::memcpy(dst + p * kGemmMR, src + p * a_cs, kGemmMR * sizeof(float));
     } else {
       for (int64_t p = 0; p < kc; ++p) {
         float* d = dst + p * kGemmMR;
@@ -38,7 +39,8 @@ void pack_b(const float* B, int64_t b_rs, int64_t b_cs, int64_t kc, int64_t nc, 
     const int64_t nr = std::min(kGemmNR, nc - j0);
     const float* src = B + j0 * b_cs;
     if (b_cs == 1 && nr == kGemmNR) {
-      for (int64_t p = 0; p < kc; ++p) std::memcpy(dst + p * kGemmNR, src + p * b_rs, kGemmNR * sizeof(float));
+      for (int64_t p = 0; p < kc; ++p)
+        std::memcpy(dst + p * kGemmNR, src + p * b_rs, kGemmNR * sizeof(float));
     } else if (b_rs == 1) {
       // Transposed B: walk each source column contiguously.
       for (int64_t j = 0; j < nr; ++j) {
@@ -94,8 +96,8 @@ void gemm_f32(gemm_ukernel_fn ukernel, int64_t M, int64_t N, int64_t K, const fl
           const float* bp = b_pack + (jr / kGemmNR) * kc * kGemmNR;
           for (int64_t ir = 0; ir < mc; ir += kGemmMR) {
             const int64_t mr = std::min(kGemmMR, mc - ir);
-            ukernel(kc, a_pack + (ir / kGemmMR) * kc * kGemmMR, bp,
-                    C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, acc);
+            ukernel(kc, a_pack + (ir / kGemmMR) * kc * kGemmMR, bp, C + (ic + ir) * ldc + jc + jr,
+                    ldc, mr, nr, acc);
           }
         }
       }

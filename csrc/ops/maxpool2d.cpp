@@ -20,9 +20,9 @@ namespace {
 constexpr double kMinBytesPerThread = 256 * 1024;
 
 bool is_2x2s2(const Pool2dGeometry& g) {
-  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 &&
-         g.pad_h == 0 && g.pad_w == 0 && g.dil_h == 1 && g.dil_w == 1 && g.P == g.H / 2 &&
-         g.Q == g.W / 2 && g.H * g.W < (int64_t(1) << 30);
+  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+         g.pad_w == 0 && g.dil_h == 1 && g.dil_w == 1 && g.P == g.H / 2 && g.Q == g.W / 2 &&
+         g.H * g.W < (int64_t(1) << 30);
 }
 
 // The backward geometry knows only the shapes (not kernel or stride): the

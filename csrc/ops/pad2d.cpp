@@ -70,7 +70,8 @@ void run_fwd_ref(const Pad2dGeometry& g, const PadArgs& a) {
   const int64_t in = g.H * g.W, out = g.OH * g.OW;
   const int nt = pad_threads(g);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < g.planes; ++i) pad2d_fwd_f32__ref(g, a.x + i * in, a.y + i * out, a.value);
+  for (int64_t i = 0; i < g.planes; ++i)
+    pad2d_fwd_f32__ref(g, a.x + i * in, a.y + i * out, a.value);
 }
 
 void run_bwd_rows(const Pad2dGeometry& g, const PadArgs& a) {

@@ -22,10 +22,10 @@
 //   cmake --build <build> --target convcore_cuda_emulation && <build>/convcore_cuda_emulation
 // Check that it catches bugs in the kernels' code (six deliberate mutants):
 //   bash csrc/cuda/emulation/mutants.sh <build>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <climits>
 #include <random>
 #include <string>
 #include <vector>
@@ -78,7 +78,8 @@ void emulate(const Op& op, Grid3 grid) {
   static AllThreads<Op> threads;
   for (int64_t bz = 0; bz < grid.z; ++bz)
     for (int64_t by = 0; by < grid.y; ++by)
-      for (int64_t bx = 0; bx < grid.x; ++bx) igemm_block(op, threads, As, Bs, bx, by, bz, grid.x, grid.y, grid.z);
+      for (int64_t bx = 0; bx < grid.x; ++bx)
+        igemm_block(op, threads, As, Bs, bx, by, bz, grid.x, grid.y, grid.z);
 }
 
 // The launch wrapper's grid for op, checked against the launch limits and
@@ -89,7 +90,8 @@ Grid3 checked_grid(const Op& op, const std::string& where) {
   const int64_t n_tiles = detail::ceil_div(op.NC(), BN), m_tiles = detail::ceil_div(op.M(), BM);
   expect_launch(g.x >= 1 && g.x <= INT_MAX && g.y >= 1 && g.y <= 65535 && g.z >= 1 && g.z <= 65535,
                 "igemm grid within the launch limits", where);
-  expect_launch(g.x == std::min<int64_t>(n_tiles, INT_MAX) && g.y == std::min<int64_t>(m_tiles, 65535) &&
+  expect_launch(g.x == std::min<int64_t>(n_tiles, INT_MAX) &&
+                    g.y == std::min<int64_t>(m_tiles, 65535) &&
                     g.z == std::min<int64_t>(op.Z(), 65535),
                 "igemm grid: one block per tile up to the limits", where);
   return g;
@@ -109,8 +111,9 @@ static double max_err(const std::vector<float>& a, const std::vector<float>& b, 
 static int conv_cases = 0;
 static int64_t max_splits_seen = 0;
 
-static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                int64_t pl, int64_t pr, int64_t dh, int64_t dw, int64_t G, unsigned seed) {
+static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw, int64_t pt,
+                int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, int64_t G,
+                unsigned seed) {
   Conv2dGeometry g;
   try {
     g = make_conv2d_geometry(in, wt, sh, sw, pt, pb, pl, pr, dh, dw, G);
@@ -120,9 +123,15 @@ static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw
   ++conv_cases;
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
-  auto fill = [&](std::vector<float>& v, int64_t n) { v.resize(n); for (auto& e : v) e = nd(rng); };
+  auto fill = [&](std::vector<float>& v, int64_t n) {
+    v.resize(n);
+    for (auto& e : v) e = nd(rng);
+  };
   std::vector<float> x, w, b, dy;
-  fill(x, g.input_numel()); fill(w, g.weight_numel()); fill(b, g.K); fill(dy, g.output_numel());
+  fill(x, g.input_numel());
+  fill(w, g.weight_numel());
+  fill(b, g.K);
+  fill(dy, g.output_numel());
   const ConvArgs a = conv_args(g);
   const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
   const std::string where = g.name();
@@ -133,12 +142,14 @@ static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw
   std::vector<float> y(g.output_numel(), NAN), yr(g.output_numel());
   const FwdOp fwd{a, x.data(), w.data(), b.data(), y.data()};
   if (g.N > 0) emulate(fwd, checked_grid(fwd, where));  // N == 0: no launch
-  for (int64_t n = 0; n < g.N; ++n) conv2d_fwd_f32__ref(g, x.data() + n * img_in, w.data(), b.data(), yr.data() + n * img_out);
+  for (int64_t n = 0; n < g.N; ++n)
+    conv2d_fwd_f32__ref(g, x.data() + n * img_in, w.data(), b.data(), yr.data() + n * img_out);
   // grad input
   std::vector<float> dx(g.input_numel(), NAN), dxr(g.input_numel());
   const DataOp data_op{a, dy.data(), w.data(), dx.data()};
   if (g.N > 0) emulate(data_op, strided ? small : checked_grid(data_op, where));
-  for (int64_t n = 0; n < g.N; ++n) conv2d_bwd_data_f32__ref(g, dy.data() + n * img_out, w.data(), dxr.data() + n * img_in);
+  for (int64_t n = 0; n < g.N; ++n)
+    conv2d_bwd_data_f32__ref(g, dy.data() + n * img_out, w.data(), dxr.data() + n * img_in);
   // grad weight: the launch wrapper's plan, the split GEMM, the reduce kernel's
   // grid-stride loop over its own grid
   const int64_t wn = g.weight_numel();
@@ -150,12 +161,14 @@ static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw
     const WeightPlan plan = weight_plan(a);
     splits = plan.splits;
     const int64_t total = a.N * a.PQ;
-    expect_launch(plan.splits >= 1 && plan.chunk > 0 && plan.chunk % BK == 0, "weight split: chunks of BK", where);
+    expect_launch(plan.splits >= 1 && plan.chunk > 0 && plan.chunk % BK == 0,
+                  "weight split: chunks of BK", where);
     expect_launch(plan.splits * plan.chunk >= total && (plan.splits - 1) * plan.chunk < total,
                   "weight split: the chunks cover the reduction, none is empty", where);
-    expect_launch(plan.splits == 1 ? plan.scratch_bytes == 0 && plan.reduce_blocks == 0
-                                   : plan.scratch_bytes == plan.splits * wn * int64_t(sizeof(float)) &&
-                                         plan.splits * wn <= kMaxWorkspaceFloats,
+    expect_launch(plan.splits == 1
+                      ? plan.scratch_bytes == 0 && plan.reduce_blocks == 0
+                      : plan.scratch_bytes == plan.splits * wn * int64_t(sizeof(float)) &&
+                            plan.splits * wn <= kMaxWorkspaceFloats,
                   "weight split: workspace of splits x weight floats, within the cap", where);
     if (plan.splits == 1) {
       const WeightOp op{a, dy.data(), x.data(), dwv.data(), 1, plan.chunk};
@@ -180,7 +193,8 @@ static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw
   // strided partial sums and tree (every thread in turn between barriers)
   std::vector<float> db(g.K, NAN), dbr(g.K);
   const int64_t bias_grid = bias_blocks(g.K);
-  expect_launch(g.K == 0 || (bias_grid >= 1 && bias_grid <= detail::kMaxBlocks), "bias grid", where);
+  expect_launch(g.K == 0 || (bias_grid >= 1 && bias_grid <= detail::kMaxBlocks), "bias grid",
+                where);
   for (int64_t blk = 0; blk < bias_grid; ++blk)
     for (int64_t k = blk; k < g.K; k += bias_grid) {
       double part_[kBiasThreads];
@@ -195,7 +209,12 @@ static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw
       for (int64_t i = 0; i < g.P * g.Q; ++i) r += dy[(n * g.K + k) * g.P * g.Q + i];
     dbr[k] = float(r);
   }
-  const struct { const char* name; std::vector<float>* got; std::vector<float>* ref; double terms; } outs[] = {
+  const struct {
+    const char* name;
+    std::vector<float>* got;
+    std::vector<float>* ref;
+    double terms;
+  } outs[] = {
       {"fwd", &y, &yr, double(g.Cg() * g.R * g.S)},
       {"bwd_data", &dx, &dxr, double(g.Kg() * g.R * g.S)},
       {"bwd_weight", &dwv, &dwr, double(g.N * g.P * g.Q)},
@@ -207,7 +226,8 @@ static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw
     const double bound = 1e-6 * std::sqrt(o.terms + 1) * scale * 10;
     if (!(e <= bound)) {
       ++failures;
-      std::printf("FAIL %s %s err %.3e bound %.3e (splits %ld)\n", o.name, g.name().c_str(), e, bound, long(splits));
+      std::printf("FAIL %s %s err %.3e bound %.3e (splits %ld)\n", o.name, g.name().c_str(), e,
+                  bound, long(splits));
     }
   }
 }
@@ -218,9 +238,11 @@ static void run(const int64_t in[4], const int64_t wt[4], int64_t sh, int64_t sw
 
 static void conv_all() {
   // The shared problem list (batch reduced where the emulation would be slow)
-  struct P { int64_t N, C, H, W, K, R, S, st, pd, dl, G; };
+  struct P {
+    int64_t N, C, H, W, K, R, S, st, pd, dl, G;
+  };
   const P fixed[] = {
-      {8, 1, 28, 28, 6, 5, 5, 1, 0, 1, 1},   {4, 6, 12, 12, 12, 5, 5, 1, 0, 1, 1},
+      {8, 1, 28, 28, 6, 5, 5, 1, 0, 1, 1},    {4, 6, 12, 12, 12, 5, 5, 1, 0, 1, 1},
       {100, 6, 12, 12, 12, 5, 5, 1, 0, 1, 1}, {4, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1},
       {2, 32, 28, 28, 32, 3, 3, 1, 1, 1, 1},  {3, 32, 14, 14, 64, 3, 3, 1, 1, 1, 1},
       {2, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1},  {1, 64, 20, 20, 128, 3, 3, 2, 1, 1, 1},
@@ -249,11 +271,13 @@ static void conv_all() {
   auto U = [&](int lo, int hi) { return int64_t(std::uniform_int_distribution<int>(lo, hi)(rng)); };
   for (int it = 0; it < 1500; ++it) {
     const int64_t G = U(1, 3), Cg = U(1, 4), Kg = it % 50 == 0 ? U(60, 70) : U(1, 5);
-    const int64_t in[4] = {U(0, 3), G * Cg, U(1, 12), U(1, 12)}, wt[4] = {G * Kg, Cg, U(1, 4), U(1, 4)};
+    const int64_t in[4] = {U(0, 3), G * Cg, U(1, 12), U(1, 12)},
+                  wt[4] = {G * Kg, Cg, U(1, 4), U(1, 4)};
     run(in, wt, U(1, 3), U(1, 3), U(0, 3), U(0, 3), U(0, 3), U(0, 3), U(1, 3), U(1, 3), G, seed++);
   }
-  std::printf("conv2d: %d valid cases (fwd, grad input, grad weight split up to %ld chunks, grad bias)\n",
-              conv_cases, long(max_splits_seen));
+  std::printf(
+      "conv2d: %d valid cases (fwd, grad input, grad weight split up to %ld chunks, grad bias)\n",
+      conv_cases, long(max_splits_seen));
 }
 
 // ---------------------------------------------------------------------------
@@ -277,8 +301,8 @@ static std::vector<float> data(int64_t n, std::mt19937& rng, bool special) {
   return v;
 }
 
-static void pad_case(int64_t planes, int64_t H, int64_t W, int64_t l, int64_t r, int64_t t, int64_t b,
-                     PadMode mode, std::mt19937& rng) {
+static void pad_case(int64_t planes, int64_t H, int64_t W, int64_t l, int64_t r, int64_t t,
+                     int64_t b, PadMode mode, std::mt19937& rng) {
   Pad2dGeometry g;
   try {
     g = make_pad2d_geometry(planes, H, W, l, r, t, b, mode);
@@ -294,21 +318,24 @@ static void pad_case(int64_t planes, int64_t H, int64_t W, int64_t l, int64_t r,
   for (int64_t i = 0; i < planes * out; ++i) y[i] = pad2d_fwd_one(a, x.data(), 1.5f, i);
   for (int64_t i = 0; i < planes * in; ++i) dx[i] = pad2d_bwd_one(a, dy.data(), i);
   if (out > 0)
-    for (int64_t p = 0; p < planes; ++p) pad2d_fwd_f32__ref(g, x.data() + p * in, yr.data() + p * out, 1.5f);
+    for (int64_t p = 0; p < planes; ++p)
+      pad2d_fwd_f32__ref(g, x.data() + p * in, yr.data() + p * out, 1.5f);
   if (in > 0)
-    for (int64_t p = 0; p < planes; ++p) pad2d_bwd_f32__ref(g, dy.data() + p * out, dxr.data() + p * in);
+    for (int64_t p = 0; p < planes; ++p)
+      pad2d_bwd_f32__ref(g, dy.data() + p * out, dxr.data() + p * in);
   for (size_t i = 0; i < y.size(); ++i)
     if (!same_bits(y[i], yr[i])) {
       ++failures;
-      std::printf("FAIL pad fwd %s %ldx%ld pads %ld %ld %ld %ld at %zu\n", pad_mode_name(mode), long(H), long(W),
-                  long(l), long(r), long(t), long(b), i);
+      std::printf("FAIL pad fwd %s %ldx%ld pads %ld %ld %ld %ld at %zu\n", pad_mode_name(mode),
+                  long(H), long(W), long(l), long(r), long(t), long(b), i);
       break;
     }
   for (size_t i = 0; i < dx.size(); ++i)
     if (!same_bits(dx[i], dxr[i])) {
       ++failures;
-      std::printf("FAIL pad bwd %s %ldx%ld pads %ld %ld %ld %ld at %zu: %g vs %g\n", pad_mode_name(mode), long(H),
-                  long(W), long(l), long(r), long(t), long(b), i, dx[i], dxr[i]);
+      std::printf("FAIL pad bwd %s %ldx%ld pads %ld %ld %ld %ld at %zu: %g vs %g\n",
+                  pad_mode_name(mode), long(H), long(W), long(l), long(r), long(t), long(b), i,
+                  dx[i], dxr[i]);
       break;
     }
 }
@@ -316,11 +343,13 @@ static void pad_case(int64_t planes, int64_t H, int64_t W, int64_t l, int64_t r,
 // maxpool2d_backward: the launch plan (grid, bad-index flag) and every warp
 // of every block through the kernel's own lane steps; __match_any_sync is the
 // one part emulated here (the lanes whose targets are equal).
-static void pool_bwd_emulated(int64_t planes, int64_t PQ, int64_t HW, const float* dy, const int64_t* idx,
-                              float* dx, unsigned long long* first_bad, const std::string& where) {
+static void pool_bwd_emulated(int64_t planes, int64_t PQ, int64_t HW, const float* dy,
+                              const int64_t* idx, float* dx, unsigned long long* first_bad,
+                              const std::string& where) {
   std::fill(dx, dx + planes * HW, 0.0f);
   std::memset(first_bad, kNoBadIndexByte, sizeof *first_bad);
-  expect_launch(*first_bad == kNoBadIndex, "the bad-index memset sets the no-bad-index value", where);
+  expect_launch(*first_bad == kNoBadIndex, "the bad-index memset sets the no-bad-index value",
+                where);
   const int64_t blocks = pool_bwd_blocks(planes);
   expect_launch(blocks >= 1 && blocks <= detail::kMaxBlocks &&
                     (blocks * kWarpsPerBlock >= planes || blocks == detail::kMaxBlocks),
@@ -329,11 +358,12 @@ static void pool_bwd_emulated(int64_t planes, int64_t PQ, int64_t HW, const floa
   long long target[32];
   for (int64_t blk = 0; blk < blocks; ++blk)
     for (int warp = 0; warp < kWarpsPerBlock; ++warp)
-      for (int64_t plane = blk * kWarpsPerBlock + warp; plane < planes; plane += blocks * kWarpsPerBlock) {
+      for (int64_t plane = blk * kWarpsPerBlock + warp; plane < planes;
+           plane += blocks * kWarpsPerBlock) {
         for (int64_t base = 0; base < PQ; base += 32) {
           for (int lane = 0; lane < 32; ++lane) {
-            const int64_t bad =
-                pool_bwd_lane(PQ, HW, dy + plane * PQ, idx + plane * PQ, base, lane, &target[lane], &vals[lane]);
+            const int64_t bad = pool_bwd_lane(PQ, HW, dy + plane * PQ, idx + plane * PQ, base, lane,
+                                              &target[lane], &vals[lane]);
             if (bad >= 0) *first_bad = std::min<unsigned long long>(*first_bad, plane * PQ + bad);
           }
           for (int lane = 0; lane < 32; ++lane) {
@@ -348,11 +378,14 @@ static void pool_bwd_emulated(int64_t planes, int64_t PQ, int64_t HW, const floa
 // Launch plans at sizes too large to emulate: the grids stay within the
 // launch limits and the weight workspace within its cap.
 static void launch_plan_limits() {
-  struct P { int64_t N, C, H, W, K, R, S, G; };
-  const P big[] = {{100000, 1, 28, 28, 6, 5, 5, 1},     {1, 4096, 64, 64, 4096, 3, 3, 1},
-                   {70000, 64, 1, 1, 70000, 1, 1, 1},   {256, 65536 * 2, 2, 2, 65536 * 2, 1, 1, 65536 * 2},
-                   {1 << 20, 3, 32, 32, 64, 3, 3, 1},    {1, 1, 1, 1, 1, 1, 1, 1},
-                   {2, 1, 1, 1, int64_t(1) << 23, 1, 1, 1}};
+  struct P {
+    int64_t N, C, H, W, K, R, S, G;
+  };
+  const P big[] = {
+      {100000, 1, 28, 28, 6, 5, 5, 1},        {1, 4096, 64, 64, 4096, 3, 3, 1},
+      {70000, 64, 1, 1, 70000, 1, 1, 1},      {256, 65536 * 2, 2, 2, 65536 * 2, 1, 1, 65536 * 2},
+      {1 << 20, 3, 32, 32, 64, 3, 3, 1},      {1, 1, 1, 1, 1, 1, 1, 1},
+      {2, 1, 1, 1, int64_t(1) << 23, 1, 1, 1}};
   for (const P& p : big) {
     const int64_t in[4] = {p.N, p.C, p.H, p.W}, wt[4] = {p.K, p.C / p.G, p.R, p.S};
     const Conv2dGeometry g = make_conv2d_geometry(in, wt, 1, 1, 0, 0, 0, 0, 1, 1, p.G);
@@ -362,13 +395,17 @@ static void launch_plan_limits() {
     checked_grid(DataOp{a, nullptr, nullptr, nullptr}, where);
     const WeightPlan plan = weight_plan(a);
     const int64_t wn = g.weight_numel();
-    expect_launch(plan.splits * plan.chunk >= a.N * a.PQ && (plan.splits - 1) * plan.chunk < a.N * a.PQ,
-                  "weight split covers the reduction", where);
-    expect_launch(plan.splits == 1 || plan.scratch_bytes <= kMaxWorkspaceFloats * int64_t(sizeof(float)),
-                  "weight workspace within 256 MiB", where);
-    expect_launch(plan.splits == 1 || plan.reduce_blocks == detail::blocks_for(wn), "weight reduce grid", where);
+    expect_launch(
+        plan.splits * plan.chunk >= a.N * a.PQ && (plan.splits - 1) * plan.chunk < a.N * a.PQ,
+        "weight split covers the reduction", where);
+    expect_launch(
+        plan.splits == 1 || plan.scratch_bytes <= kMaxWorkspaceFloats * int64_t(sizeof(float)),
+        "weight workspace within 256 MiB", where);
+    expect_launch(plan.splits == 1 || plan.reduce_blocks == detail::blocks_for(wn),
+                  "weight reduce grid", where);
     checked_grid(WeightOp{a, nullptr, nullptr, nullptr, plan.splits, plan.chunk}, where);
-    expect_launch(bias_blocks(g.K) >= 1 && bias_blocks(g.K) <= detail::kMaxBlocks, "bias grid", where);
+    expect_launch(bias_blocks(g.K) >= 1 && bias_blocks(g.K) <= detail::kMaxBlocks, "bias grid",
+                  where);
     const int64_t planes = g.N * g.C;
     expect_launch(pool_bwd_blocks(planes) >= 1 && pool_bwd_blocks(planes) <= detail::kMaxBlocks,
                   "pool backward grid", where);
@@ -376,8 +413,9 @@ static void launch_plan_limits() {
   std::printf("launch plans: %d checks\n", launch_checks);
 }
 
-static void pool_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                      int64_t ph, int64_t pw, int64_t dh, int64_t dw, bool ceil_mode, std::mt19937& rng) {
+static void pool_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                      int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                      bool ceil_mode, std::mt19937& rng) {
   const int64_t shape[4] = {N, C, H, W};
   Pool2dGeometry g;
   try {
@@ -397,7 +435,8 @@ static void pool_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, in
         const int64_t o = (pl * g.P + p) * g.Q + q;
         maxpool2d_window(a, x.data() + pl * HW, p, q, &y[o], &idx[o]);
       }
-  for (int64_t pl = 0; pl < planes; ++pl) maxpool2d_fwd_f32__ref(g, x.data() + pl * HW, yr.data() + pl * PQ, idxr.data() + pl * PQ);
+  for (int64_t pl = 0; pl < planes; ++pl)
+    maxpool2d_fwd_f32__ref(g, x.data() + pl * HW, yr.data() + pl * PQ, idxr.data() + pl * PQ);
   for (size_t i = 0; i < y.size(); ++i)
     if (!same_bits(y[i], yr[i]) || idx[i] != idxr[i]) {
       ++failures;
@@ -415,7 +454,9 @@ static void pool_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, in
     std::printf("FAIL pool bwd bad-index detection %s\n", g.name().c_str());
   }
   if (stray) return;
-  for (int64_t pl = 0; pl < planes; ++pl) maxpool2d_bwd_f32__ref(PQ, HW, dy.data() + pl * PQ, idxr.data() + pl * PQ, dxr.data() + pl * HW);
+  for (int64_t pl = 0; pl < planes; ++pl)
+    maxpool2d_bwd_f32__ref(PQ, HW, dy.data() + pl * PQ, idxr.data() + pl * PQ,
+                           dxr.data() + pl * HW);
   for (size_t i = 0; i < dx.size(); ++i)
     if (!same_bits(dx[i], dxr[i])) {
       ++failures;
@@ -427,15 +468,16 @@ static void pool_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, in
 static void pool_pad_all() {
   std::mt19937 rng(7);
   auto U = [&](int lo, int hi) { return int64_t(std::uniform_int_distribution<int>(lo, hi)(rng)); };
-  const PadMode modes[] = {PadMode::Constant, PadMode::Reflect, PadMode::Replicate, PadMode::Circular};
+  const PadMode modes[] = {PadMode::Constant, PadMode::Reflect, PadMode::Replicate,
+                           PadMode::Circular};
   for (int it = 0; it < 20000; ++it) {
     const int64_t H = U(0, 7), W = U(0, 7);
     pad_case(U(0, 3), H, W, U(-8, 9), U(-8, 9), U(-8, 9), U(-8, 9), modes[it % 4], rng);
   }
   for (int it = 0; it < 6000; ++it) {
     const int64_t kh = U(1, 5), kw = U(1, 5);
-    pool_case(U(0, 2), U(1, 3), U(1, 40), U(1, 40), kh, kw, U(1, 4), U(1, 4), U(0, kh / 2), U(0, kw / 2),
-              U(1, 3), U(1, 3), rng() % 2, rng);
+    pool_case(U(0, 2), U(1, 3), U(1, 40), U(1, 40), kh, kw, U(1, 4), U(1, 4), U(0, kh / 2),
+              U(0, kw / 2), U(1, 3), U(1, 3), rng() % 2, rng);
   }
   // the model layers
   pool_case(10, 6, 24, 24, 2, 2, 2, 2, 0, 0, 1, 1, false, rng);
@@ -458,7 +500,9 @@ static void expect(bool ok, const char* what) {
   }
 }
 
-static bool close(double got, double want, double tol) { return std::fabs(got - want) <= tol * (1 + std::fabs(want)); }
+static bool close(double got, double want, double tol) {
+  return std::fabs(got - want) <= tol * (1 + std::fabs(want));
+}
 
 static void relu_checks() {
   expect(same_bits(relu_value(-0.0f), 0.0f), "relu(-0) is +0 (numpy.maximum)");
@@ -466,7 +510,8 @@ static void relu_checks() {
   expect(relu_value(-2.0f) == 0.0f && relu_value(3.5f) == 3.5f, "relu values");
   expect(std::isnan(relu_grad_value(NAN, -1.0f)), "NaN * 0 stays NaN");
   expect(same_bits(relu_grad_value(-3.0f, -1.0f), -0.0f), "-3 * 0 is -0");
-  expect(relu_grad_value(2.0f, 0.5f) == 2.0f && relu_grad_value(2.0f, 0.0f) == 0.0f, "relu grad values");
+  expect(relu_grad_value(2.0f, 0.5f) == 2.0f && relu_grad_value(2.0f, 0.0f) == 0.0f,
+         "relu grad values");
 }
 
 static void cross_entropy_checks() {
@@ -481,7 +526,8 @@ static void cross_entropy_checks() {
     for (int64_t r = 0; r < N; ++r) t[size_t(r)] = int64_t(rng() % uint32_t(C));
     if (C > 2) z[size_t(C + 2)] = z[size_t(C)];  // row 1: a tie decided by the first index
     const float scale = 1.0f / float(N);
-    for (int64_t r = 0; r < N; ++r) cross_entropy_row(r, C, z.data(), t.data(), scale, grad.data(), loss.data(), pred.data());
+    for (int64_t r = 0; r < N; ++r)
+      cross_entropy_row(r, C, z.data(), t.data(), scale, grad.data(), loss.data(), pred.data());
     for (int64_t r = 0; r < N; ++r) {
       const float* zr = &z[size_t(r * C)];
       double mx = zr[0], s = 0;
@@ -494,7 +540,8 @@ static void cross_entropy_checks() {
       expect(close(loss[size_t(r)], want_loss, 1e-6), "cross-entropy loss");
       expect(pred[size_t(r)] == best, "cross-entropy prediction (first maximum)");
       for (int64_t j = 0; j < C; ++j) {
-        const double want = (std::exp(double(zr[j]) - mx) / s - (j == t[size_t(r)] ? 1.0 : 0.0)) * scale;
+        const double want =
+            (std::exp(double(zr[j]) - mx) / s - (j == t[size_t(r)] ? 1.0 : 0.0)) * scale;
         expect(std::fabs(grad[size_t(r * C + j)] - want) <= 1e-6 * scale, "cross-entropy gradient");
       }
     }
@@ -510,7 +557,8 @@ static void cross_entropy_checks() {
   cross_entropy_row(0, 4, ok, &bad, 1.0f, grad, &loss, &pred);
   expect(std::isnan(loss) && std::isnan(grad[3]), "cross-entropy with a label out of range");
   cross_entropy_row(0, 4, ok, &t, 1.0f, grad, &loss, &pred);
-  expect(close(loss, std::log(4.0), 1e-12) && grad[0] == -0.75f && grad[1] == 0.25f, "uniform logits");
+  expect(close(loss, std::log(4.0), 1e-12) && grad[0] == -0.75f && grad[1] == 0.25f,
+         "uniform logits");
 }
 
 static void optimizer_checks() {
@@ -523,16 +571,18 @@ static void optimizer_checks() {
     double pd = p, md = 0, vd = 0;
     for (int step = 1; step <= 5; ++step) {
       const float g = nd(rng);
-      const double step_size = lr / (1 - std::pow(b1, step)), bc2 = std::sqrt(1 - std::pow(b2, step));
-      const AdamConstants k{float(1 - b1), float(b2), float(1 - b2), float(bc2), float(eps), float(-step_size),
-                            float(wd)};
+      const double step_size = lr / (1 - std::pow(b1, step)),
+                   bc2 = std::sqrt(1 - std::pow(b2, step));
+      const AdamConstants k{float(1 - b1), float(b2),         float(1 - b2), float(bc2),
+                            float(eps),    float(-step_size), float(wd)};
       adam_element(k, p, g, m, v);
       const double gd = g + wd * pd;
       md = b1 * md + (1 - b1) * gd;
       vd = b2 * vd + (1 - b2) * gd * gd;
       pd -= step_size * md / (std::sqrt(vd) / bc2 + eps);
     }
-    expect(close(p, pd, 1e-5) && close(m, md, 1e-5) && close(v, vd, 1e-5), "adam against the formula");
+    expect(close(p, pd, 1e-5) && close(m, md, 1e-5) && close(v, vd, 1e-5),
+           "adam against the formula");
   }
   for (int nesterov = 0; nesterov < 2; ++nesterov) {
     const double lr = 0.05, mom = 0.9, damp = nesterov ? 0.0 : 0.1, wd = 1e-3;
@@ -540,7 +590,8 @@ static void optimizer_checks() {
     double pd = p, bd = 0;
     for (int step = 1; step <= 4; ++step) {
       const float g = nd(rng);
-      const SgdConstants k{float(mom), float(1 - damp), float(wd), float(-lr), nesterov != 0, step == 1};
+      const SgdConstants k{float(mom), float(1 - damp), float(wd),
+                           float(-lr), nesterov != 0,   step == 1};
       sgd_element(k, p, g, &buf);
       const double gd = g + wd * pd;
       bd = step == 1 ? gd : mom * bd + (1 - damp) * gd;

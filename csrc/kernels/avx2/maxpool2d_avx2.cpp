@@ -12,7 +12,6 @@
 
 #include <immintrin.h>
 
-
 #include "kernels/pool_ukernels.h"
 
 namespace convcore {
@@ -34,13 +33,18 @@ void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* 
       const __m256 a0 = _mm256_loadu_ps(r0 + 2 * q), a1 = _mm256_loadu_ps(r0 + 2 * q + 8);
       const __m256 b0 = _mm256_loadu_ps(r1 + 2 * q), b1 = _mm256_loadu_ps(r1 + 2 * q + 8);
       // shuffle keeps 128-bit lanes; permute4x64 (0, 2, 1, 3) restores order.
-      const __m256 tl = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0x88)), 0xD8));
-      const __m256 tr = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0xDD)), 0xD8));
-      const __m256 bl = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0x88)), 0xD8));
-      const __m256 br = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0xDD)), 0xD8));
+      const __m256 tl = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0x88)), 0xD8));
+      const __m256 tr = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0xDD)), 0xD8));
+      const __m256 bl = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0x88)), 0xD8));
+      const __m256 br = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0xDD)), 0xD8));
       __m256 best = tl;
       __m256i off = _mm256_setzero_si256();
-      __m256 m = _mm256_or_ps(_mm256_cmp_ps(tr, best, _CMP_GT_OQ), _mm256_cmp_ps(tr, tr, _CMP_UNORD_Q));
+      __m256 m =
+          _mm256_or_ps(_mm256_cmp_ps(tr, best, _CMP_GT_OQ), _mm256_cmp_ps(tr, tr, _CMP_UNORD_Q));
       best = _mm256_blendv_ps(best, tr, m);
       off = _mm256_blendv_epi8(off, off_tr, _mm256_castps_si256(m));
       m = _mm256_or_ps(_mm256_cmp_ps(bl, best, _CMP_GT_OQ), _mm256_cmp_ps(bl, bl, _CMP_UNORD_Q));
@@ -52,12 +56,15 @@ void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* 
       _mm256_storeu_ps(yp + q, best);
       if (!ip) continue;
       // index = row_base + 2q + 2*lane + off, widened to int64 in two halves.
-      const __m256i rel = _mm256_add_epi32(_mm256_add_epi32(lane2, off), _mm256_set1_epi32(int(2 * q)));
+      const __m256i rel =
+          _mm256_add_epi32(_mm256_add_epi32(lane2, off), _mm256_set1_epi32(int(2 * q)));
       const __m256i base = _mm256_set1_epi64x(row_base);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ip + q),
-                          _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(rel))));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ip + q + 4),
-                          _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(rel, 1))));
+      _mm256_storeu_si256(
+          reinterpret_cast<__m256i*>(ip + q),
+          _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(rel))));
+      _mm256_storeu_si256(
+          reinterpret_cast<__m256i*>(ip + q + 4),
+          _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(rel, 1))));
     }
     for (; q < Q; ++q) {
       const float v[4] = {r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]};

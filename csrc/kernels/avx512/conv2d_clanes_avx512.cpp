@@ -97,7 +97,8 @@ __attribute__((always_inline)) inline void fwd_tile(int64_t steps, const float* 
   for (int64_t h = 0; h < 2 && h * 16 < kn; ++h) {
     __m512 r[16], col[16];
 #pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) r[j] = j < NT ? _mm512_load_ps(tile + j * 32 + h * 16) : _mm512_setzero_ps();
+    for (int j = 0; j < 16; ++j)
+      r[j] = j < NT ? _mm512_load_ps(tile + j * 32 + h * 16) : _mm512_setzero_ps();
     transpose_16x16(r, col);
     const int64_t kh = kn - h * 16 < 16 ? kn - h * 16 : 16;
     for (int64_t k = 0; k < kh; ++k) {
@@ -150,7 +151,7 @@ void conv2d_fwd_f32_clanes_14x32__avx512(int64_t steps, const float* w, const fl
                                          const float* bias, float* y, int64_t ldy) {
   switch (nt) {
 #define CONVCORE_CLANES_CASE(n) \
-  case n:                        \
+  case n:                       \
     return fwd_tile<n>(steps, w, x, offsets, kn, bias, y, ldy);
     CONVCORE_CLANES_CASE(1)
     CONVCORE_CLANES_CASE(2)
@@ -193,7 +194,8 @@ void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, i
       __m512 r[16], col[16];
 #pragma GCC unroll 16
       for (int j = 0; j < 16; ++j)
-        r[j] = j0 + j < channels ? _mm512_maskz_loadu_ps(lanes, dy + (j0 + j) * ld + t0) : _mm512_setzero_ps();
+        r[j] = j0 + j < channels ? _mm512_maskz_loadu_ps(lanes, dy + (j0 + j) * ld + t0)
+                                 : _mm512_setzero_ps();
       transpose_16x16(r, col);
       for (int64_t t = 0; t < tn; ++t) _mm512_storeu_ps(panel + (t0 + t) * kp + j0, col[t]);
     }

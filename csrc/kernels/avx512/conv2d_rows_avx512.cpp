@@ -64,8 +64,8 @@ void rows_tile(int64_t p0, int64_t p1, const float* w, const int64_t* offsets, c
 
 template <int KB, int TB>
 void rows_wgrad(int64_t images, const float* dy, int64_t dy_img, int64_t ldk, const float* x,
-                int64_t x_img, const int64_t* taps, const RowSegment* seg, int64_t nseg,
-                int64_t kn, float* out, int64_t ldo) {
+                int64_t x_img, const int64_t* taps, const RowSegment* seg, int64_t nseg, int64_t kn,
+                float* out, int64_t ldo) {
   __m256 acc[KB][TB];
 #pragma GCC unroll 32
   for (int i = 0; i < KB * TB; ++i) acc[i / TB][i % TB] = _mm256_setzero_ps();
@@ -102,7 +102,8 @@ void rows_wgrad(int64_t images, const float* dy, int64_t dy_img, int64_t ldk, co
   for (int i = 0; i < KB * TB; ++i) {
     const int k = i / TB, t = i % TB;
     // Fixed pairwise order across the 8 lanes.
-    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[k][t]), _mm256_extractf128_ps(acc[k][t], 1));
+    const __m128 h =
+        _mm_add_ps(_mm256_castps256_ps128(acc[k][t]), _mm256_extractf128_ps(acc[k][t], 1));
     const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
     const float v = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
     if (k < kn) out[k * ldo + t] += v;
@@ -113,7 +114,7 @@ void rows_wgrad(int64_t images, const float* dy, int64_t dy_img, int64_t ldk, co
 
 #define CONVCORE_ROWS(NS, KB)                                                                      \
   void conv2d_rows_ukernel_f32_##NS##x##KB##__avx512(                                              \
-      int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,             \
+      int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,              \
       const RowSegment* seg, int64_t nseg, float* y, int64_t ldk, int64_t kn, const float* bias) { \
     rows_tile<NS, KB>(p0, p1, w, offsets, x, seg, nseg, y, ldk, kn, bias);                         \
   }
@@ -126,12 +127,12 @@ CONVCORE_ROWS(3, 8)
 CONVCORE_ROWS(2, 12)
 #undef CONVCORE_ROWS
 
-#define CONVCORE_ROWS_WGRAD(KB, TB)                                                              \
-  void conv2d_rows_wgrad_ukernel_f32_##KB##x##TB##__avx512(                                      \
-      int64_t images, const float* dy, int64_t dy_img, int64_t ldk, const float* x,             \
-      int64_t x_img, const int64_t* taps, const RowSegment* seg, int64_t nseg, int64_t kn,      \
-      float* out, int64_t ldo) {                                                                \
-    rows_wgrad<KB, TB>(images, dy, dy_img, ldk, x, x_img, taps, seg, nseg, kn, out, ldo);        \
+#define CONVCORE_ROWS_WGRAD(KB, TB)                                                                \
+  void conv2d_rows_wgrad_ukernel_f32_##KB##x##TB##__avx512(                                        \
+      int64_t images, const float* dy, int64_t dy_img, int64_t ldk, const float* x, int64_t x_img, \
+      const int64_t* taps, const RowSegment* seg, int64_t nseg, int64_t kn, float* out,            \
+      int64_t ldo) {                                                                               \
+    rows_wgrad<KB, TB>(images, dy, dy_img, ldk, x, x_img, taps, seg, nseg, kn, out, ldo);          \
   }
 CONVCORE_ROWS_WGRAD(2, 9)
 CONVCORE_ROWS_WGRAD(2, 12)

@@ -44,8 +44,7 @@ namespace {
 
 // The window maxima of four (tl, tr, bl, br) vectors: value and offset in
 // the window (0, 1, W, W + 1), in the reference's scan order.
-inline __m256 window_max(__m256 tl, __m256 tr, __m256 bl, __m256 br, __m256i off_w,
-                         __m256i* off) {
+inline __m256 window_max(__m256 tl, __m256 tr, __m256 bl, __m256 br, __m256i off_w, __m256i* off) {
   const __m256i one = _mm256_set1_epi32(1);
   __m256 best = tl;
   __m256i o = _mm256_setzero_si256();
@@ -80,9 +79,9 @@ inline void fwd_row(int64_t p, int64_t W, int64_t Q, const float* xp, float* yp,
     const __m512 b = _mm512_permutexvar_ps(
         split, full ? _mm512_loadu_ps(r1 + 2 * q0) : _mm512_maskz_loadu_ps(lm, r1 + 2 * q0));
     __m256i off;
-    const __m256 best = window_max(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1),
-                                   _mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1), off_w,
-                                   &off);
+    const __m256 best =
+        window_max(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1),
+                   _mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1), off_w, &off);
     if (full)
       _mm256_storeu_ps(yp + p * Q + q0, best);
     else
@@ -100,16 +99,18 @@ inline void fwd_row(int64_t p, int64_t W, int64_t Q, const float* xp, float* yp,
 
 }  // namespace
 
-void maxpool2d_fwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* x,
-                                     float* y, int64_t* idx) {
+void maxpool2d_fwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* x, float* y,
+                                     int64_t* idx) {
   const int64_t P = H / 2, Q = W / 2;
   if (W == 8 && P % 2 == 0) {
     // 8-wide planes (the tutorial's second pool): rows of 4 outputs would
     // fill half a vector, so each chunk takes two row pairs -- 32
     // consecutive input floats and 8 consecutive outputs, lanes 0-3 from
     // row pair p and lanes 4-7 from pair p + 1.
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22, 8, 10, 12, 14, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 17, 19, 21, 23, 9, 11, 13, 15, 25, 27, 29, 31);
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22, 8, 10, 12, 14, 24, 26, 28, 30);
+    const __m512i odd =
+        _mm512_setr_epi32(1, 3, 5, 7, 17, 19, 21, 23, 9, 11, 13, 15, 25, 27, 29, 31);
     const __m256i col2 = _mm256_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22);
     const __m256i off_w = _mm256_set1_epi32(8);
     for (int64_t pl = 0; pl < planes; ++pl) {
@@ -126,8 +127,8 @@ void maxpool2d_fwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const
                                        _mm512_extractf32x8_ps(trbr, 1), off_w, &off);
         _mm256_storeu_ps(yp + p * 4, best);
         if (ip) {
-          const __m256i at = _mm256_add_epi32(_mm256_add_epi32(off, col2),
-                                              _mm256_set1_epi32(int(p * 16)));
+          const __m256i at =
+              _mm256_add_epi32(_mm256_add_epi32(off, col2), _mm256_set1_epi32(int(p * 16)));
           _mm512_storeu_si512(ip + p * 4, _mm512_cvtepi32_epi64(at));
         }
       }
@@ -171,8 +172,10 @@ int64_t maxpool2d_bwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, co
     // 8-wide planes: two row pairs per chunk, as in the forward kernel.
     // (tl | bl) and (tr | br) are zipped back into the 32 input floats.
     const __m512i at2 = _mm512_setr_epi64(0, 2, 4, 6, 16, 18, 20, 22);
-    const __m512i zip_a = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 8, 24, 9, 25, 10, 26, 11, 27);
-    const __m512i zip_b = _mm512_setr_epi32(4, 20, 5, 21, 6, 22, 7, 23, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i zip_a =
+        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 8, 24, 9, 25, 10, 26, 11, 27);
+    const __m512i zip_b =
+        _mm512_setr_epi32(4, 20, 5, 21, 6, 22, 7, 23, 12, 28, 13, 29, 14, 30, 15, 31);
     for (int64_t pl = 0; pl < planes; ++pl) {
       const float* gp = dy + pl * P * 4;
       const int64_t* ip = idx + pl * P * 4;
@@ -183,8 +186,10 @@ int64_t maxpool2d_bwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, co
         if (!window_masks(_mm512_loadu_si512(ip + p * 4),
                           _mm512_add_epi64(at2, _mm512_set1_epi64(p * 16)), 8, 0xFF, m))
           return pl;
-        const __m512 tlbl = _mm512_insertf32x8(routed(m[0], g), _mm512_castps512_ps256(routed(m[2], g)), 1);
-        const __m512 trbr = _mm512_insertf32x8(routed(m[1], g), _mm512_castps512_ps256(routed(m[3], g)), 1);
+        const __m512 tlbl =
+            _mm512_insertf32x8(routed(m[0], g), _mm512_castps512_ps256(routed(m[2], g)), 1);
+        const __m512 trbr =
+            _mm512_insertf32x8(routed(m[1], g), _mm512_castps512_ps256(routed(m[3], g)), 1);
         _mm512_storeu_ps(xp + p * 16, _mm512_permutex2var_ps(tlbl, zip_a, trbr));
         _mm512_storeu_ps(xp + p * 16 + 16, _mm512_permutex2var_ps(tlbl, zip_b, trbr));
       }
@@ -211,8 +216,10 @@ int64_t maxpool2d_bwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, co
         if (!window_masks(_mm512_maskz_loadu_epi64(sm, ip + p * Q + q0),
                           _mm512_add_epi64(lane2, _mm512_set1_epi64(2 * p * W + 2 * q0)), W, sm, m))
           return pl;
-        _mm512_mask_storeu_ps(d0 + 2 * q0, wm, _mm512_permutex2var_ps(routed(m[0], g), zip, routed(m[1], g)));
-        _mm512_mask_storeu_ps(d1 + 2 * q0, wm, _mm512_permutex2var_ps(routed(m[2], g), zip, routed(m[3], g)));
+        _mm512_mask_storeu_ps(d0 + 2 * q0, wm,
+                              _mm512_permutex2var_ps(routed(m[0], g), zip, routed(m[1], g)));
+        _mm512_mask_storeu_ps(d1 + 2 * q0, wm,
+                              _mm512_permutex2var_ps(routed(m[2], g), zip, routed(m[3], g)));
       }
       if (W & 1) d0[W - 1] = d1[W - 1] = 0.0f;
     }

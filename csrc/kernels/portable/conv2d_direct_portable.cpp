@@ -65,7 +65,8 @@ void conv2d_outer_ukernel_f32_6x16__portable(int64_t steps, const float* const* 
     }
   }
   for (int i = 0; i < 6; ++i)
-    for (int j = 0; j < 16; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+    for (int j = 0; j < 16; ++j)
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
 void conv2d_dot_ukernel_f32_4x3__portable(int64_t n_vec, int64_t images, const float* const* a,

@@ -23,7 +23,8 @@ void pad2d_fwd_f32_rows__portable(const Pad2dGeometry& g, const int64_t* row_map
     const float* xr = x + h * g.W;
     for (int64_t ow = 0; ow < mid_begin; ++ow) yr[ow] = col_map[ow] < 0 ? value : xr[col_map[ow]];
     if (mid_end > mid_begin)
-      std::memcpy(yr + mid_begin, xr + mid_begin + shift, size_t(mid_end - mid_begin) * sizeof(float));
+      std::memcpy(yr + mid_begin, xr + mid_begin + shift,
+                  size_t(mid_end - mid_begin) * sizeof(float));
     for (int64_t ow = mid_end; ow < g.OW; ++ow) yr[ow] = col_map[ow] < 0 ? value : xr[col_map[ow]];
   }
 }

@@ -32,7 +32,8 @@ void maxpool2d_bwd_f32__ref(int64_t out_size, int64_t in_size, const float* dy, 
                             float* dx);
 
 // Source index along one dimension for output position o, or -1 (constant fill).
-int64_t pad_source_index(int64_t o, int64_t size, int64_t pad_before, int64_t pad_after, PadMode mode);
+int64_t pad_source_index(int64_t o, int64_t size, int64_t pad_before, int64_t pad_after,
+                         PadMode mode);
 // One plane: y (OH x OW) from x (H x W).
 void pad2d_fwd_f32__ref(const Pad2dGeometry& g, const float* x, float* y, float value);
 // One plane: dx (H x W) = adjoint of pad2d_fwd applied to dy (OH x OW); dx is zeroed first.

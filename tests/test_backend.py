@@ -140,7 +140,7 @@ def test_the_training_program_tunes_the_process(monkeypatch, fmnist, tmp_path):
 # Lower layers first; a module may import only from lower layers (a package
 # from its own submodules).  A new module must be placed here.
 LAYERS = [
-    ["_core", "_args", "_blas", "_cli", "_memory", "_progress", "problems", "__main__"],
+    ["_core", "_args", "_blas", "_cli", "_files", "_memory", "_progress", "problems", "__main__"],
     ["_backend.host", "_backend.gpu"],
     ["_backend"],
     ["_runtime", "_process", "_parameter", "functional", "cuda", "data"],

@@ -32,13 +32,13 @@ what was expected.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ._files import fsync_dir, write_atomic  # noqa: F401  (re-exported: the writers use them)
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "load", "save", "write_atomic"]
 
@@ -69,47 +69,6 @@ class Checkpoint:
         )
         model.load_state_dict(self.model_state)
         return model.eval()
-
-
-def write_atomic(path, write) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then
-    rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder) -> None:
-    """Make a rename inside ``folder`` durable (POSIX: fsync the folder).
-    Where folders cannot be opened (Windows), this does nothing."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a folder
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _text(obj) -> np.ndarray:

@@ -344,7 +344,7 @@ def _download(name: str, folder: Path, progress: bool) -> Path:
     then decompressed only up to twice the official data's length (a gzip
     bomb is cut off), and the content's magic, shape and SHA-256 checked.
     """
-    from .checkpoint import fsync_dir
+    from ._files import fsync_dir
 
     spec = FILES[name]
     tmp = _temporary_file(folder, name)

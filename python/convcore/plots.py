@@ -49,7 +49,7 @@ def _save(fig, path: Path) -> Path:
     """Write the PNG atomically (temporary file, rename, folder fsync), as
     checkpoints and metrics are: an interrupted run never leaves half a
     picture under the real name."""
-    from .checkpoint import write_atomic
+    from ._files import write_atomic
 
     path = Path(path)
     write_atomic(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))

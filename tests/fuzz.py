@@ -420,9 +420,10 @@ def child(seed: int, start: int, count: int, memory_gb: float) -> int:
     convcore.set_num_threads(2)
     out = sys.stdout
     for i in range(start, start + count):
-        out.write(f"S {i}\n")
-        out.flush()
         name, fn, args, kwargs = case(seed, i)
+        what = f"{name}{describe(args)} {describe(kwargs)}".replace("\n", " ")
+        out.write(f"S {i}\t{what}\n")
+        out.flush()
         try:
             fn(*args, **kwargs)
             outcome = "ok"
@@ -467,11 +468,12 @@ def fuzz(
             stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
             stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
             status = "hang"
-        last_started, done = None, i
+        last_started, started_what, done = None, "", i
         for line in stdout.splitlines():
             tag, _, rest = line.partition(" ")
             if tag == "S":
-                last_started = int(rest)
+                k, _, started_what = rest.partition("\t")
+                last_started = int(k)
             elif tag == "D":
                 k, _, body = rest.partition(" ")
                 name, _, outcome = body.partition("\t")
@@ -480,8 +482,9 @@ def fuzz(
                     failures.append(dict(case=int(k), op=name, what=outcome))
                 done = int(k) + 1
         if status != 0:
+            # The parent never runs a case (generating one may call convcore).
             k = last_started if last_started is not None else i
-            name, _, args, kwargs = case(seed, k)
+            name = started_what.split("(", 1)[0] if started_what else "?"
             what = (
                 "hang"
                 if status == "hang"
@@ -492,8 +495,7 @@ def fuzz(
                     case=k,
                     op=name,
                     what=what,
-                    args=describe(args),
-                    kwargs=describe(kwargs),
+                    call=started_what,
                     stderr=stderr[-2000:],
                     replay=f"python tests/fuzz.py --seed {seed} --case {k} -v",
                 )

@@ -167,3 +167,35 @@ def test_beyond_the_limits_errors_are_clear():
         convcore.conv2d(
             np.zeros((0, 1, 2**29, 2**29), np.float32), np.zeros((1, 1, 1, 1), np.float32)
         )
+
+
+@pytest.mark.parametrize("isa", ["scalar", "portable", "avx2", "avx512"])
+@pytest.mark.parametrize("stride", [2**31, (2**60, 1), 2**62, (1, 2**40)])
+def test_huge_strides_are_refused_not_overrun(isa, stride):
+    """Found by tests/fuzz.py: a stride of 2**31 or more wrapped the direct
+    kernels' workspace size (input padded to whole strides) to a few bytes,
+    and the kernels wrote past it (a segfault).  Now a ValueError names the
+    stride when that size passes 2**56 elements; below, the result is right
+    or the workspace allocation fails with MemoryError."""
+    x = np.ones((13, 1, 7, 6), np.float32)
+    w = np.ones((2, 1, 3, 2), np.float32)
+    g = np.ones((13, 2, 1, 1), np.float32)
+    convcore.set_max_isa(isa)
+    if stride != (1, 2**40):
+        with pytest.raises(ValueError, match="stride.*size overflow"):
+            convcore.conv2d(x, w, stride=stride, padding=1, dilation=2)
+        with pytest.raises(ValueError, match="stride.*size overflow"):
+            convcore.conv2d_backward(g, x, w, stride=stride, padding=1, dilation=2)
+        return
+    convcore.set_max_isa("scalar")
+    expect = convcore.conv2d(x, w, stride=stride, padding=1, dilation=2)
+    assert expect.shape == (13, 2, 5, 1)
+    convcore.set_max_isa(isa)
+    try:  # 10 x 2**40 floats of workspace: fits the size check, not the memory
+        y = convcore.conv2d(x, w, stride=stride, padding=1, dilation=2)
+    except MemoryError:
+        assert isa != "scalar"
+    else:
+        np.testing.assert_array_equal(y, expect)
+    y = convcore.conv2d(x, w, stride=1000, padding=1, dilation=2)
+    np.testing.assert_array_equal(y, np.full((13, 2, 1, 1), 2, np.float32))

@@ -199,3 +199,18 @@ def test_huge_strides_are_refused_not_overrun(isa, stride):
         np.testing.assert_array_equal(y, expect)
     y = convcore.conv2d(x, w, stride=1000, padding=1, dilation=2)
     np.testing.assert_array_equal(y, np.full((13, 2, 1, 1), 2, np.float32))
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_max_pool_window_far_larger_than_the_input(isa):
+    """Found by tests/fuzz.py: kernel_size=2**40 with ceil_mode gives one
+    window (valid, as in PyTorch), and the reference kernel visited all its
+    2**80 taps: a hang.  It now visits only the taps inside the input."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 7)).astype(np.float32)
+    convcore.set_max_isa(isa)
+    y, idx = convcore.max_pool2d(x, 2**40, ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(y, x.max(axis=(2, 3), keepdims=True))
+    np.testing.assert_array_equal(idx[..., 0, 0], x.reshape(2, 3, -1).argmax(axis=-1))
+    y = convcore.max_pool2d(x, (2**40, 3), stride=(2**40, 2), padding=(0, 1), ceil_mode=True)
+    assert y.shape == (2, 3, 1, 4)
+    np.testing.assert_array_equal(y[..., 0, 1], x[..., 1:4].max(axis=(2, 3)))

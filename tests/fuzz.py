@@ -20,6 +20,13 @@ reported with the command that replays it, and fuzzing resumes after it.
     python tests/fuzz.py --seconds 60              # a budget of wall time
     python tests/fuzz.py --cases 20000 --seed 7    # a number of cases
     python tests/fuzz.py --seed 7 --case 1234 -v   # replay one case in-process
+
+Under AddressSanitizer (an out-of-bounds access that does not crash is
+reported too), with the build of .ci/run's sanitizer step::
+
+    PYTHONPATH=build/asan-site LD_PRELOAD="$(gcc -print-file-name=libasan.so)
+    $(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0:
+    allocator_may_return_null=1 python tests/fuzz.py --memory-gb 0 --cases 5000
 """
 
 from __future__ import annotations
@@ -410,8 +417,9 @@ def describe(value) -> str:
 def child(seed: int, start: int, count: int, memory_gb: float) -> int:
     import resource
 
-    limit = int(memory_gb * (1 << 30))
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if memory_gb > 0:  # 0: no limit (AddressSanitizer reserves terabytes of shadow)
+        limit = int(memory_gb * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import warnings
 
     warnings.simplefilter("ignore")

@@ -214,3 +214,22 @@ def test_max_pool_window_far_larger_than_the_input(isa):
     y = convcore.max_pool2d(x, (2**40, 3), stride=(2**40, 2), padding=(0, 1), ceil_mode=True)
     assert y.shape == (2, 3, 1, 4)
     np.testing.assert_array_equal(y[..., 0, 1], x[..., 1:4].max(axis=(2, 3)))
+
+
+def test_a_stride_far_beyond_the_input_is_fast():
+    """Found by tests/fuzz.py: the direct kernels copied each image padded to
+    whole strides, 4 GB per image for a stride of 32768 on 12x16, so a tiny
+    convolution ran for minutes.  Such strides now go to the reference."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((17, 2, 12, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    kw = dict(stride=32768, padding=(0, 1), dilation=3)
+    y = convcore.conv2d(x, w, **kw)
+    assert convcore.last_kernel("conv2d_fwd").endswith("__ref")
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    got = convcore.conv2d_backward(g, x, w, **kw)
+    convcore.set_max_isa("scalar")
+    np.testing.assert_array_equal(y, convcore.conv2d(x, w, **kw))
+    # The data gradient may run as GEMM + col2im: the same sums, another order.
+    for a, b in zip(got, convcore.conv2d_backward(g, x, w, **kw)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -547,6 +547,16 @@ struct ConvImpl {
 
 bool always(const Conv2dGeometry&) { return true; }
 bool unit_stride(const Conv2dGeometry& g) { return g.stride_h == 1 && g.stride_w == 1; }
+// The direct kernels copy each padded input plane split by stride phase,
+// rounded up to whole strides: about (Hp + sh) x (Wp + sw) floats a channel.
+// For a stride far beyond the input (32768 on a 12x16 image: 4 GB per image)
+// that copy, not the convolution, is the work; such calls go to the reference.
+bool compact_phases(const Conv2dGeometry& g) {
+  const double hp = double(g.H + g.pad_top + g.pad_bottom), wp = double(g.W + g.pad_left + g.pad_right);
+  return (hp + g.stride_h) * (wp + g.stride_w) <= 4.0 * hp * wp + 65536.0;
+}
+bool many_taps_and_channels(const Conv2dGeometry& g);
+bool outer_applicable(const Conv2dGeometry& g) { return compact_phases(g) && many_taps_and_channels(g); }
 
 template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
 void run_fwd_direct(const Conv2dGeometry& g, const ConvArgs& a) {
@@ -588,9 +598,9 @@ void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
 
 const ConvImpl kFwdImpls[] = {
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
+    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, compact_phases, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
 #endif
-    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, always, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__portable, conv2d_direct_ukernel_f32_4x24__portable>},
+    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, compact_phases, run_fwd_direct<conv2d_direct_ukernel_f32_6x16__portable, conv2d_direct_ukernel_f32_4x24__portable>},
     {"conv2d_fwd_f32_direct__ref", Isa::Scalar, always, run_fwd_ref},
 };
 
@@ -606,11 +616,11 @@ const ConvImpl kBwdDataImpls[] = {
 
 const ConvImpl kBwdWeightImpls[] = {
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, many_taps_and_channels, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
-    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, always, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
+    {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, outer_applicable, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, compact_phases, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
 #endif
-    {"conv2d_bwd_weight_f32_direct_outer_6x16__portable", Isa::Portable, many_taps_and_channels, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__portable>},
-    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, always, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
+    {"conv2d_bwd_weight_f32_direct_outer_6x16__portable", Isa::Portable, outer_applicable, run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__portable>},
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, compact_phases, run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
     {"conv2d_bwd_weight_f32_direct__ref", Isa::Scalar, always, run_bwd_weight_ref},
 };
 

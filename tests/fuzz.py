@@ -20,6 +20,13 @@ reported with the command that replays it, and fuzzing resumes after it.
     python tests/fuzz.py --seconds 60              # a budget of wall time
     python tests/fuzz.py --cases 20000 --seed 7    # a number of cases
     python tests/fuzz.py --seed 7 --case 1234 -v   # replay one case in-process
+
+Under AddressSanitizer (an out-of-bounds access that does not crash is
+reported too), with the build of .ci/run's sanitizer step::
+
+    PYTHONPATH=build/asan-site LD_PRELOAD="$(gcc -print-file-name=libasan.so)
+    $(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0:
+    allocator_may_return_null=1 python tests/fuzz.py --memory-gb 0 --cases 5000
 """
 
 from __future__ import annotations
@@ -410,8 +417,9 @@ def describe(value) -> str:
 def child(seed: int, start: int, count: int, memory_gb: float) -> int:
     import resource
 
-    limit = int(memory_gb * (1 << 30))
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if memory_gb > 0:  # 0: no limit (AddressSanitizer reserves terabytes of shadow)
+        limit = int(memory_gb * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import warnings
 
     warnings.simplefilter("ignore")
@@ -420,9 +428,10 @@ def child(seed: int, start: int, count: int, memory_gb: float) -> int:
     convcore.set_num_threads(2)
     out = sys.stdout
     for i in range(start, start + count):
-        out.write(f"S {i}\n")
-        out.flush()
         name, fn, args, kwargs = case(seed, i)
+        what = f"{name}{describe(args)} {describe(kwargs)}".replace("\n", " ")
+        out.write(f"S {i}\t{what}\n")
+        out.flush()
         try:
             fn(*args, **kwargs)
             outcome = "ok"
@@ -467,11 +476,12 @@ def fuzz(
             stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
             stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
             status = "hang"
-        last_started, done = None, i
+        last_started, started_what, done = None, "", i
         for line in stdout.splitlines():
             tag, _, rest = line.partition(" ")
             if tag == "S":
-                last_started = int(rest)
+                k, _, started_what = rest.partition("\t")
+                last_started = int(k)
             elif tag == "D":
                 k, _, body = rest.partition(" ")
                 name, _, outcome = body.partition("\t")
@@ -480,8 +490,9 @@ def fuzz(
                     failures.append(dict(case=int(k), op=name, what=outcome))
                 done = int(k) + 1
         if status != 0:
+            # The parent never runs a case (generating one may call convcore).
             k = last_started if last_started is not None else i
-            name, _, args, kwargs = case(seed, k)
+            name = started_what.split("(", 1)[0] if started_what else "?"
             what = (
                 "hang"
                 if status == "hang"
@@ -492,8 +503,7 @@ def fuzz(
                     case=k,
                     op=name,
                     what=what,
-                    args=describe(args),
-                    kwargs=describe(kwargs),
+                    call=started_what,
                     stderr=stderr[-2000:],
                     replay=f"python tests/fuzz.py --seed {seed} --case {k} -v",
                 )

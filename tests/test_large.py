@@ -167,3 +167,69 @@ def test_beyond_the_limits_errors_are_clear():
         convcore.conv2d(
             np.zeros((0, 1, 2**29, 2**29), np.float32), np.zeros((1, 1, 1, 1), np.float32)
         )
+
+
+@pytest.mark.parametrize("isa", ["scalar", "portable", "avx2", "avx512"])
+@pytest.mark.parametrize("stride", [2**31, (2**60, 1), 2**62, (1, 2**40)])
+def test_huge_strides_are_refused_not_overrun(isa, stride):
+    """Found by tests/fuzz.py: a stride of 2**31 or more wrapped the direct
+    kernels' workspace size (input padded to whole strides) to a few bytes,
+    and the kernels wrote past it (a segfault).  Now a ValueError names the
+    stride when that size passes 2**56 elements; below, the result is right
+    or the workspace allocation fails with MemoryError."""
+    x = np.ones((13, 1, 7, 6), np.float32)
+    w = np.ones((2, 1, 3, 2), np.float32)
+    g = np.ones((13, 2, 1, 1), np.float32)
+    convcore.set_max_isa(isa)
+    if stride != (1, 2**40):
+        with pytest.raises(ValueError, match="stride.*size overflow"):
+            convcore.conv2d(x, w, stride=stride, padding=1, dilation=2)
+        with pytest.raises(ValueError, match="stride.*size overflow"):
+            convcore.conv2d_backward(g, x, w, stride=stride, padding=1, dilation=2)
+        return
+    convcore.set_max_isa("scalar")
+    expect = convcore.conv2d(x, w, stride=stride, padding=1, dilation=2)
+    assert expect.shape == (13, 2, 5, 1)
+    convcore.set_max_isa(isa)
+    try:  # 10 x 2**40 floats of workspace: fits the size check, not the memory
+        y = convcore.conv2d(x, w, stride=stride, padding=1, dilation=2)
+    except MemoryError:
+        assert isa != "scalar"
+    else:
+        np.testing.assert_array_equal(y, expect)
+    y = convcore.conv2d(x, w, stride=1000, padding=1, dilation=2)
+    np.testing.assert_array_equal(y, np.full((13, 2, 1, 1), 2, np.float32))
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_max_pool_window_far_larger_than_the_input(isa):
+    """Found by tests/fuzz.py: kernel_size=2**40 with ceil_mode gives one
+    window (valid, as in PyTorch), and the reference kernel visited all its
+    2**80 taps: a hang.  It now visits only the taps inside the input."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 7)).astype(np.float32)
+    convcore.set_max_isa(isa)
+    y, idx = convcore.max_pool2d(x, 2**40, ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(y, x.max(axis=(2, 3), keepdims=True))
+    np.testing.assert_array_equal(idx[..., 0, 0], x.reshape(2, 3, -1).argmax(axis=-1))
+    y = convcore.max_pool2d(x, (2**40, 3), stride=(2**40, 2), padding=(0, 1), ceil_mode=True)
+    assert y.shape == (2, 3, 1, 4)
+    np.testing.assert_array_equal(y[..., 0, 1], x[..., 1:4].max(axis=(2, 3)))
+
+
+def test_a_stride_far_beyond_the_input_is_fast():
+    """Found by tests/fuzz.py: the direct kernels copied each image padded to
+    whole strides, 4 GB per image for a stride of 32768 on 12x16, so a tiny
+    convolution ran for minutes.  Such strides now go to the reference."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((17, 2, 12, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    kw = dict(stride=32768, padding=(0, 1), dilation=3)
+    y = convcore.conv2d(x, w, **kw)
+    assert convcore.last_kernel("conv2d_fwd").endswith("__ref")
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    got = convcore.conv2d_backward(g, x, w, **kw)
+    convcore.set_max_isa("scalar")
+    np.testing.assert_array_equal(y, convcore.conv2d(x, w, **kw))
+    # The data gradient may run as GEMM + col2im: the same sums, another order.
+    for a, b in zip(got, convcore.conv2d_backward(g, x, w, **kw)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -163,6 +163,15 @@ Conv2dGeometry make_conv2d_geometry(const int64_t in[4], const int64_t wt[4], in
   // indexable too.
   checked_mul(checked_mul(checked_mul(g.Cg(), g.R, "weight"), g.S, "weight"),
               checked_mul(g.P, g.Q, "output"), "convolution workspace");
+  // The direct kernels lay each channel's padded plane out by stride phase,
+  // rounded up to whole strides: up to (padded_h + stride_h) x (padded_w +
+  // stride_w) floats per channel.  Bounded here so that size and its byte
+  // count cannot overflow (a stride of 2^31 once wrapped them to a tiny
+  // workspace that the kernels then overran).
+  checked_mul(checked_mul(checked_add(padded_h, stride_h, "stride"),
+                          checked_add(padded_w, stride_w, "stride"),
+                          "stride (input padded to whole strides)"),
+              g.C, "stride (input padded to whole strides)");
   return g;
 }
 

@@ -41,6 +41,16 @@ struct ConvArgs {
 using ConvImpl = Impl<Conv2dGeometry, ConvArgs>;
 
 bool unit_stride(const Conv2dGeometry& g) { return g.stride_h == 1 && g.stride_w == 1; }
+// The direct and channels-in-lanes kernels copy each padded input plane split
+// by stride phase, rounded up to whole strides: about (Hp + sh) x (Wp + sw)
+// floats a channel.  For a stride far beyond the input (32768 on a 12x16
+// image: 4 GB per image) that copy, not the convolution, is the work; such
+// calls go to the reference.
+bool compact_phases(const Conv2dGeometry& g) {
+  const double hp = double(g.H + g.pad_top + g.pad_bottom);
+  const double wp = double(g.W + g.pad_left + g.pad_right);
+  return (hp + g.stride_h) * (wp + g.stride_w) <= 4.0 * hp * wp + 65536.0;
+}
 
 template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
 void run_fwd_direct(const Conv2dGeometry& g, const ConvArgs& a) {
@@ -80,7 +90,7 @@ void run_bwd_weight_outer(const Conv2dGeometry& g, const ConvArgs& a) {
 }
 // Outer-product tiles pay off when dy is reused over many taps and channels.
 bool many_taps_and_channels(const Conv2dGeometry& g) {
-  return g.Kg() >= 16 && g.Cg() * g.R * g.S >= 32;
+  return compact_phases(g) && g.Kg() >= 16 && g.Cg() * g.R * g.S >= 32;
 }
 void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   // Threads split the output channels; each element reduces over the whole
@@ -132,13 +142,13 @@ void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
 // at 16 or 24.  So at most a tenth of the lanes may be padding (90 -> 96).
 bool fills_panels(int64_t channels) { return (channels + 31) / 32 * 32 * 10 <= channels * 11; }
 bool clanes_fwd_fits(const Conv2dGeometry& g) {
-  return g.Cg() >= 16 && fills_panels(g.Kg()) && g.Q >= 7;
+  return compact_phases(g) && g.Cg() >= 16 && fills_panels(g.Kg()) && g.Q >= 7;
 }
 bool clanes_bwd_data_fits(const Conv2dGeometry& g) {
   return unit_stride(g) && g.Kg() >= 16 && fills_panels(g.Cg()) && g.W >= 7;
 }
 bool clanes_bwd_weight_fits(const Conv2dGeometry& g) {
-  return g.Cg() >= 16 && fills_panels(g.Kg()) && g.Q >= 7;
+  return compact_phases(g) && g.Cg() >= 16 && fills_panels(g.Kg()) && g.Q >= 7;
 }
 void run_fwd_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
   forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.x, a.w,
@@ -167,10 +177,10 @@ const ConvImpl kFwdImpls[] = {
     {"conv2d_fwd_f32_clanes_14x32__avx512", Isa::Avx512, clanes_fwd_fits, run_fwd_clanes},
 #endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, always,
+    {"conv2d_fwd_f32_direct_6x16_4x24__avx2", Isa::Avx2, compact_phases,
      run_fwd_direct<conv2d_direct_ukernel_f32_6x16__avx2, conv2d_direct_ukernel_f32_4x24__avx2>},
 #endif
-    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, always,
+    {"conv2d_fwd_f32_direct_6x16_4x24__portable", Isa::Portable, compact_phases,
      run_fwd_direct<conv2d_direct_ukernel_f32_6x16__portable,
                     conv2d_direct_ukernel_f32_4x24__portable>},
     {"conv2d_fwd_f32_direct__ref", Isa::Scalar, always, run_fwd_ref},
@@ -207,12 +217,12 @@ const ConvImpl kBwdWeightImpls[] = {
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
     {"conv2d_bwd_weight_f32_direct_outer_6x16__avx2", Isa::Avx2, many_taps_and_channels,
      run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__avx2>},
-    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, always,
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__avx2", Isa::Avx2, compact_phases,
      run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__avx2>},
 #endif
     {"conv2d_bwd_weight_f32_direct_outer_6x16__portable", Isa::Portable, many_taps_and_channels,
      run_bwd_weight_outer<conv2d_outer_ukernel_f32_6x16__portable>},
-    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, always,
+    {"conv2d_bwd_weight_f32_direct_dot_4x3__portable", Isa::Portable, compact_phases,
      run_bwd_weight_direct<conv2d_dot_ukernel_f32_4x3__portable>},
     {"conv2d_bwd_weight_f32_direct__ref", Isa::Scalar, always, run_bwd_weight_ref},
 };

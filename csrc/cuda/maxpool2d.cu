@@ -37,12 +37,16 @@ __host__ __device__ void maxpool2d_window(const PoolArgs& a, const float* xp, in
   const int64_t h0 = p * a.sh - a.ph, w0 = q * a.sw - a.pw;
   float best = -INFINITY;
   int64_t best_i = -1;
-  for (int64_t i = 0; i < a.kh; ++i) {
+  // Only the taps that land in the input, as the reference: a window may be
+  // far larger than the input (a kernel of 2^40 with ceil_mode is valid).
+  const int64_t i0 = h0 < 0 ? (-h0 + a.dh - 1) / a.dh : 0;
+  const int64_t i1 = h0 < a.H ? (a.H - h0 + a.dh - 1) / a.dh : 0;
+  const int64_t j0 = w0 < 0 ? (-w0 + a.dw - 1) / a.dw : 0;
+  const int64_t j1 = w0 < a.W ? (a.W - w0 + a.dw - 1) / a.dw : 0;
+  for (int64_t i = i0; i < (i1 < a.kh ? i1 : a.kh); ++i) {
     const int64_t h = h0 + i * a.dh;
-    if (h < 0 || h >= a.H) continue;
-    for (int64_t j = 0; j < a.kw; ++j) {
+    for (int64_t j = j0; j < (j1 < a.kw ? j1 : a.kw); ++j) {
       const int64_t w = w0 + j * a.dw;
-      if (w < 0 || w >= a.W) continue;
       const float v = xp[h * a.W + w];
       if (best_i < 0 || v > best || isnan(v)) {
         best = v;
@@ -50,12 +54,8 @@ __host__ __device__ void maxpool2d_window(const PoolArgs& a, const float* xp, in
       }
     }
   }
-  if (best_i < 0) {  // no element in range (dilation): -inf at the first in-range step
-    int64_t h = h0, w = w0;
-    while (h < 0) h += a.dh;
-    while (w < 0) w += a.dw;
-    best_i = h * a.W + w;
-  }
+  if (best_i < 0)  // no element in range (dilation): -inf at the first in-range step
+    best_i = (h0 + i0 * a.dh) * a.W + (w0 + j0 * a.dw);
   *y = best;
   *idx = best_i;
 }

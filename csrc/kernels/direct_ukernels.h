@@ -1,8 +1,11 @@
-// Direct-convolution micro-kernels for stride-1 convolutions on a padded
-// input plane (padding materialised once, so the kernels have no bounds
-// checks).  Output positions are indexed in "padded-width" coordinates
-// t = p * Wp + q, so a run of consecutive t is a run of consecutive input
-// elements for every kernel tap: the input operand needs no packing.
+// Direct-convolution micro-kernels (positions in the SIMD lanes) on padded
+// input planes: the driver materialises the padding once and, for stride > 1,
+// splits each plane into stride phases (ops/conv2d_drivers.h, PaddedPlanes),
+// so the kernels have no bounds checks and any stride reads unit-stride runs.
+// Output positions are indexed in phase-plane coordinates t = p * Wh + q
+// (Wh: the row pitch of a phase plane), so a run of consecutive t is a run of
+// consecutive input elements for every kernel tap: the input operand needs
+// no packing.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +15,8 @@ namespace convcore {
 // An MR x NR kernel computes MR output channels at NR consecutive positions:
 // out[i * NR + j] = sum over p < steps of w[p * MR + i] * x[offsets[p] + j].
 // w is a packed weight panel (steps x MR, zero-padded); offsets[p] is the
-// distance from x of tap p (channel plane + r * dil_h * Wp + s * dil_w); out is an
+// distance from x of tap p (its channel's phase plane, row and column offset
+// for tap (r * dil_h, s * dil_w), see PaddedPlanes::tap); out is an
 // MR x NR tile (overwritten).  The reduction over p runs in increasing order.
 // Two shapes with the same register budget (12 accumulators) let the driver
 // pick the one that wastes fewest rows: 6x16 for 6 or 12 channels, 4x24 for

@@ -1,12 +1,19 @@
 // AVX2+FMA direct-convolution micro-kernels (see kernels/direct_ukernels.h).
 //
-// 6x16 direct kernel: 12 ymm accumulators, 2 unaligned loads of the input
-// run (straight from the padded plane, no packing) and 6 weight broadcasts
-// per tap: the same register budget and FMA density as a 6x16 GEMM kernel.
+// 6x16 and 4x24 direct kernels (forward, and the stride-1 data gradient):
+// 12 ymm accumulators either way, unaligned loads of the input run straight
+// from the padded phase plane (no packing) and one weight broadcast per
+// output channel per tap: the register budget and FMA density of a GEMM
+// tile.  Two shapes so the driver can pick the one that pads fewest channels
+// (6 or 12 channels: 6x16; multiples of 4 such as 32 and 64: 4x24).
 //
-// 4x3 dot kernel (weight gradient): 12 accumulators of 8 lanes, 7 loads per
-// 12 FMAs; the long reduction over output positions stays in the lanes and
-// is summed once per tile.
+// 6x16 outer-product kernel (weight gradient, >= 16 output channels): six
+// input taps broadcast against 16-channel dy panels, 12 accumulators, no
+// horizontal sums.
+//
+// 4x3 dot kernel (weight gradient, few channels): 12 accumulators of 8
+// lanes, 7 loads per 12 FMAs; the long reduction over output positions stays
+// in the lanes and is summed once per tile.
 //
 // Compiled with -mavx2 -mfma; self-contained (intrinsics and raw pointers).
 #ifndef __AVX2__

@@ -71,12 +71,8 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, conv_clanes_pad_fn pad, const Dir
   // Near-equal tiles per row: 28 -> 14 + 14, 16 -> 8 + 8, never a sliver.
   const int64_t row_tiles = (d.Q + kClanesTileN - 1) / kClanesTileN;
   const int64_t tile_base = d.Q / row_tiles, tile_extra = d.Q % row_tiles;
-  // Split each image's panels into blocks when the batch alone cannot keep
-  // every thread busy; blocking changes no result.
-  int64_t blocks = 1;
-  while (d.N * blocks < nt && blocks < d.G * panels) ++blocks;
-  const int64_t per_block = (d.G * panels + blocks - 1) / blocks;
-  blocks = (d.G * panels + per_block - 1) / per_block;
+  const PanelBlocks split(d.N, d.G * panels, nt);
+  const int64_t blocks = split.count;
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int64_t task = 0; task < d.N * blocks; ++task)
@@ -89,7 +85,7 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, conv_clanes_pad_fn pad, const Dir
       // The next image's input comes from DRAM when the batch exceeds the
       // caches; its copy into padded planes took 5% of the call until it was
       // prefetched into L2 a slice per output row, behind the FMAs.
-      const int64_t gp0 = b * per_block, gp1 = std::min((b + 1) * per_block, d.G * panels);
+      const int64_t gp0 = split.begin(b), gp1 = split.end(b);
       const char* next = task + blocks < d.N * blocks
                              ? reinterpret_cast<const char*>(d.in + (n + 1) * in_img)
                              : nullptr;

@@ -143,12 +143,8 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
   const int64_t slack = (d.S - 1) * d.dil_w + nr;
   const int64_t in_img = Cin_all * d.pp.H * d.pp.W, out_img = d.G * d.Kout * d.P * d.Q;
   const std::vector<int64_t> offsets = tap_offsets(d.pp, d.Cin, d.R, d.S, d.dil_h, d.dil_w);
-  // Split each image's panels into blocks when the batch alone cannot keep
-  // every thread busy; blocking changes no result.
-  int64_t blocks = 1;
-  while (d.N * blocks < nt && blocks < d.G * panels) ++blocks;
-  const int64_t per_block = (d.G * panels + blocks - 1) / blocks;
-  blocks = (d.G * panels + per_block - 1) / per_block;
+  const PanelBlocks split(d.N, d.G * panels, nt);
+  const int64_t blocks = split.count;
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int64_t task = 0; task < d.N * blocks; ++task)
@@ -166,7 +162,7 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
                                        std::max<int64_t>(T, nr)),
                    nr);
       for (int64_t tb0 = 0; tb0 < T; tb0 += tb)
-        for (int64_t gp = b * per_block; gp < std::min((b + 1) * per_block, d.G * panels); ++gp) {
+        for (int64_t gp = split.begin(b); gp < split.end(b); ++gp) {
           const int64_t g = gp / panels, pn = gp % panels;
           const float* wp = wpack + gp * steps * mr;
           const float* xg = xpad + g * d.Cin * plane;

@@ -107,6 +107,21 @@ struct DirectConv {
   const float* bias;  // G*Kout or null
 };
 
+// Each image's G * panels weight panels, split into blocks when the batch
+// alone cannot keep every thread busy (tasks = N * count).  Blocking changes
+// no result: every output element is still computed by one task, in one order.
+struct PanelBlocks {
+  int64_t total, count, per_block;
+  PanelBlocks(int64_t images, int64_t panels, int threads) : total(panels) {
+    int64_t b = 1;
+    while (images * b < threads && b < panels) ++b;
+    per_block = (panels + b - 1) / b;
+    count = (panels + per_block - 1) / per_block;
+  }
+  int64_t begin(int64_t block) const { return block * per_block; }
+  int64_t end(int64_t block) const { return std::min(total, (block + 1) * per_block); }
+};
+
 struct DirectKernel {
   conv_direct_ukernel_fn fn;
   int64_t mr, nr;

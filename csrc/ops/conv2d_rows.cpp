@@ -117,23 +117,7 @@ void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x
 
 void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
                         const float* w, float* dx) {
-  DirectConv d;
-  d.N = g.N;
-  d.G = 1;
-  d.Cin = g.K;
-  d.Kout = g.C;
-  d.R = g.R;
-  d.S = g.S;
-  d.dil_h = g.dil_h;
-  d.dil_w = g.dil_w;
-  const int64_t eh = g.dil_h * (g.R - 1), ew = g.dil_w * (g.S - 1);
-  d.pp = {g.P, g.Q, eh - g.pad_top, ew - g.pad_left, g.H + eh, g.W + ew, 1, 1};
-  d.P = g.H;
-  d.Q = g.W;
-  d.in = dy;
-  d.out = dx;
-  d.bias = nullptr;
-  run_rows(ks, d, w, true, conv_threads(g));
+  run_rows(ks, direct_backward_data_problem(g, dy, dx), w, true, conv_threads(g));
 }
 
 void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,

@@ -221,9 +221,7 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
     const int64_t grp = gk / Kg, k = gk % Kg;
     for (int64_t crs = 0; crs < CRS; ++crs) {
       const int64_t at = (grp * crs_panels * mt + crs) * ldw + k;
-      float acc = partials[size_t(at)];
-      for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * part_size + at)];
-      dw[gk * CRS + crs] = acc;
+      dw[gk * CRS + crs] = sum_chunk_partials(partials, chunks, part_size, at);
     }
   }
 }

@@ -107,6 +107,16 @@ struct DirectConv {
   const float* bias;  // G*Kout or null
 };
 
+// Element `at` of the weight gradient: the chunks' partial sums (chunk c at
+// partials + c * part_size) added in chunk order, the fixed order that keeps
+// the result bitwise the same for any thread count.
+inline float sum_chunk_partials(const float* partials, int64_t chunks, int64_t part_size,
+                                int64_t at) {
+  float acc = partials[at];
+  for (int64_t c = 1; c < chunks; ++c) acc += partials[c * part_size + at];
+  return acc;
+}
+
 // Each image's G * panels weight panels, split into blocks when the batch
 // alone cannot keep every thread busy (tasks = N * count).  Blocking changes
 // no result: every output element is still computed by one task, in one order.

@@ -173,9 +173,7 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
   errors.rethrow();
   for (int64_t k = 0; k < g.K; ++k)
     for (int64_t i = 0; i < CRS; ++i) {
-      float acc = partials[size_t(k * ldo + i)];
-      for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * part_size + k * ldo + i)];
-      dw[k * CRS + i] = acc;
+      dw[k * CRS + i] = sum_chunk_partials(partials.data(), chunks, part_size, k * ldo + i);
     }
 }
 

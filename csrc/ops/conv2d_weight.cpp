@@ -81,9 +81,7 @@ void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g
   const int rt = threads_for(double(wsize) * chunks, 1e5);
 #pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
   for (int64_t i = 0; i < wsize; ++i) {
-    float acc = partials[size_t(i)];
-    for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * wsize + i)];
-    dw[i] = acc;
+    dw[i] = sum_chunk_partials(partials.data(), chunks, wsize, i);
   }
 }
 
@@ -170,9 +168,7 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
     const int64_t grp = gk / Kg, k = gk % Kg;
     for (int64_t crs = 0; crs < CRS; ++crs) {
       const int64_t at = (grp * crs_panels * 6 + crs) * ldw + k;
-      float acc = partials[size_t(at)];
-      for (int64_t c = 1; c < chunks; ++c) acc += partials[size_t(c * part_size + at)];
-      dw[gk * CRS + crs] = acc;
+      dw[gk * CRS + crs] = sum_chunk_partials(partials.data(), chunks, part_size, at);
     }
   }
 }

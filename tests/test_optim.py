@@ -243,3 +243,81 @@ def test_pack_layout_and_fallback_when_rebound():
     opt.step()
     assert np.all(params[3].data < before)
     assert np.all(pack.data[pack.offsets[1] + 6 : pack.offsets[2]] == 0)  # gaps stay zero
+
+
+@pytest.mark.parametrize(
+    "total, pct, strategy, div, final",
+    [
+        (600, 0.25, "cos", 25.0, 1e4),
+        (3300, 0.2, "cos", 25.0, 1e4),
+        (7, 0.3, "linear", 10.0, 100.0),
+        (1, 0.3, "cos", 25.0, 1e4),
+        (2, 0.0, "cos", 25.0, 1e4),
+        (100, 1.0, "linear", 4.0, 1.0),
+    ],
+)
+def test_one_cycle_rates_equal_torch(total, pct, strategy, div, final):
+    p = params()[:1]
+    opt = optim.Adam(p, lr=1.0)
+    sched = optim.OneCycleLR(
+        opt, 4e-3, total, pct_start=pct, anneal_strategy=strategy, div_factor=div,
+        final_div_factor=final,
+    )  # fmt: skip
+    t = torch.nn.Parameter(torch.zeros(1))
+    topt = torch.optim.SGD([t], lr=1.0)
+    tsched = torch.optim.lr_scheduler.OneCycleLR(
+        topt, 4e-3, total_steps=total, pct_start=pct, anneal_strategy=strategy,
+        div_factor=div, final_div_factor=final, cycle_momentum=False,
+    )  # fmt: skip
+    ours, theirs = [], []
+    for k in range(total):
+        ours.append(opt.lr)
+        theirs.append(topt.param_groups[0]["lr"])
+        assert sched.get_last_lr() == [opt.lr]
+        sched.step()
+        if k < total - 1:  # torch raises past the last step
+            topt.step()
+            tsched.step()
+    assert ours == theirs  # the same float64 formulas: equal, not close
+    if pct < 1 and total > 1:
+        assert ours[-1] == pytest.approx(4e-3 / div / final)
+
+
+def test_one_cycle_resumes_from_its_state_and_from_last_step():
+    opt = optim.Adam(params(), lr=1.0)
+    sched = optim.OneCycleLR(opt, 1e-2, 50)
+    rates = []
+    for _ in range(50):
+        rates.append(opt.lr)
+        sched.step()
+    opt2 = optim.Adam(params(), lr=1.0)
+    s2 = optim.OneCycleLR(opt2, 1e-2, 50)
+    for _ in range(20):
+        s2.step()
+    state = s2.state_dict()
+    opt3 = optim.Adam(params(), lr=1.0)
+    s3 = optim.OneCycleLR(opt3, 1e-2, 50)
+    s3.load_state_dict(state)
+    assert opt3.lr == rates[20]
+    opt4 = optim.Adam(params(), lr=1.0)
+    optim.OneCycleLR(opt4, 1e-2, 50, last_step=29)
+    assert opt4.lr == rates[30]
+    with pytest.raises(ValueError, match="total_steps.*50.*40|had 50 steps, this one has 40"):
+        optim.OneCycleLR(optim.Adam(params(), lr=1.0), 1e-2, 40).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(total_steps=0), "total_steps"),
+        (dict(pct_start=1.5), "pct_start"),
+        (dict(anneal_strategy="exp"), "anneal_strategy"),
+        (dict(max_lr=0.0), "max_lr"),
+        (dict(div_factor=float("nan")), "div_factor"),
+        (dict(final_div_factor=-1.0), "final_div_factor"),
+    ],
+)
+def test_one_cycle_bad_arguments(kw, match):
+    args = dict(max_lr=1e-3, total_steps=10) | kw
+    with pytest.raises(ValueError, match=match):
+        optim.OneCycleLR(optim.Adam(params(), lr=1.0), **args)

@@ -30,7 +30,7 @@ import numpy as np
 from ._backend import backend_of
 from ._parameter import Parameter
 
-__all__ = ["Adam", "Optimizer", "SGD"]
+__all__ = ["Adam", "OneCycleLR", "Optimizer", "SGD"]
 
 _F32 = np.float32
 
@@ -363,3 +363,105 @@ class Adam(Optimizer):
             wd=_F32(wd),
             tmp=tmp,
         )
+
+
+class OneCycleLR:
+    """The one-cycle learning-rate policy, as ``torch.optim.lr_scheduler.OneCycleLR``
+    with ``cycle_momentum=False`` and ``three_phase=False``.
+
+    The rate rises from ``max_lr / div_factor`` to ``max_lr`` over the first
+    ``pct_start`` of ``total_steps``, then falls to
+    ``max_lr / (div_factor * final_div_factor)`` at the last step, each phase
+    along a half cosine (``anneal_strategy='cos'``) or a line (``'linear'``).
+    Creating it sets the optimiser's rate for the first step; call
+    :meth:`step` after each ``optimizer.step()``, as in PyTorch.  The rates
+    are computed in float64 with PyTorch's formulas, so they are equal to
+    PyTorch's.
+
+    Args:
+        optimizer: a :class:`Optimizer` (its ``lr`` is overwritten).
+        max_lr: the peak rate.
+        total_steps: the number of optimiser steps of the whole run.
+        pct_start: fraction of the steps spent rising.
+        anneal_strategy: ``'cos'`` or ``'linear'``.
+        div_factor: ``max_lr / initial rate``.
+        final_div_factor: ``initial rate / final rate``.
+        last_step: the index of the last step taken (-1: none), to resume.
+
+    Raises:
+        ValueError: ``total_steps`` < 1, ``pct_start`` outside [0, 1], a
+            non-positive rate or factor, or an unknown ``anneal_strategy``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        max_lr: float,
+        total_steps: int,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        last_step: int = -1,
+    ):
+        if int(total_steps) < 1:
+            raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps}")
+        if not 0 <= pct_start <= 1:
+            raise ValueError(f"pct_start: expected a number in [0, 1], got {pct_start}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(
+                f"anneal_strategy: expected 'cos' or 'linear', got {anneal_strategy!r}"
+            )
+        for name, v in (("max_lr", max_lr), ("div_factor", div_factor)):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: expected a positive number, got {v}")
+        if not (math.isfinite(final_div_factor) and final_div_factor > 0):
+            raise ValueError(
+                f"final_div_factor: expected a positive number, got {final_div_factor}"
+            )
+        self.optimizer = optimizer
+        self.total_steps = int(total_steps)
+        self.anneal_strategy = anneal_strategy
+        initial = max_lr / div_factor
+        self._phases = (
+            (float(pct_start * self.total_steps) - 1, initial, float(max_lr)),
+            (float(self.total_steps) - 1, float(max_lr), initial / final_div_factor),
+        )
+        self.last_step = int(last_step)
+        self.step()
+
+    def lr_at(self, step: int) -> float:
+        """The rate of step ``step`` (0-based)."""
+        if not 0 <= step < self.total_steps:
+            raise ValueError(f"step: {step} is outside the schedule's {self.total_steps} steps")
+        start = 0.0
+        for k, (end, lo, hi) in enumerate(self._phases):
+            if step <= end or k == len(self._phases) - 1:
+                pct = (step - start) / (end - start)
+                if self.anneal_strategy == "cos":
+                    return hi + (lo - hi) / 2.0 * (math.cos(math.pi * pct) + 1)
+                return (hi - lo) * pct + lo
+            start = end
+        raise AssertionError("unreachable")
+
+    def step(self) -> None:
+        """Move to the next step and set the optimiser's rate for it."""
+        self.last_step += 1
+        if self.last_step < self.total_steps:
+            self.optimizer.lr = self.lr_at(self.last_step)
+
+    def get_last_lr(self) -> list[float]:
+        """The rate set for the current step (a list, as in PyTorch)."""
+        return [self.optimizer.lr]
+
+    def state_dict(self) -> dict:
+        return {"last_step": self.last_step, "total_steps": self.total_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["total_steps"]) != self.total_steps:
+            raise ValueError(
+                f"load_state_dict: the schedule had {state['total_steps']} steps, "
+                f"this one has {self.total_steps}"
+            )
+        self.last_step = int(state["last_step"]) - 1
+        self.step()

@@ -357,6 +357,35 @@ def test_cross_entropy_is_stable_and_matches_torch():
         loss_fn(logits, np.array([0, 3, 1]))
 
 
+@pytest.mark.parametrize("eps", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("n, c", [(1, 2), (7, 10), (100, 10)])
+def test_cross_entropy_label_smoothing_matches_torch(eps, reduction, n, c):
+    rng = np.random.default_rng(n * 31 + c)
+    logits = (rng.standard_normal((n, c)) * 4).astype(np.float32)
+    y = rng.integers(0, c, n)
+    loss_fn = nn.CrossEntropyLoss(reduction, label_smoothing=eps)
+    loss = loss_fn(logits, y)
+    g = loss_fn.backward()
+    tl = torch.from_numpy(logits.astype(np.float64)).requires_grad_()
+    tloss = torch.nn.functional.cross_entropy(
+        tl, torch.from_numpy(y), reduction=reduction, label_smoothing=eps
+    )
+    tloss.backward()
+    assert loss == pytest.approx(tloss.item(), rel=1e-6)
+    # float32 softmax (exp, divide), then the smoothing term added: a few
+    # float32 roundings of numbers up to 1 in size (sum reduction).
+    np.testing.assert_allclose(g, tl.grad.numpy(), rtol=4 * 2.0**-23, atol=1e-7)
+    assert g.dtype == np.float32
+    np.testing.assert_array_equal(loss_fn.predictions(), logits.argmax(1))
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.5, float("nan")])
+def test_cross_entropy_refuses_bad_label_smoothing(eps):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        nn.CrossEntropyLoss(label_smoothing=eps)
+
+
 def test_dropout_scales_and_is_identity_in_eval():
     d = nn.Dropout(0.25, rng=0)
     x = np.ones((200, 500), np.float32)

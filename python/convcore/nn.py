@@ -598,15 +598,26 @@ class CrossEntropyLoss:
     ``loss_fn.predictions()`` the predicted classes (int64 (N,), the first
     maximum of each row) on the host.
 
+    ``label_smoothing`` (in [0, 1]) mixes each one-hot target with the
+    uniform distribution, as PyTorch's argument of that name: the target of
+    class j is ``(1 - eps) * [j == y] + eps / C``, so each row's loss is
+    ``(1 - eps) * (-log p_y) + eps * mean_j (-log p_j)``.
+
     Logits on the GPU (a :class:`convcore.cuda.DeviceArray`) are handled by
     one kernel; the labels stay a host array, the gradient stays on the GPU,
-    and the call waits for the device to return the loss.
+    and the call waits for the device to return the loss.  With label
+    smoothing the (N, C) logits are also read back once, and the smoothing
+    term of the gradient is added on the device.
     """
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        eps = float(label_smoothing)
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
         self.reduction = reduction
+        self.label_smoothing = eps
         self._grad = None
         self._pred = None
 
@@ -639,6 +650,18 @@ class CrossEntropyLoss:
             )
         scale = _F32(1.0 / n) if self.reduction == "mean" and n else _F32(1)
         self._grad, total, self._pred = be.cross_entropy(logits, target, scale)
+        eps = self.label_smoothing
+        if eps and n:
+            # Against the smoothed target the row loss gains
+            # eps * (z_y - mean_j z_j) (log-sum-exp cancels), and the gradient
+            # eps * scale * (onehot - 1/C).
+            z = be.to_numpy(logits).astype(np.float64)
+            rows = np.arange(n)
+            total += eps * float(np.sum(z[rows, target] - z.mean(axis=1)))
+            extra = np.full((n, c), -eps / c, dtype=np.float64)
+            extra[rows, target] += eps
+            extra *= float(scale)
+            be.add_(self._grad, be.from_host(extra.astype(_F32), like=self._grad))
         return total / n if self.reduction == "mean" and n else total
 
     def predictions(self) -> np.ndarray:

@@ -145,7 +145,7 @@ LAYERS = [
     ["_backend"],
     ["_runtime", "_process", "_parameter", "functional", "cuda", "data"],
     ["nn"],
-    ["optim", "models", "plots"],
+    ["augment", "optim", "models", "plots"],
     ["checkpoint"],
     ["evaluate", "predict"],
     ["train"],

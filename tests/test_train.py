@@ -81,13 +81,29 @@ def _final_state(path: Path) -> dict:
             weight_decay=1e-4,
             normalize=True,
         ),
+        # the speedrun's settings: one-cycle rates, flips and crops (their
+        # generator must be restored), label smoothing, a validation split
+        dict(
+            recipe="fast",
+            epochs=3,
+            batch_size=50,
+            limit_train=150,
+            seed=5,
+            crop=2,
+            val_split=100,
+        ),
     ],
-    ids=["wide-adam-dropout", "tutorial-sgd"],
+    ids=["wide-adam-dropout", "tutorial-sgd", "recipe-fast"],
 )
 def test_resume_ends_with_bitwise_the_same_weights(fmnist, tmp_path, config):
     kw = dict(data=fmnist, progress="none", plots=False, limit_test=100, log=quiet)
     full = train.run(config, tmp_path / "full", **kw)
-    train.run(dict(config, epochs=1), tmp_path / "part", **kw)
+    if "recipe" in config:  # a one-cycle run is interrupted, not extended
+        (tmp_path / "part").mkdir()
+        name = "checkpoint-epoch001.npz"
+        (tmp_path / "part" / name).write_bytes((tmp_path / "full" / name).read_bytes())
+    else:
+        train.run(dict(config, epochs=1), tmp_path / "part", **kw)
     resumed = train.run(
         {"epochs": config["epochs"]},
         tmp_path / "part",
@@ -103,7 +119,7 @@ def test_resume_ends_with_bitwise_the_same_weights(fmnist, tmp_path, config):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert json.loads(str(a["rng"])) == json.loads(str(b["rng"]))
     # The resumed run's history holds every epoch, equal to the uninterrupted one.
-    drop = ("seconds", "eval_seconds", "images_per_second")
+    drop = ("seconds", "eval_seconds", "images_per_second", "wall_seconds")
     strip = [{k: v for k, v in e.items() if k not in drop} for e in full["epochs"]]
     assert [{k: v for k, v in e.items() if k not in drop} for e in resumed["epochs"]] == strip
     assert resumed["test_accuracy"] == full["test_accuracy"]
@@ -118,6 +134,69 @@ def test_resume_refuses_changed_settings(fmnist, tmp_path):
     with pytest.raises(train.UsageError, match="not a convcore checkpoint|readable"):
         (tmp_path / "junk.npz").write_bytes(b"junk")
         train.run(dict(epochs=2), tmp_path, resume=tmp_path / "junk.npz", **kw)
+
+
+def test_one_cycle_runs_cannot_be_extended(fmnist, tmp_path):
+    kw = dict(data=fmnist, progress="none", plots=False, limit_test=50, log=quiet)
+    train.run(dict(epochs=1, limit_train=100, schedule="onecycle"), tmp_path, **kw)
+    with pytest.raises(train.UsageError, match="one-cycle schedule spans 1 epochs"):
+        train.run(dict(epochs=2), tmp_path, resume=tmp_path / "checkpoint-epoch001.npz", **kw)
+
+
+def test_metrics_record_the_clock_the_split_and_the_recipe(fmnist, tmp_path):
+    m = train.run(
+        dict(recipe="fast", epochs=2, limit_train=300, val_split=200, batch_size=50),
+        tmp_path,
+        data=fmnist,
+        progress="none",
+        plots=False,
+        limit_test=200,
+        log=quiet,
+        started=__import__("time").perf_counter() - 5.0,  # 5 s already spent loading
+    )
+    walls = [e["wall_seconds"] for e in m["epochs"]]
+    assert 5.0 < walls[0] < walls[1] <= m["wall_seconds"]
+    assert all("val_accuracy" in e and "lr_last" in e for e in m["epochs"])
+    assert m["validation"]["images"] == 200 and "20261128" in m["validation"]["rule"]
+    assert m["config"]["recipe"] == "fast" and m["config"]["schedule"] == "onecycle"
+    assert m["config"]["flip"] is True and m["config"]["tta"] is True
+    # 200 test images on a 2-epoch model: below 93 %, so never reached
+    assert m["seconds_to_93"] is None
+    assert m["epochs"][-1]["lr_last"] == pytest.approx(2e-3 / 25 / 1e4)
+
+
+def test_validation_split_is_fixed_and_disjoint(fmnist):
+    xtr, ytr = fmnist[0], fmnist[1]
+    a = train.split_validation(xtr, ytr, 5000)
+    b = train.split_validation(xtr, ytr, 5000)
+    assert len(a[1]) == 55000 and len(a[3]) == 5000
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    # no held-out image is in the training part (compare raw bytes)
+    train_rows = {r.tobytes() for r in a[0].reshape(len(a[0]), -1)}
+    shared = sum(r.tobytes() in train_rows for r in a[2].reshape(5000, -1))
+    assert shared <= 5, shared  # Fashion-MNIST holds a few exact duplicates
+    with pytest.raises(train.UsageError, match="val_split"):
+        train.split_validation(xtr, ytr, 60000)
+
+
+def test_flip_averaged_evaluation_averages_the_mirror_logits(fmnist):
+    from convcore import evaluate, predict
+
+    model = models.build("tutorial", seed=2).eval()
+    x, y = fmnist[2][:250], fmnist[3][:250]
+    res = evaluate.evaluate_model(model, x, y, batch_size=100, tta=True)
+    xf = data.to_float(x)
+    logits = model(xf).copy()
+    logits += model(np.ascontiguousarray(xf[..., ::-1]))
+    logits *= np.float32(0.5)
+    np.testing.assert_array_equal(res["predictions"], logits.argmax(axis=1))
+    loss_fn = convcore.nn.CrossEntropyLoss(reduction="sum")
+    assert res["loss"] == pytest.approx(loss_fn(logits, y) / 250, rel=1e-6)
+    probs = predict.predict(model, x[:5], tta=True)
+    np.testing.assert_array_equal(probs.argmax(axis=1), logits[:5].argmax(axis=1))
+    plain = evaluate.evaluate_model(model, x, y, batch_size=100)
+    assert plain["loss"] != res["loss"]  # the mirror images did count
 
 
 def test_checkpoint_format_is_plain_npz(fmnist, tmp_path):

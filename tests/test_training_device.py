@@ -209,6 +209,27 @@ def test_optimizer_steps_on_the_device_are_bitwise_the_host_steps(gpu, kind):
         assert gpu.calls.get("adam_step" if kind.startswith("adam") else "sgd_step") == 3
 
 
+def test_label_smoothing_on_the_device_matches_the_host(gpu):
+    rng = np.random.default_rng(8)
+    logits = (rng.standard_normal((9, 10)) * 3).astype(np.float32)
+    y = rng.integers(0, 10, 9)
+    lh, ld = nn.CrossEntropyLoss(label_smoothing=0.1), nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss_h, loss_d = lh(logits, y), ld(cc.to_device(logits), y)
+    assert loss_d == pytest.approx(loss_h, rel=1e-6)
+    g = ld.backward()
+    assert _on_device(g)
+    np.testing.assert_allclose(g.numpy(), lh.backward(), rtol=1e-6, atol=1e-8)
+
+
+def test_flip_averaged_evaluation_on_the_device_matches_the_host(gpu, fmnist):
+    host, dev = _pair("tutorial", seed=4)
+    x, y = fmnist[2][:300], fmnist[3][:300]
+    rh = evaluate.evaluate_model(host, x, y, batch_size=128, tta=True)
+    rd = evaluate.evaluate_model(dev, x, y, batch_size=128, tta=True)
+    assert rd["loss"] == pytest.approx(rh["loss"], rel=1e-5)
+    assert np.mean(rd["predictions"] == rh["predictions"]) >= 0.99
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not cc.is_available(), reason=REASON)
 @pytest.mark.parametrize("kind", OPTIMIZERS)

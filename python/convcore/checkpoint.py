@@ -8,14 +8,17 @@ entries are 0-d unicode arrays holding JSON::
     version                 1
     config                  JSON: the run's settings (model, dropout, optimizer,
                             lr, momentum, weight_decay, batch_size, epochs, seed,
-                            normalize, limit_train)
+                            normalize, limit_train, schedule, warmup,
+                            label_smoothing, flip, crop, tta, val_split, recipe;
+                            keys missing in older files take their defaults)
     epoch                   number of epochs completed (int64)
     model/<name>            float32 weights, PyTorch names: model/0.weight ...
     optimizer               JSON: {"type": "adam"|"sgd", "param_groups": [...]}
     optimizer/<i>/<key>     per-parameter state i (PyTorch's index): exp_avg,
                             exp_avg_sq, step (Adam); momentum_buffer (SGD)
     rng                     JSON: numpy bit-generator states: "shuffle" (data
-                            order) and "dropout" ({layer name: state})
+                            order), "augment" (flips and crops) and "dropout"
+                            ({layer name: state})
     metrics                 JSON: the per-epoch records so far
 
 With PyTorch, ``{k[6:]: torch.from_numpy(v) for k, v in np.load(p).items()
@@ -290,6 +293,14 @@ _CONFIG_TYPES = {
     "lr": (_is_number, "a finite number"),
     "momentum": (_is_number, "a finite number"),
     "weight_decay": (_is_number, "a finite number"),
+    "schedule": (lambda v: v in ("constant", "onecycle"), "'constant' or 'onecycle'"),
+    "warmup": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "label_smoothing": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "flip": (lambda v: isinstance(v, bool), "true or false"),
+    "crop": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "tta": (lambda v: isinstance(v, bool), "true or false"),
+    "val_split": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "recipe": (lambda v: isinstance(v, str), "a recipe name or null"),
 }
 
 
@@ -323,8 +334,9 @@ def _dry_restore(ckpt: Checkpoint, bad) -> None:
                     )
             cls = optim.Adam if ckpt.optimizer_type == "adam" else optim.SGD
             cls(params, lr=1e-3).load_state_dict(ckpt.optimizer_state)
-        if "shuffle" in ckpt.rng:
-            np.random.default_rng(0).bit_generator.state = ckpt.rng["shuffle"]
+        for stream in ("shuffle", "augment"):
+            if stream in ckpt.rng:
+                np.random.default_rng(0).bit_generator.state = ckpt.rng[stream]
         dropout = ckpt.rng.get("dropout", {})
         if not isinstance(dropout, dict):
             raise TypeError("rng 'dropout' is not a JSON object")

@@ -25,12 +25,14 @@ __all__ = ["confusion_matrix", "evaluate_model", "main", "per_class_table"]
 
 
 def evaluate_model(
-    model, images, labels, *, batch_size: int = 500, normalize: bool = False
+    model, images, labels, *, batch_size: int = 500, normalize: bool = False, tta: bool = False
 ) -> dict:
     """Loss and accuracy of ``model`` (put in eval mode) on a data set.
 
     The model may be on the GPU (``model.to('cuda')``): each batch is then
-    copied there.
+    copied there.  With ``tta`` (test-time augmentation) each image is
+    classified from the mean of its logits and those of its mirror image,
+    and the loss is that of the mean logits.
 
     Returns:
         dict with ``loss`` (mean cross-entropy), ``accuracy`` (fraction) and
@@ -45,9 +47,19 @@ def evaluate_model(
     preds = np.empty(len(labels), dtype=np.int64)
     start = 0
     for x, y in MiniBatches(images, labels, batch_size, shuffle=False, normalize=normalize):
+        xh = x
         if where is not None:
             x = backend.from_host(x, like=where)
-        total += loss_fn(model(x), y)
+        if tta:
+            logits = backend.to_numpy(model(x)).copy()  # the next call may reuse its output
+            mirror = np.ascontiguousarray(x[..., ::-1]) if where is None else None
+            if where is not None:
+                mirror = backend.from_host(np.ascontiguousarray(xh[..., ::-1]), like=where)
+            logits += backend.to_numpy(model(mirror))
+            logits *= np.float32(0.5)
+            total += loss_fn(logits, y)
+        else:
+            total += loss_fn(model(x), y)
         preds[start : start + len(y)] = loss_fn.predictions()
         start += len(y)
     n = max(len(labels), 1)
@@ -127,6 +139,7 @@ def main(argv=None) -> int:
             yte,
             batch_size=args.batch_size,
             normalize=ckpt.config.get("normalize", False),
+            tta=ckpt.config.get("tta", False),
         )
     except cuda.CudaError as e:  # out of GPU memory, a failed kernel...
         error(e)

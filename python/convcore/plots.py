@@ -57,19 +57,45 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
-    fig = _figure(10, 4)
-    ax1, ax2 = fig.subplots(1, 2)
+    """Loss and accuracy per epoch (validation too when the run held some
+    images out) and, when the records carry ``wall_seconds``, the test
+    accuracy against the wall clock of the run."""
+    timed = all("wall_seconds" in r for r in history)
+    fig = _figure(15 if timed else 10, 4)
+    axes = fig.subplots(1, 3 if timed else 2)
+    ax1, ax2 = axes[:2]
     ep = [r["epoch"] for r in history]
+    val = all("val_accuracy" in r for r in history)
     ax1.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
+    if val:
+        ax1.plot(ep, [r["val_loss"] for r in history], "^-", label="validation")
     ax1.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
     ax1.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax2.plot(ep, [100 * r["train_accuracy"] for r in history], "o-", label="train")
+    if val:
+        ax2.plot(ep, [100 * r["val_accuracy"] for r in history], "^-", label="validation")
     ax2.plot(ep, [100 * r["test_accuracy"] for r in history], "s-", label="test")
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
+    if timed:
+        ax3 = axes[2]
+        ax3.plot(
+            [r["wall_seconds"] for r in history],
+            [100 * r["test_accuracy"] for r in history],
+            "s-",
+            color="C2",
+            label="test",
+        )
+        ax3.axhline(93.0, color="grey", linestyle="--", linewidth=1, label="93 %")
+        ax3.set(
+            xlabel="wall-clock seconds since start", ylabel="accuracy (%)", title="Against time"
+        )
+        ax3.set_xlim(left=0)
+        ax3.grid(alpha=0.3)
+        ax3.legend()
     return _save(fig, path)
 
 

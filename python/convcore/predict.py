@@ -192,10 +192,16 @@ def _to_uint8(a: np.ndarray, path, *, clip: bool, invert: bool) -> np.ndarray:
     return 255 - a if invert else a
 
 
-def predict(model, images: np.ndarray, normalize: bool = False) -> np.ndarray:
-    """Class probabilities (N, 10) of uint8 images (N, 28, 28) (model in eval mode)."""
+def predict(model, images: np.ndarray, normalize: bool = False, tta: bool = False) -> np.ndarray:
+    """Class probabilities (N, 10) of uint8 images (N, 28, 28) (model in eval mode);
+    with ``tta``, from the mean logits of each image and its mirror image."""
     model.eval()
-    logits = model(to_float(images, normalize)).astype(np.float64)
+    x = to_float(images, normalize)
+    logits = np.array(model(x), dtype=np.float32)
+    if tta:
+        logits += model(np.ascontiguousarray(x[..., ::-1]))
+        logits *= np.float32(0.5)
+    logits = logits.astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
     return p / p.sum(axis=1, keepdims=True)
@@ -248,7 +254,9 @@ def main(argv=None) -> int:
     model = ckpt.build_model()
     results = []
     for path, imgs in loaded:
-        probs = predict(model, imgs, ckpt.config.get("normalize", False))
+        probs = predict(
+            model, imgs, ckpt.config.get("normalize", False), ckpt.config.get("tta", False)
+        )
         for k, (img, p) in enumerate(zip(imgs, probs)):
             name = path if len(imgs) == 1 else f"{path}[{k}]"
             order = np.argsort(-p)[: max(1, args.top)]

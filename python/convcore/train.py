@@ -42,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import augment, models, nn, optim
 from . import checkpoint as ckpt_io
-from . import models, nn, optim
 from ._progress import Progress
-from .data import CLASS_NAMES, DataError, MiniBatches, load_fashion_mnist
+from .data import CLASS_NAMES, DataError, MiniBatches, load_fashion_mnist, to_float
 from .evaluate import confusion_matrix, evaluate_model
 
 __all__ = ["DEFAULTS", "UsageError", "main", "make_optimizer", "run"]
@@ -64,8 +64,40 @@ DEFAULTS = dict(
     normalize=False,
     seed=0,
     limit_train=None,
+    schedule="constant",
+    warmup=0.25,
+    label_smoothing=0.0,
+    flip=False,
+    crop=0,
+    tta=False,
+    val_split=0,
+    recipe=None,
 )
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
+SCHEDULES = ("constant", "onecycle")
+
+#: Named sets of settings (``--recipe``); settings given explicitly win.
+#: ``fast``: the Fashion-MNIST speedrun (README, "Speedrun"), chosen on a
+#: validation split of the training images.
+RECIPES = {
+    "fast": dict(
+        model="wide",
+        epochs=6,
+        batch_size=100,
+        optimizer="adam",
+        lr=2e-3,
+        normalize=True,
+        schedule="onecycle",
+        warmup=0.2,
+        label_smoothing=0.1,
+        flip=True,
+        tta=True,
+    ),
+}
+
+#: The validation split (``--val-split N``) holds out the first N images of
+#: this fixed permutation of the training set, the same for every seed.
+VALIDATION_SEED = 20261128
 
 # Settings that define the computation; a resumed run must keep them.
 _FIXED_ON_RESUME = (
@@ -79,6 +111,12 @@ _FIXED_ON_RESUME = (
     "normalize",
     "seed",
     "limit_train",
+    "schedule",
+    "warmup",
+    "label_smoothing",
+    "flip",
+    "crop",
+    "val_split",
 )
 
 
@@ -97,6 +135,11 @@ def make_optimizer(config: dict, params) -> optim.Optimizer:
 
 def _complete(config: dict) -> dict:
     c = dict(DEFAULTS)
+    recipe = config.get("recipe")
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise UsageError(f"recipe: expected one of {', '.join(RECIPES)}, got {recipe!r}")
+        c.update(RECIPES[recipe])
     c.update({k: v for k, v in config.items() if v is not None})
     if c["model"] not in models.NAMES:
         raise UsageError(f"model: expected one of {', '.join(models.NAMES)}, got {c['model']!r}")
@@ -109,7 +152,39 @@ def _complete(config: dict) -> dict:
     for key in ("epochs", "batch_size"):
         if int(c[key]) < 1:
             raise UsageError(f"{key}: must be >= 1, got {c[key]}")
+    if c["schedule"] not in SCHEDULES:
+        raise UsageError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {c['schedule']!r}")
+    for key in ("warmup", "label_smoothing"):
+        if not 0.0 <= float(c[key]) <= 1.0:
+            raise UsageError(f"{key}: must be in [0, 1], got {c[key]}")
+    for key in ("crop", "val_split"):
+        if int(c[key]) < 0:
+            raise UsageError(f"{key}: must be >= 0, got {c[key]}")
     return c
+
+
+def split_validation(images, labels, n: int):
+    """``(train_images, train_labels, val_images, val_labels)``: the first
+    ``n`` images of a fixed permutation (seed :data:`VALIDATION_SEED`) are
+    held out; the rest keep their order."""
+    n = int(n)
+    if not 0 <= n < len(labels):
+        raise UsageError(
+            f"val_split: must be in [0, {len(labels)}) for {len(labels)} training images, got {n}"
+        )
+    held = np.zeros(len(labels), dtype=bool)
+    held[np.random.default_rng(VALIDATION_SEED).permutation(len(labels))[:n]] = True
+    return images[~held], labels[~held], images[held], labels[held]
+
+
+def _augment(x, config: dict, rng) -> np.ndarray:
+    """The training augmentation of one host batch (see :mod:`convcore.augment`)."""
+    if config["flip"]:
+        augment.random_flip(x, rng)
+    if config["crop"]:
+        background = float(to_float(np.zeros((1, 1, 1), np.uint8), config["normalize"])[0, 0, 0, 0])
+        x = augment.random_crop(x, config["crop"], rng, value=background)
+    return x
 
 
 def _resolve_device(device: str):
@@ -150,6 +225,7 @@ def run(
     limit_test: int | None = None,
     device: str = "cpu",
     log=print,
+    started: float | None = None,
 ) -> dict:
     """Train (or continue training) and write checkpoints, metrics and pictures.
 
@@ -166,6 +242,9 @@ def run(
         limit_test: evaluate on the first N test images only (smoke tests).
         device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``: where to train.
         log: function that prints one line.
+        started: ``time.perf_counter()`` when the run's clock started (the
+            per-epoch ``wall_seconds`` count from it; default: now).  The
+            command passes the time it started, so data loading counts.
 
     Returns:
         The metrics dictionary written to ``metrics.json``.
@@ -173,6 +252,8 @@ def run(
     from . import _runtime
     from ._process import tune_process
 
+    if started is None:
+        started = time.perf_counter()
     backend, device_index = _resolve_device(device)
     tune_process()
     out_dir = Path(out_dir)
@@ -192,6 +273,11 @@ def run(
                     "a resumed run keeps the checkpoint's settings"
                 )
         config = dict(saved, epochs=asked.get("epochs", saved["epochs"]))
+        if saved["schedule"] == "onecycle" and config["epochs"] != saved["epochs"]:
+            raise UsageError(
+                f"--epochs {config['epochs']}: the checkpoint's one-cycle schedule spans "
+                f"{saved['epochs']} epochs and cannot be extended; start a new run"
+            )
     else:
         config = _complete(config)
     config = {k: config[k] for k in DEFAULTS}
@@ -199,6 +285,9 @@ def run(
     if data is None:
         data = load_fashion_mnist(data_dir)
     xtr, ytr, xte, yte = data
+    xva = yva = None
+    if config["val_split"]:
+        xtr, ytr, xva, yva = split_validation(xtr, ytr, config["val_split"])
     if config["limit_train"]:
         xtr, ytr = xtr[: config["limit_train"]], ytr[: config["limit_train"]]
     if limit_test:
@@ -208,6 +297,7 @@ def run(
     model.to(device)  # before the optimiser, whose state lives beside the parameters
     opt = make_optimizer(config, model.parameters())
     shuffle_rng = models.seed_stream(config["seed"], 2)
+    augment_rng = models.seed_stream(config["seed"], 3)
     history: list[dict] = []
     start_epoch = 0
     if ckpt is not None:
@@ -215,10 +305,25 @@ def run(
         if ckpt.optimizer_state is not None:
             opt.load_state_dict(ckpt.optimizer_state)
         shuffle_rng.bit_generator.state = ckpt.rng["shuffle"]
+        if "augment" in ckpt.rng:
+            augment_rng.bit_generator.state = ckpt.rng["augment"]
         model.set_rng_state(ckpt.rng.get("dropout", {}))
         start_epoch = ckpt.epoch
         history = list(ckpt.metrics)
-    loss_fn = nn.CrossEntropyLoss()
+    steps_per_epoch = -(-len(ytr) // config["batch_size"])
+    schedule = None
+    if config["schedule"] == "onecycle":
+        schedule = optim.OneCycleLR(
+            opt,
+            config["lr"],
+            config["epochs"] * steps_per_epoch,
+            pct_start=config["warmup"],
+            last_step=start_epoch * steps_per_epoch - 1,
+        )
+    augmenting = bool(config["flip"] or config["crop"])
+    # The clock of a resumed run goes on from the checkpoint's last epoch.
+    clock0 = started - (history[-1].get("wall_seconds", 0.0) if history else 0.0)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
     n_params = sum(p.data.size for p in model.parameters())
     info = _runtime.build_info()
 
@@ -230,16 +335,19 @@ def run(
     else:
         device_label = backend.describe(device_index)
         where = device_label
+    recipe = f"recipe {config['recipe']} | " if config["recipe"] else ""
+    sched = " one-cycle" if schedule is not None else ""
+    held = f" / {len(yva)} validation" if yva is not None else ""
     log(
-        f"convcore {_runtime.__version__} ({where}) | "
+        f"convcore {_runtime.__version__} ({where}) | {recipe}"
         f"model {config['model']} ({n_params:,} parameters) | "
-        f"{config['optimizer']} lr {config['lr']:g} | "
-        f"batch {config['batch_size']} | {len(ytr)} train / {len(yte)} test images | out {out_dir}"
+        f"{config['optimizer']} lr {config['lr']:g}{sched} | "
+        f"batch {config['batch_size']} | {len(ytr)} train{held} / {len(yte)} test images"
+        f" | out {out_dir}"
     )
     if ckpt is not None:
         log(f"resumed from {resume} after epoch {start_epoch}")
 
-    started = time.time()
     last_eval = None
     last_ckpt = None
     for epoch in range(start_epoch + 1, config["epochs"] + 1):
@@ -252,6 +360,8 @@ def run(
         t0 = time.perf_counter()
         try:
             for x, y in batches:
+                if augmenting:
+                    x = _augment(x, config, augment_rng)
                 x = backend.from_host(x, device_index)
                 loss = loss_fn(model(x), y)
                 if not np.isfinite(loss):
@@ -260,6 +370,8 @@ def run(
                 model.zero_grad()
                 model.backward(loss_fn.backward())
                 opt.step()
+                if schedule is not None:
+                    schedule.step()
                 loss_sum += loss * len(y)
                 seen += len(y)
                 elapsed = time.perf_counter() - t0
@@ -273,7 +385,12 @@ def run(
             bar.close()
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        last_eval = evaluate_model(model, xte, yte, normalize=config["normalize"])
+        val = None
+        if yva is not None:
+            val = evaluate_model(model, xva, yva, normalize=config["normalize"], tta=config["tta"])
+        last_eval = evaluate_model(
+            model, xte, yte, normalize=config["normalize"], tta=config["tta"]
+        )
         eval_seconds = time.perf_counter() - t1
         record = {
             "epoch": epoch,
@@ -284,13 +401,20 @@ def run(
             "seconds": seconds,
             "eval_seconds": eval_seconds,
             "images_per_second": seen / seconds,
+            "wall_seconds": time.perf_counter() - clock0,
         }
+        if val is not None:
+            record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
+        if schedule is not None:
+            record["lr_last"] = opt.lr
         history.append(record)
+        shown = f"val acc {100 * val['accuracy']:.2f}%  " if val is not None else ""
         log(
             f"epoch {epoch:>{len(str(config['epochs']))}}/{config['epochs']}  "
             f"train loss {record['train_loss']:.4f} acc {100 * record['train_accuracy']:.2f}%  "
-            f"test loss {record['test_loss']:.4f} acc {100 * record['test_accuracy']:.2f}%  "
-            f"{seconds:.1f} s ({record['images_per_second']:,.0f} img/s)"
+            f"{shown}test loss {record['test_loss']:.4f} acc {100 * record['test_accuracy']:.2f}%  "
+            f"{seconds:.1f} s ({record['images_per_second']:,.0f} img/s)  "
+            f"[{record['wall_seconds']:.0f} s]"
         )
         last_ckpt = out_dir / f"checkpoint-epoch{epoch:03d}.npz"
         ckpt_io.save(
@@ -301,20 +425,26 @@ def run(
                 model_state=model.state_dict(),
                 optimizer_state=opt.state_dict(),
                 optimizer_type=config["optimizer"],
-                rng={"shuffle": shuffle_rng.bit_generator.state, "dropout": model.rng_state()},
+                rng={
+                    "shuffle": shuffle_rng.bit_generator.state,
+                    "augment": augment_rng.bit_generator.state,
+                    "dropout": model.rng_state(),
+                },
                 metrics=history,
             ),
         )
         metrics = _metrics(
-            config, history, last_eval, yte, last_ckpt, info, n_params, started, device_label
+            config, history, last_eval, yte, last_ckpt, info, n_params, clock0, device_label
         )
         _write_json(out_dir / "metrics.json", metrics)
 
     if last_eval is None:  # nothing left to train: report the checkpoint's model
-        last_eval = evaluate_model(model, xte, yte, normalize=config["normalize"])
+        last_eval = evaluate_model(
+            model, xte, yte, normalize=config["normalize"], tta=config["tta"]
+        )
         last_ckpt = Path(resume)
     metrics = _metrics(
-        config, history, last_eval, yte, last_ckpt, info, n_params, started, device_label
+        config, history, last_eval, yte, last_ckpt, info, n_params, clock0, device_label
     )
     cm = np.array(metrics["confusion_matrix"])
     model.to("cpu")  # the pictures run the model on host arrays
@@ -340,6 +470,7 @@ def run(
             log("pictures skipped: matplotlib is not installed (pip install 'convcore[plots]')")
     else:
         metrics["pictures_skipped"] = "disabled with --no-plots"
+    metrics["wall_seconds"] = time.perf_counter() - clock0
     _write_json(out_dir / "metrics.json", metrics)
     log(
         f"final test accuracy {100 * metrics['test_accuracy']:.2f}%  "
@@ -348,10 +479,20 @@ def run(
     return metrics
 
 
-def _metrics(
-    config, history, last_eval, labels, last_ckpt, info, n_params, started, device
-) -> dict:
+def _metrics(config, history, last_eval, labels, last_ckpt, info, n_params, clock0, device):
     cm = confusion_matrix(labels, last_eval["predictions"])
+    reached = [
+        r["wall_seconds"] for r in history if r["test_accuracy"] >= 0.93 and "wall_seconds" in r
+    ]
+    validation = None
+    if config["val_split"]:
+        validation = {
+            "images": config["val_split"],
+            "rule": f"the first {config['val_split']} indices of "
+            f"numpy.random.default_rng({VALIDATION_SEED}).permutation(N), "
+            "N the number of training images (60,000)",
+            "accuracy": history[-1].get("val_accuracy") if history else None,
+        }
     return {
         "model": config["model"],
         "test_accuracy": last_eval["accuracy"],
@@ -370,7 +511,9 @@ def _metrics(
         "isa": info["isa_active"],
         "convcore_version": info["version"],
         "device": device,
-        "wall_seconds": time.time() - started,
+        "wall_seconds": time.perf_counter() - clock0,
+        "seconds_to_93": reached[0] if reached else None,
+        "validation": validation,
     }
 
 
@@ -396,6 +539,42 @@ def _parser() -> argparse.ArgumentParser:
         help="standardise inputs (mean 0.2860, std 0.3530) instead of [0, 1]",
     )
     ap.add_argument("--seed", type=int, help="seed of weights, dropout and data order (default 0)")
+    ap.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        help="a named set of settings; 'fast' is the speedrun (wide model, 6 epochs, one-cycle "
+        "Adam, label smoothing, flips, flip-averaged evaluation); explicit options override it",
+    )
+    ap.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning rate per step: constant (default) or onecycle (warm-up to --lr, "
+        "then a half cosine down, as PyTorch's OneCycleLR)",
+    )
+    ap.add_argument(
+        "--warmup", type=float, help="one-cycle: fraction of the steps spent warming up (0.25)"
+    )
+    ap.add_argument("--label-smoothing", type=float, help="label smoothing in [0, 1] (default 0)")
+    ap.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="mirror a random half of each training batch (default off)",
+    )
+    ap.add_argument(
+        "--crop", type=int, metavar="PIXELS", help="random crops after padding by PIXELS (0: off)"
+    )
+    ap.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="evaluate on the mean logits of each image and its mirror (default off)",
+    )
+    ap.add_argument(
+        "--val-split",
+        type=int,
+        metavar="N",
+        help="hold out N training images (a fixed draw, the same for every seed) and report "
+        "their accuracy each epoch (default 0)",
+    )
     ap.add_argument("--threads", type=int, help="convcore threads (default: OpenMP's)")
     ap.add_argument(
         "--device",
@@ -430,6 +609,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    started = time.perf_counter()  # the run's clock: data loading counts
     args = _parser().parse_args(argv)
     from . import cuda
     from ._runtime import set_num_threads
@@ -446,7 +626,8 @@ def main(argv=None) -> int:
         out = Path(args.resume).parent
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{args.model or DEFAULTS['model']}-{stamp}"
+        name = args.model or (RECIPES[args.recipe]["model"] if args.recipe else DEFAULTS["model"])
+        out = Path("runs") / f"{name}-{stamp}"
     from ._cli import EXIT_BAD_FILE, EXIT_FAILED, EXIT_USAGE, error
 
     if args.resume is not None:
@@ -468,6 +649,7 @@ def main(argv=None) -> int:
             limit_test=args.limit_test,
             device=args.device,
             log=lambda s: print(s, flush=True),
+            started=started,
         )
     except DataError as e:
         error(e)

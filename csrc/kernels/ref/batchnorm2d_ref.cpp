@@ -5,6 +5,16 @@
 #include "kernels/ref/ref_kernels.h"
 
 namespace convcore {
+namespace {
+
+// dy[i], or 0 where the fused ReLU's output is not positive.  dy is read
+// either way so that the choice is a select, not a branch on random signs.
+inline double masked(const float* dy, const float* y, int64_t i) {
+  const double d = dy[i];
+  return (y == nullptr || y[i] > 0.0f) ? d : 0.0;
+}
+
+}  // namespace
 
 void batchnorm2d_stats_f32__ref(int64_t L, const float* x, double* sum, double* m2) {
   double s = 0.0;
@@ -32,7 +42,7 @@ void batchnorm2d_bwd_reduce_f32__ref(int64_t L, const float* dy, const float* x,
                                      float mean, double* sum_g, double* sum_gx) {
   double s = 0.0, sx = 0.0;
   for (int64_t i = 0; i < L; ++i) {
-    const double g = (y == nullptr || y[i] > 0.0f) ? double(dy[i]) : 0.0;
+    const double g = masked(dy, y, i);
     s += g;
     sx += g * (double(x[i]) - double(mean));
   }
@@ -43,7 +53,7 @@ void batchnorm2d_bwd_reduce_f32__ref(int64_t L, const float* dy, const float* x,
 void batchnorm2d_bwd_data_f32__ref(int64_t L, const float* dy, const float* x, const float* y,
                                    float mean, float k1, float k2, float k3, float* dx) {
   for (int64_t i = 0; i < L; ++i) {
-    const double g = (y == nullptr || y[i] > 0.0f) ? double(dy[i]) : 0.0;
+    const double g = masked(dy, y, i);
     double v = g * double(k1);
     if (x != nullptr) v += (double(x[i]) - double(mean)) * double(k2) + double(k3);
     dx[i] = float(v);

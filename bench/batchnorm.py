@@ -7,7 +7,9 @@ forward; ``native_batch_norm_backward`` after ``threshold_backward``, the two
 kernels autograd would run), and reports ms, GB/s (the bytes each pass must
 move: forward reads x twice and writes y, backward reads dy, x, y twice and
 writes dx) and the convcore kernel that ran.  An FMA check at the start and
-end flags a contended run.
+end flags a contended run.  The process is tuned as convcore-train tunes it
+(``convcore.tune_process``: freed blocks are reused, so a 10 MB output is not
+fresh, page-faulting memory on every call); ``--no-tune`` leaves malloc alone.
 
     .venv/bin/python bench/batchnorm.py                 # 2 threads
     .venv/bin/python bench/batchnorm.py --threads 1 --isa portable
@@ -91,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="threads for both libraries")
     ap.add_argument("--rounds", type=int, default=40, help="timed rounds per op")
     ap.add_argument("--isa", default=None, help="cap convcore's ISA (scalar ... avx512)")
+    ap.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="leave malloc alone (each call's output is then fresh memory, page faults included)",
+    )
     args = ap.parse_args(argv)
+    if not args.no_tune:
+        convcore.tune_process()  # malloc keeps freed blocks, as convcore-train sets it
     torch.set_num_threads(args.threads)
     convcore.set_num_threads(args.threads)
     if args.isa:

@@ -590,7 +590,7 @@ BN_TERMS = 16
 _BN_KERNEL = {
     "scalar": "__ref",
     "portable": "__portable",
-    "avx2": "__portable",
+    "avx2": "__avx2",
     "avx512": "__avx512",
 }
 

@@ -38,6 +38,10 @@ const BnKernels kRef = {batchnorm2d_stats_f32__ref, batchnorm2d_fwd_f32__ref,
 const BnKernels kPortable = {batchnorm2d_stats_f32__portable, batchnorm2d_fwd_f32__portable,
                              batchnorm2d_bwd_reduce_f32__portable,
                              batchnorm2d_bwd_data_f32__portable};
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+const BnKernels kAvx2 = {batchnorm2d_stats_f32__avx2, batchnorm2d_fwd_f32__avx2,
+                         batchnorm2d_bwd_reduce_f32__avx2, batchnorm2d_bwd_data_f32__avx2};
+#endif
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
 const BnKernels kAvx512 = {batchnorm2d_stats_f32__avx512, batchnorm2d_fwd_f32__avx512,
                            batchnorm2d_bwd_reduce_f32__avx512, batchnorm2d_bwd_data_f32__avx512};
@@ -219,6 +223,9 @@ const FwdImpl kFwdImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
     {"batchnorm2d_fwd_f32__avx512", Isa::Avx512, always, run_fwd<kAvx512>},
 #endif
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"batchnorm2d_fwd_f32__avx2", Isa::Avx2, always, run_fwd<kAvx2>},
+#endif
     {"batchnorm2d_fwd_f32__portable", Isa::Portable, always, run_fwd<kPortable>},
     {"batchnorm2d_fwd_f32__ref", Isa::Scalar, always, run_fwd<kRef>},
 };
@@ -226,6 +233,9 @@ const FwdImpl kFwdImpls[] = {
 const BwdImpl kBwdImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
     {"batchnorm2d_bwd_f32__avx512", Isa::Avx512, always, run_bwd<kAvx512>},
+#endif
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"batchnorm2d_bwd_f32__avx2", Isa::Avx2, always, run_bwd<kAvx2>},
 #endif
     {"batchnorm2d_bwd_f32__portable", Isa::Portable, always, run_bwd<kPortable>},
     {"batchnorm2d_bwd_f32__ref", Isa::Scalar, always, run_bwd<kRef>},

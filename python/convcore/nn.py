@@ -85,10 +85,10 @@ class Module:
 
     Subclasses implement ``forward(x)`` and ``backward(grad_output)``; they
     register parameters with :meth:`_param` and buffers (state that is not
-    trained, such as running statistics) with :meth:`_buffer`.  ``input_grad`` (default True)
-    says whether ``backward`` must compute the gradient of the input; when
-    False it returns None and skips that work (a network's first layer, whose
-    input is data, needs none).
+    trained, such as running statistics) with :meth:`_buffer`.
+    ``input_grad`` (default True) says whether ``backward`` must compute the
+    gradient of the input; when False it returns None and skips that work (a
+    network's first layer, whose input is data, needs none).
     """
 
     def __init__(self):
@@ -218,11 +218,13 @@ class Module:
         return out
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into the parameters in place (optimisers keep working).
+        """Copy arrays into the parameters and buffers in place (optimisers
+        keep working).
 
         Raises:
             KeyError: with ``strict``, a missing or unexpected name.
-            ValueError: a shape that does not match.
+            ValueError: a shape that does not match, or a non-integer value
+                for an integer buffer (num_batches_tracked).
         """
         own = OrderedDict(self._named_state())
         if strict:

@@ -409,6 +409,12 @@ def test_checkpoint_round_trip_is_bitwise(tmp_path, monkeypatch):
     assert not restored.training
     x = rand((5, 1, 28, 28), 18)
     assert restored(x).tobytes() == model.eval()(x).tobytes()
+    # Integer entries are for counters only: an int64 weight is refused.
+    bad = dict(state)
+    bad["4.bias"] = np.zeros(10, np.int64)
+    checkpoint.save(path, checkpoint.Checkpoint(ckpt.config, 1, bad))
+    with pytest.raises(checkpoint.CheckpointError, match="4.bias has dtype int64"):
+        checkpoint.load(path)
 
 
 def test_gpu_backend_refuses_clearly(monkeypatch):

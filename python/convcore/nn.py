@@ -223,8 +223,9 @@ class Module:
 
         Raises:
             KeyError: with ``strict``, a missing or unexpected name.
-            ValueError: a shape that does not match, or a non-integer value
-                for an integer buffer (num_batches_tracked).
+            ValueError: a shape that does not match, a non-integer value for
+                an integer buffer (num_batches_tracked) or a non-float value for
+                anything else.
         """
         own = OrderedDict(self._named_state())
         if strict:
@@ -244,6 +245,10 @@ class Module:
             if dst.dtype == np.int64 and value.dtype.kind not in "iu":
                 raise ValueError(
                     f"load_state_dict: {name} has dtype {value.dtype}, expected an integer"
+                )
+            if dst.dtype != np.int64 and value.dtype.kind != "f":
+                raise ValueError(
+                    f"load_state_dict: {name} has dtype {value.dtype}, expected floating point"
                 )
             backend_of(dst).copy_from_host(dst, value)
 

@@ -290,6 +290,40 @@ def _pad_bwd(r):
     return (array(r), shape(r), _pads(r)), dict(mode=MODES[r.integers(len(MODES))])
 
 
+def _bn(r):
+    """batch_norm then batch_norm_backward (the second only if the first ran)."""
+    if coherent(r):
+        c = small(r)
+        shp = (small(r), c, small(r), small(r))
+        vec = [array(r, shp=(c,), clean=True) if r.random() < 0.8 else None for _ in range(4)]
+        if r.random() < 0.2:  # one channel array out of the ordinary
+            vec[int(r.integers(4))] = array(r)
+        x = array(r, shp=shp, clean=True)
+    else:
+        x = array(r)
+        vec = [array(r, 1) if r.random() < 0.7 else None for _ in range(4)]
+    kw = dict(
+        training=bool(r.random() < 0.6),
+        momentum=r.choice([0.1, 0.0, 1.0, -1.0, float("nan"), None, "x"]),
+        eps=r.choice([1e-5, 0.0, -1.0, float("inf"), None, 1]),
+        relu=bool(r.random() < 0.5),
+        return_stats=True,
+    )
+    if r.random() < 0.6:
+        kw["momentum"], kw["eps"] = 0.1, 1e-5
+    return (x, *vec), kw
+
+
+def _run_bn(convcore):
+    def call(x, rm, rv, w, b, **kw):
+        y, mean, invstd = convcore.batch_norm(x, rm, rv, w, b, **kw)
+        return convcore.batch_norm_backward(
+            np.ones_like(y), x, w, mean, invstd, kw["training"], output=y if kw["relu"] else None
+        )
+
+    return call
+
+
 def _runtime(r):
     u = r.random()
     if u < 0.4:
@@ -297,8 +331,14 @@ def _runtime(r):
     if u < 0.6:
         return ("set_max_isa", r.choice(["scalar", "portable", "avx2", "avx512", "sse", ""])), {}
     if u < 0.8:
-        return ("last_kernel", r.choice(["conv2d_fwd", "maxpool2d_fwd", "x", "", 3])), {}
-    return ("implementations", r.choice(["conv2d_fwd", "pad2d_fwd", "nope", None])), {}
+        return (
+            "last_kernel",
+            r.choice(["conv2d_fwd", "maxpool2d_fwd", "batchnorm2d_fwd", "x", "", 3]),
+        ), {}
+    return (
+        "implementations",
+        r.choice(["conv2d_fwd", "pad2d_fwd", "batchnorm2d_bwd", "nope", None]),
+    ), {}
 
 
 def _run_runtime(convcore):
@@ -329,9 +369,12 @@ def _layer(r):
     elif u < 0.85:
         ctor = ("ReLU",)
         kw = {}
-    elif u < 0.92:
+    elif u < 0.9:
         ctor = ("Flatten",)
         kw = {}
+    elif u < 0.95:
+        ctor = ("BatchNorm2d", small(r))
+        kw = dict(momentum=r.choice([0.1, None]), affine=r.random() < 0.7, relu=r.random() < 0.5)
     else:
         ctor = ("Dropout", float(r.choice([0.0, 0.5, 1.0, 1.5, -1.0])))
         kw = {}
@@ -384,6 +427,7 @@ CASES = [
     ("max_pool2d_backward", _pool_bwd, lambda c, nn, cu: c.max_pool2d_backward),
     ("pad", _pad, lambda c, nn, cu: c.pad),
     ("pad_backward", _pad_bwd, lambda c, nn, cu: c.pad_backward),
+    ("batch_norm", _bn, lambda c, nn, cu: _run_bn(c)),
     ("runtime", _runtime, lambda c, nn, cu: _run_runtime(c)),
     ("nn layer", _layer, lambda c, nn, cu: _run_layer(nn)),
     ("CrossEntropyLoss", _loss, lambda c, nn, cu: _run_loss(nn)),

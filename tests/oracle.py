@@ -1,7 +1,8 @@
 """The one comparison helper: run an op and all its gradients in convcore and
 in PyTorch, and assert the largest error against a principled bound.
 
-``check(op, ...)`` with op one of ``'conv2d'``, ``'max_pool2d'``, ``'pad'``
+``check(op, ...)`` with op one of ``'conv2d'``, ``'max_pool2d'``, ``'pad'``,
+``'batch_norm'``
 runs the forward pass and every gradient in convcore (float32) and builds
 the reference with PyTorch in float64 from the *same* float32 inputs, so
 the reference error is negligible and what is measured is convcore's
@@ -27,6 +28,13 @@ Error bounds (u = 2**-24, the unit roundoff of float32):
   grad_output elements that were routed to it; any summation order is
   within ``(c - 1) * u * sum|terms|`` (the deterministic worst case), so an
   element with ``c <= 1`` must be exact.
+
+* batch_norm: the statistics are sums over the M = N*H*W values of a
+  channel, but formed in double (float32 only within short blocks, see
+  BN_TERMS), so the bound does not grow with M; every output is within
+  ``LAMBDA * sqrt(BN_TERMS + 1) * u`` times a scale that carries the size
+  of xhat's own rounding, ``(|x| + |mean|) * invstd`` (see
+  ``_check_batch_norm``).
 
 Every check records its largest errors in ``STATS`` (per op and output), and
 how many checks ran and how many of them hypothesis generated; conftest
@@ -569,10 +577,213 @@ def _check_pad(
 
 
 # ---------------------------------------------------------------------------
+# batch_norm
+# ---------------------------------------------------------------------------
+
+# Longest float32 partial sum any batch-norm kernel forms per lane before
+# carrying it in double (the portable kernels: 16; AVX-512: 8).  The error
+# of every statistic is then that of a short sum whatever M = N*H*W is, and
+# the bound below does not grow with M: a float32 running sum over a channel
+# (error ~ sqrt(M) u or worse) fails it on the large layers
+# (test_batchnorm.py::test_oracle_catches_a_float32_running_sum).
+BN_TERMS = 16
+_BN_KERNEL = {
+    "scalar": "__ref",
+    "portable": "__portable",
+    "avx2": "__avx2",
+    "avx512": "__avx512",
+}
+
+
+def _bn_bound(scale):
+    return LAMBDA * math.sqrt(BN_TERMS + 1) * U32 * scale + TINY
+
+
+def _assert_bn_close(key, got, ref, scale, case) -> None:
+    _assert_meta(got, ref.shape, key)
+    err = np.abs(got.astype(np.float64) - ref)
+    bound = _bn_bound(scale)
+    _record(key, err, bound, scale, case)
+    bad = ~(err <= bound)
+    if bad.any():
+        i = np.unravel_index(
+            int(np.argmax(np.where(bad, np.nan_to_num(err / bound, nan=np.inf), -1))), err.shape
+        )
+        raise AssertionError(
+            f"{key} [{case}]: {int(bad.sum())} of {err.size} elements exceed the bound; "
+            f"worst at {i}: got {got[i]!r}, float64 reference {ref[i]!r}, "
+            f"error {err[i]:.3e} > bound {bound[i]:.3e} (scale {scale[i]:.3e})"
+        )
+
+
+def bn_running_stats(C: int, seed: int = 0):
+    """Plausible float32 running statistics (mean, positive var) of C channels."""
+    rm = rand((C,), seed + 3) * np.float32(0.5)
+    rv = np.abs(rand((C,), seed + 4)) + np.float32(0.5)
+    return rm.astype(np.float32), rv.astype(np.float32)
+
+
+def _check_batch_norm(
+    x,
+    weight=None,
+    bias=None,
+    *,
+    training=True,
+    relu=False,
+    momentum=0.1,
+    eps=1e-5,
+    track=True,
+    isa=None,
+    impl=convcore,
+    grad_output=None,
+    output_mask=(True, True, True),
+    seed=0,
+):
+    """Error model (u = 2**-24; a = (|x| + |mean|) * invstd, the size of xhat
+    and of its rounding; sums over the M = N*H*W values of a channel):
+    output ~ a |w| + |b|; grad_bias ~ sum |g|; grad_weight ~ sum |g| a;
+    grad_input ~ |w| invstd (|g| + sum|g| / M + a sum(|g| a) / M) in training
+    mode, |w| invstd |g| in eval mode; each within LAMBDA sqrt(BN_TERMS + 1)
+    u times its scale.  With relu, the backward pass's mask is convcore's own
+    forward output (as the layer passes it), so the reference gradient is
+    the batch-norm gradient of grad_output masked by it; that mask must
+    agree with PyTorch's wherever the pre-activation is outside its bound."""
+    batched = x.ndim == 4
+    x4 = x if batched else x[None]
+    N, C, H, W = x4.shape
+    M = N * H * W
+    case = _fmt_case(
+        "batch_norm",
+        [x.shape],
+        dict(
+            affine=weight is not None,
+            training=training,
+            relu=relu,
+            momentum=momentum,
+            track=track,
+            output_mask=output_mask,
+        ),
+    )
+    rm0, rv0 = bn_running_stats(C, seed)
+    if grad_output is None:
+        grad_output = rand(x.shape, seed + 7)
+
+    def run():
+        rm, rv = (rm0.copy(), rv0.copy()) if track else (None, None)
+        y, mean, invstd = impl.batch_norm(
+            x, rm, rv, weight, bias, training, momentum, eps, relu=relu, return_stats=True
+        )
+        grads = impl.batch_norm_backward(
+            grad_output,
+            x,
+            weight,
+            mean,
+            invstd,
+            training,
+            output=y if relu else None,
+            output_mask=output_mask,
+        )
+        return y, mean, invstd, rm, rv, grads
+
+    with isa_cap(isa):
+        y, mean, invstd, rm, rv, (gi, gw, gb) = run()
+        if isa is not None and impl is convcore:
+            _expect_kernel("batchnorm2d_fwd", isa, _BN_KERNEL[isa])
+            _expect_kernel("batchnorm2d_bwd", isa, _BN_KERNEL[isa])
+
+    # float64 reference (PyTorch), from the same float32 inputs.
+    x64 = _t(x4, torch.float64).requires_grad_()
+    w64 = _t(weight, torch.float64).requires_grad_() if weight is not None else None
+    b64 = _t(bias, torch.float64).requires_grad_() if bias is not None else None
+    rm64 = _t(rm0, torch.float64) if track else None
+    rv64 = _t(rv0, torch.float64) if track else None
+    z64 = F.batch_norm(x64, rm64, rv64, w64, b64, training, momentum, eps)
+    y64 = F.relu(z64) if relu else z64
+    y_nchw = y if batched else y[None]
+    go = (grad_output if batched else grad_output[None]).astype(np.float64)
+    if relu:
+        go = go * (y_nchw > 0)
+    z64.backward(torch.from_numpy(go))
+
+    # Scales, in float64 numpy.
+    xd = x4.astype(np.float64)
+    if training:
+        mu = xd.mean(axis=(0, 2, 3))
+        var = xd.var(axis=(0, 2, 3))
+    else:
+        mu, var = rm0.astype(np.float64), rv0.astype(np.float64)
+    inv = 1.0 / np.sqrt(var + eps)
+    ch = (None, slice(None), None, None)
+    a = (np.abs(xd) + np.abs(mu)[ch]) * inv[ch]
+    wa = np.abs(weight.astype(np.float64)) if weight is not None else np.ones(C)
+    ba = np.abs(bias.astype(np.float64)) if bias is not None else np.zeros(C)
+    scale_y = a * wa[ch] + ba[ch]
+    ga = np.abs(go)
+    sum_g = ga.sum(axis=(0, 2, 3))
+    sum_ga = (ga * a).sum(axis=(0, 2, 3))
+    if training:
+        scale_gi = (wa * inv)[ch] * (ga + (sum_g / M)[ch] + a * (sum_ga / max(M, 1))[ch])
+    else:
+        scale_gi = (wa * inv)[ch] * ga
+
+    def unb(v):
+        return v if batched else v[0]
+
+    _assert_bn_close("batch_norm.output", y, unb(y64.detach().numpy()), unb(scale_y), case)
+    if relu:
+        # The mask convcore used agrees with PyTorch's outside the rounding band.
+        z = z64.detach().numpy()
+        sure = np.abs(z) > _bn_bound(scale_y)
+        mism = sure & ((y_nchw > 0) != (z > 0))
+        assert not mism.any(), f"batch_norm.relu_mask [{case}]: {int(mism.sum())} elements differ"
+    if M > 0:
+        sq = ((np.abs(xd) + np.abs(mu)[ch]) ** 2).sum(axis=(0, 2, 3)) / M
+        _assert_bn_close("batch_norm.save_mean", mean, mu, np.abs(xd).mean(axis=(0, 2, 3)), case)
+        _assert_bn_close("batch_norm.save_invstd", invstd, inv, inv * (1 + sq / (var + eps)), case)
+    if track and training and M > 0:
+        m = momentum
+        _assert_bn_close(
+            "batch_norm.running_mean",
+            rm,
+            rm64.numpy(),
+            (1 - m) * np.abs(rm0) + m * np.abs(xd).mean(axis=(0, 2, 3)),
+            case,
+        )
+        _assert_bn_close(
+            "batch_norm.running_var",
+            rv,
+            rv64.numpy(),
+            (1 - m) * np.abs(rv0) + m * sq * M / max(M - 1, 1),
+            case,
+        )
+    elif track:
+        assert_bitwise("batch_norm.running_mean(unchanged)", rm, rm0, case, "the input")
+        assert_bitwise("batch_norm.running_var(unchanged)", rv, rv0, case, "the input")
+    for want, name, got in zip(
+        output_mask, ("grad_input", "grad_weight", "grad_bias"), (gi, gw, gb)
+    ):
+        if not want:
+            assert got is None, f"batch_norm_backward: {name} is not None ({output_mask})"
+    if output_mask[0]:
+        _assert_bn_close("batch_norm.grad_input", gi, unb(x64.grad.numpy()), unb(scale_gi), case)
+    if output_mask[1]:
+        ref = (go * (xd - mu[ch]) * inv[ch]).sum(axis=(0, 2, 3))
+        _assert_bn_close("batch_norm.grad_weight", gw, ref, sum_ga, case)
+    if output_mask[2]:
+        _assert_bn_close("batch_norm.grad_bias", gb, go.sum(axis=(0, 2, 3)), sum_g, case)
+    return y, (gi, gw, gb)
+
+
+# ---------------------------------------------------------------------------
 # The helper
 # ---------------------------------------------------------------------------
 
-_CHECKS = {"conv2d": _check_conv2d, "max_pool2d": _check_max_pool2d, "pad": _check_pad}
+_CHECKS = {
+    "conv2d": _check_conv2d,
+    "max_pool2d": _check_max_pool2d,
+    "pad": _check_pad,
+    "batch_norm": _check_batch_norm,
+}
 
 
 def check(op: str, *args, **kwargs):
@@ -583,6 +794,8 @@ def check(op: str, *args, **kwargs):
     check('max_pool2d', x, kernel_size=.., stride=.., padding=.., dilation=..,
           ceil_mode=.., isa=None)
     check('pad', x, pad, mode='constant', value=None, isa=None)
+    check('batch_norm', x, weight=None, bias=None, training=True, relu=False,
+          momentum=0.1, eps=1e-5, track=True, output_mask=.., isa=None)
 
     ``isa`` caps the instruction set for the convcore run (and then also
     compares that path with the scalar reference); ``impl`` replaces the

@@ -28,7 +28,14 @@ def test_public_functions_never_crash_or_hang():
     assert summary["failures"] == [], summary["failures"]
     # Every class of call ran, and the kernels did run (not only refusals).
     assert set(summary["outcomes"]) == {c[0] for c in fuzz.CASES}
-    for op in ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "pad"):
+    for op in (
+        "conv2d",
+        "conv2d_backward",
+        "max_pool2d",
+        "max_pool2d_backward",
+        "pad",
+        "batch_norm",
+    ):
         assert summary["outcomes"][op].get("ok", 0) > 0, (op, summary["outcomes"][op])
 
 

@@ -27,6 +27,8 @@ OPS = [
     "maxpool2d_bwd",
     "pad2d_fwd",
     "pad2d_bwd",
+    "batchnorm2d_fwd",
+    "batchnorm2d_bwd",
 ]
 
 
@@ -169,6 +171,8 @@ def _run_every_op():
     convcore.max_pool2d_backward(p, idx, (2, 3, 8, 8))
     padded = convcore.pad(x, (1, 1, 1, 1), "reflect")
     convcore.pad_backward(padded, x.shape, (1, 1, 1, 1), "reflect")
+    y, mean, invstd = convcore.batch_norm(x, None, None, training=True, return_stats=True)
+    convcore.batch_norm_backward(y, x, None, mean, invstd)
 
 
 def test_last_kernel_names_the_path(isa):
@@ -188,6 +192,9 @@ def test_last_kernel_names_the_path(isa):
     )
     for op in ("pad2d_fwd", "pad2d_bwd"):
         assert convcore.last_kernel(op).endswith("__ref" if isa == "scalar" else "__portable")
+    # batch norm: a kernel of every level
+    for op in ("batchnorm2d_fwd", "batchnorm2d_bwd"):
+        assert convcore.last_kernel(op).endswith(suffix), (op, convcore.last_kernel(op))
 
 
 def test_bias_gradient_reference_under_scalar_cap():

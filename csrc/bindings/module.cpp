@@ -9,6 +9,8 @@
 
 #include <omp.h>
 
+#include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -167,6 +169,115 @@ py::array_t<float> pad_backward(const py::array& grad_output,
   return out;
 }
 
+// A float32 vector of the C channels (weight, bias, running and saved statistics).
+const float* channel_vector(const py::array& a, const char* name, int64_t C) {
+  const float* p = float_input(a, name, 1);
+  if (a.shape(0) != C)
+    throw ArgumentError(std::string(name) + ": expected shape (" + std::to_string(C) +
+                        ",) to match the input's channels, got (" + std::to_string(a.shape(0)) +
+                        ",)");
+  return p;
+}
+
+float* writable_channel_vector(const py::array& a, const char* name, int64_t C) {
+  const float* p = channel_vector(a, name, C);
+  if (!a.writeable())
+    throw ArgumentError(std::string(name) +
+                        ": the array is read-only, but training updates it in place");
+  return const_cast<float*>(p);
+}
+
+convcore::BatchNorm2dGeometry bn_geometry(const py::array& input, bool training) {
+  float_input(input, "input", 4);
+  const auto in = convcore::bindings::shape_of(input);
+  return convcore::make_batchnorm2d_geometry(in.data(), training);
+}
+
+py::tuple batch_norm_forward(const py::array& input, const std::optional<py::array>& running_mean,
+                             const std::optional<py::array>& running_var,
+                             const std::optional<py::array>& weight,
+                             const std::optional<py::array>& bias, bool training, double momentum,
+                             double eps, bool relu) {
+  const auto g = bn_geometry(input, training);
+  if (running_mean.has_value() != running_var.has_value())
+    throw ArgumentError(
+        std::string(running_mean ? "running_var" : "running_mean") + ": expected an array when " +
+        (running_mean ? "running_mean" : "running_var") + " is given (both or neither)");
+  if (!training && !running_mean)
+    throw ArgumentError(
+        "running_mean: expected running_mean and running_var in evaluation mode "
+        "(training=False)");
+  if (!std::isfinite(eps) || eps < 0)
+    throw ArgumentError("eps: expected a finite number >= 0, got " + std::to_string(eps));
+  if (!std::isfinite(momentum))
+    throw ArgumentError("momentum: expected a finite number, got " + std::to_string(momentum));
+  const float* w = weight ? channel_vector(*weight, "weight", g.C) : nullptr;
+  const float* b = bias ? channel_vector(*bias, "bias", g.C) : nullptr;
+  float *rm = nullptr, *rv = nullptr;
+  if (running_mean) {
+    if (training) {
+      rm = writable_channel_vector(*running_mean, "running_mean", g.C);
+      rv = writable_channel_vector(*running_var, "running_var", g.C);
+    } else {
+      rm = const_cast<float*>(channel_vector(*running_mean, "running_mean", g.C));
+      rv = const_cast<float*>(channel_vector(*running_var, "running_var", g.C));
+    }
+  }
+  auto out = new_float({g.N, g.C, g.H, g.W});
+  auto mean = new_float({g.C});
+  auto invstd = new_float({g.C});
+  const float* x = static_cast<const float*>(input.data());
+  float* y = out.mutable_data();
+  float* sm = mean.mutable_data();
+  float* si = invstd.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::batchnorm2d_forward(g, x, w, b, rm, rv, training, momentum, eps, relu, y, sm, si);
+  }
+  return py::make_tuple(out, mean, invstd);
+}
+
+py::tuple batch_norm_backward(const py::array& grad_output, const py::array& input,
+                              const std::optional<py::array>& weight, const py::array& save_mean,
+                              const py::array& save_invstd, const std::optional<py::array>& output,
+                              bool training, bool need_input, bool need_weight, bool need_bias) {
+  const auto g = bn_geometry(input, training);
+  const int64_t shape[4] = {g.N, g.C, g.H, g.W};
+  const float* dy = float_input(grad_output, "grad_output", 4);
+  require_shape(grad_output, "grad_output", shape, 4);
+  const float* yr = nullptr;
+  if (output) {
+    yr = float_input(*output, "output", 4);
+    require_shape(*output, "output", shape, 4);
+  }
+  const float* w = weight ? channel_vector(*weight, "weight", g.C) : nullptr;
+  const float* sm = channel_vector(save_mean, "save_mean", g.C);
+  const float* si = channel_vector(save_invstd, "save_invstd", g.C);
+  const float* x = static_cast<const float*>(input.data());
+  py::object gi = py::none(), gw = py::none(), gb = py::none();
+  float *dx = nullptr, *dwp = nullptr, *db = nullptr;
+  if (need_input) {
+    auto a = new_float({g.N, g.C, g.H, g.W});
+    dx = a.mutable_data();
+    gi = a;
+  }
+  if (need_weight) {
+    auto a = new_float({g.C});
+    dwp = a.mutable_data();
+    gw = a;
+  }
+  if (need_bias) {
+    auto a = new_float({g.C});
+    db = a.mutable_data();
+    gb = a;
+  }
+  {
+    py::gil_scoped_release release;
+    convcore::batchnorm2d_backward(g, dy, x, w, sm, si, yr, training, dx, dwp, db);
+  }
+  return py::make_tuple(gi, gw, gb);
+}
+
 py::dict build_info() {
   py::dict d;
   d["version"] = CONVCORE_VERSION;
@@ -198,7 +309,9 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "convcore compiled core: NCHW float32 convolution, padding and max-pooling kernels";
+  m.doc() =
+      "convcore compiled core: NCHW float32 convolution, padding, max-pooling and batch-norm "
+      "kernels";
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -226,6 +339,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("top"), py::arg("bottom"), py::arg("mode"), py::arg("value"));
   m.def("pad_backward", &pad_backward, py::arg("grad_output"), py::arg("input_shape"),
         py::arg("left"), py::arg("right"), py::arg("top"), py::arg("bottom"), py::arg("mode"));
+
+  m.def("batch_norm_forward", &batch_norm_forward, py::arg("input"), py::arg("running_mean"),
+        py::arg("running_var"), py::arg("weight"), py::arg("bias"), py::arg("training"),
+        py::arg("momentum"), py::arg("eps"), py::arg("relu"));
+  m.def("batch_norm_backward", &batch_norm_backward, py::arg("grad_output"), py::arg("input"),
+        py::arg("weight"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("output"),
+        py::arg("training"), py::arg("need_input"), py::arg("need_weight"), py::arg("need_bias"));
 
   m.def(
       "same_padding",

@@ -352,4 +352,23 @@ Pad2dGeometry make_pad2d_geometry(const std::vector<int64_t>& shape, int64_t pad
                              pad_top, pad_bottom, m);
 }
 
+std::string BatchNorm2dGeometry::name() const {
+  std::ostringstream os;
+  os << "bn_n" << N << "_c" << C << "_h" << H << "_w" << W;
+  return os.str();
+}
+
+BatchNorm2dGeometry make_batchnorm2d_geometry(const int64_t input_shape[4], bool training) {
+  BatchNorm2dGeometry g;
+  g.N = input_shape[0];
+  g.C = input_shape[1];
+  g.H = input_shape[2];
+  g.W = input_shape[3];
+  checked_numel(input_shape, 4, "input");
+  if (training && g.M() == 1)
+    fail("input: expected more than 1 value per channel when training, got input of shape ",
+         shape_string(input_shape, 4));
+  return g;
+}
+
 }  // namespace convcore

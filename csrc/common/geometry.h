@@ -100,6 +100,23 @@ Pool2dGeometry make_pool2d_geometry(const int64_t input_shape[4], int64_t kernel
 Pool2dGeometry make_pool2d_backward_geometry(const std::vector<int64_t>& input_shape,
                                              const std::vector<int64_t>& grad_output_shape);
 
+// Batch normalisation over the channels of an (N, C, H, W) input: statistics
+// per channel over the M = N*H*W values of its N planes of H x W.
+struct BatchNorm2dGeometry {
+  int64_t N = 0, C = 0, H = 0, W = 0;
+
+  int64_t HW() const { return H * W; }
+  int64_t M() const { return N * H * W; }  // values per channel
+  int64_t planes() const { return N * C; }
+  // Compact problem name, as python/convcore/problems.py writes it: bn_n100_c32_h28_w28.
+  std::string name() const;
+};
+
+// Validates batch normalisation of an (N, C, H, W) input.  In training mode
+// each channel needs more than one value (N*H*W > 1), as in PyTorch: the
+// message names `input` and its shape.
+BatchNorm2dGeometry make_batchnorm2d_geometry(const int64_t input_shape[4], bool training);
+
 enum class PadMode { Constant, Reflect, Replicate, Circular };
 
 // Parses 'constant' | 'reflect' | 'replicate' | 'circular'.

@@ -23,6 +23,8 @@ const OpLists kOps[] = {
     {"maxpool2d_bwd", maxpool2d_bwd_impl_names},
     {"pad2d_fwd", pad2d_fwd_impl_names},
     {"pad2d_bwd", pad2d_bwd_impl_names},
+    {"batchnorm2d_fwd", batchnorm2d_fwd_impl_names},
+    {"batchnorm2d_bwd", batchnorm2d_bwd_impl_names},
 };
 
 }  // namespace

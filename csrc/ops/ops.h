@@ -32,6 +32,26 @@ void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t*
 void pad2d_forward(const Pad2dGeometry& g, const float* x, float* y, float value);
 void pad2d_backward(const Pad2dGeometry& g, const float* dy, float* dx);
 
+// Batch normalisation of x (N x C x H x W) per channel, y the same shape;
+// weight and bias (C) may be null.  Training: the batch mean and biased
+// variance over N, H, W; save_mean and save_invstd (C) get the mean and
+// 1/sqrt(var + eps), and running_mean/running_var (C, may be null) are
+// updated in place with the unbiased variance.  Eval: running_mean and
+// running_var are used (and written to save_mean/save_invstd).  relu: y =
+// max(normalised, 0).  Bitwise identical for any thread count.
+void batchnorm2d_forward(const BatchNorm2dGeometry& g, const float* x, const float* weight,
+                         const float* bias, float* running_mean, float* running_var, bool training,
+                         double momentum, double eps, bool relu, float* y, float* save_mean,
+                         float* save_invstd);
+// Gradients of batchnorm2d_forward from dy (N x C x H x W) and the saved
+// mean/invstd; y_relu (the forward output of a relu=True call, else null)
+// masks dy where it is not positive.  dx, dweight, dbias may each be null
+// (not wanted); dweight and dbias need weight's presence only in the caller.
+void batchnorm2d_backward(const BatchNorm2dGeometry& g, const float* dy, const float* x,
+                          const float* weight, const float* save_mean, const float* save_invstd,
+                          const float* y_relu, bool training, float* dx, float* dweight,
+                          float* dbias);
+
 // Names of the implementations of an op, in the order they are tried.
 std::vector<std::string> list_implementations(const std::string& op);
 

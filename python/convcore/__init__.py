@@ -39,6 +39,8 @@ from ._runtime import (
     set_num_threads,
 )
 from .functional import (
+    batch_norm,
+    batch_norm_backward,
     conv2d,
     conv2d_backward,
     max_pool2d,
@@ -49,6 +51,8 @@ from .functional import (
 
 __all__ = [
     "__version__",
+    "batch_norm",
+    "batch_norm_backward",
     "build_info",
     "conv2d",
     "conv2d_backward",

@@ -73,6 +73,29 @@ def pad_backward(
     bottom: int,
     mode: str,
 ) -> F32: ...
+def batch_norm_forward(
+    input: F32,
+    running_mean: F32 | None,
+    running_var: F32 | None,
+    weight: F32 | None,
+    bias: F32 | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    relu: bool,
+) -> tuple[F32, F32, F32]: ...
+def batch_norm_backward(
+    grad_output: F32,
+    input: F32,
+    weight: F32 | None,
+    save_mean: F32,
+    save_invstd: F32,
+    output: F32 | None,
+    training: bool,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[F32 | None, F32 | None, F32 | None]: ...
 def same_padding(kernel: int, dilation: int, stride: int, dim: str) -> tuple[int, int]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...

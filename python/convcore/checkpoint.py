@@ -27,6 +27,10 @@ if k.startswith("model/")}`` is a ``state_dict`` for the equivalent
 the same folder, then ``os.replace``, then an fsync of the folder), so a
 crash never leaves a half-written checkpoint under the real name.
 
+Buffers are saved beside the weights under their PyTorch names:
+``model/1.running_mean`` (float32) and ``model/1.num_batches_tracked`` (a 0-d
+int64 array, the only integer entries allowed under ``model/``).
+
 :func:`load` validates the whole file before anything uses it and raises
 :class:`CheckpointError` with one line naming the file, what is wrong and
 what was expected.
@@ -89,7 +93,10 @@ def save(path, ckpt: Checkpoint) -> None:
         "metrics": _text(ckpt.metrics),
     }
     for name, value in ckpt.model_state.items():
-        arrays[f"model/{name}"] = np.asarray(value, dtype=np.float32)
+        value = np.asarray(value)
+        # Integer buffers (num_batches_tracked) stay int64, as in PyTorch.
+        dtype = np.int64 if value.dtype.kind in "iu" else np.float32
+        arrays[f"model/{name}"] = np.asarray(value, dtype=dtype)
     if ckpt.optimizer_state is not None:
         arrays["optimizer"] = _text(
             {"type": ckpt.optimizer_type, "param_groups": ckpt.optimizer_state["param_groups"]}
@@ -151,8 +158,11 @@ def load(path) -> Checkpoint:
     model_state = OrderedDict()
     for k, v in arrays.items():
         if k.startswith("model/"):
-            if v.dtype != np.float32:
-                raise bad(f"weight {k!r} has dtype {v.dtype}; expected float32")
+            if v.dtype != np.float32 and v.dtype != np.int64:
+                raise bad(
+                    f"weight {k!r} has dtype {v.dtype}; expected float32 "
+                    "(int64 for a counter such as num_batches_tracked)"
+                )
             model_state[k[len("model/") :]] = v
     opt_state = opt_type = None
     if "optimizer" in arrays:

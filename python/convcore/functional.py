@@ -31,6 +31,8 @@ from ._args import output_mask as parse_output_mask
 from ._backend import backend_of
 
 __all__ = [
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_backward",
     "max_pool2d",
@@ -339,3 +341,153 @@ def pad_backward(grad_output, input_shape, pad, mode="constant"):
         out = be.pad_backward(be.add_batch(grad_output), (1, *shape), left, right, 0, 0, mode)
         return be.unbatch(out)
     return be.pad_backward(grad_output, shape, left, right, top, bottom, mode)
+
+
+def _real(v, name: str) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__} {v!r}")
+    return float(v)
+
+
+def _channel_arrays(be, **arrays):
+    return {k: None if a is None else be.float_input(a, k, "input") for k, a in arrays.items()}
+
+
+def batch_norm(
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    *,
+    relu=False,
+    return_stats=False,
+):
+    """Batch normalisation over the channels, as ``torch.nn.functional.batch_norm``.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel.  In
+    training mode mean and var are the batch's (over N, H, W; var biased)
+    and the running statistics, when given, are updated in place:
+    ``running = (1 - momentum) * running + momentum * batch`` (running_var
+    takes the unbiased variance, times M / (M - 1) with M = N*H*W).  In
+    evaluation mode the running statistics are used.  Statistics are summed
+    in double (float32 only within blocks of a few values), and the result
+    is bitwise identical for any thread count.
+
+    Args:
+        input: float32 array of shape (N, C, H, W) or (C, H, W).
+        running_mean, running_var: float32 arrays of shape (C,), or None (both:
+            training without running statistics).  Written in training mode.
+        weight, bias: optional float32 arrays of shape (C,) (affine=False: None).
+        training: use (and update) the batch statistics.
+        momentum: the running statistics' update factor.
+        eps: added to the variance, a finite number >= 0.
+        relu: also apply ``max(y, 0)`` in the same pass (convcore's fusion;
+            the result equals ``F.relu(F.batch_norm(...))``).
+        return_stats: also return ``save_mean`` and ``save_invstd`` (C,), the
+            mean and ``1/sqrt(var + eps)`` used, as :func:`batch_norm_backward`
+            takes them.
+
+    Returns:
+        float32 array of the input's shape; with return_stats, a tuple
+        ``(output, save_mean, save_invstd)``.
+
+    Raises:
+        TypeError: an array is not float32, or momentum/eps is not a number.
+        ValueError: wrong number of dimensions, a (C,) array of another size,
+            a non-contiguous array, read-only running statistics in training,
+            running statistics missing in evaluation mode, or one value per
+            channel in training (N*H*W == 1), as in PyTorch.
+    """
+    be = backend_of(input, running_mean, running_var, weight, bias)
+    input = be.float_input(input, "input")
+    vec = _channel_arrays(
+        be, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+    )
+    momentum = _real(momentum, "momentum")
+    eps = _real(eps, "eps")
+    x, unbatched = _batched(be, input, "input")
+    out, mean, invstd = be.batch_norm_forward(
+        x,
+        vec["running_mean"],
+        vec["running_var"],
+        vec["weight"],
+        vec["bias"],
+        bool(training),
+        momentum,
+        eps,
+        bool(relu),
+    )
+    if unbatched:
+        out = be.unbatch(out)
+    return (out, mean, invstd) if return_stats else out
+
+
+def batch_norm_backward(
+    grad_output,
+    input,
+    weight,
+    save_mean,
+    save_invstd,
+    training=True,
+    *,
+    output=None,
+    output_mask=(True, True, True),
+):
+    """Gradients of :func:`batch_norm` with respect to input, weight and bias.
+
+    In training mode the batch statistics depend on the input:
+    ``grad_input = weight * invstd / M * (M * g - sum(g) - xhat * sum(g * xhat))``
+    with ``xhat = (x - mean) * invstd`` and sums over N, H, W; in evaluation
+    mode ``grad_input = g * weight * invstd``.  ``grad_weight = sum(g * xhat)``,
+    ``grad_bias = sum(g)``.  ``g`` is grad_output, or with ``output`` given
+    (a ``relu=True`` forward pass) grad_output where output > 0 and 0
+    elsewhere: the ReLU's backward in the same pass.
+
+    Args:
+        grad_output: float32 array of the input's shape.
+        input, weight, training: as given to :func:`batch_norm` (weight may be None).
+        save_mean, save_invstd: (C,) from ``batch_norm(..., return_stats=True)``.
+        output: the forward output of a ``relu=True`` call, or None.
+        output_mask: three bools: which of (grad_input, grad_weight, grad_bias)
+            to compute.
+
+    Returns:
+        ``(grad_input, grad_weight, grad_bias)`` with the shapes of input, (C,)
+        and (C,); an entry is None where ``output_mask`` is False.  Bitwise
+        identical for any thread count.
+
+    Raises:
+        TypeError, ValueError: as :func:`batch_norm`; also when grad_output or
+            output has another shape than input.
+    """
+    be = backend_of(grad_output, input, weight, save_mean, save_invstd, output)
+    grad_output = be.float_input(grad_output, "grad_output")
+    input = be.float_input(input, "input", "grad_output")
+    vec = _channel_arrays(be, weight=weight, save_mean=save_mean, save_invstd=save_invstd)
+    if output is not None:
+        output = be.float_input(output, "output", "grad_output")
+    mask = parse_output_mask(output_mask)
+    x, unbatched = _batched(be, input, "input")
+    if unbatched:
+        for name, a in (("grad_output", grad_output), ("output", output)):
+            if a is not None and a.ndim != 3:
+                raise ValueError(f"{name}: expected a 3-D array for a 3-D input, got {a.ndim}-D")
+        grad_output = be.add_batch(grad_output)
+        output = None if output is None else be.add_batch(output)
+    gi, gw, gb = be.batch_norm_backward(
+        grad_output,
+        x,
+        vec["weight"],
+        vec["save_mean"],
+        vec["save_invstd"],
+        output,
+        bool(training),
+        *mask,
+    )
+    if unbatched and gi is not None:
+        gi = be.unbatch(gi)
+    return gi, gw, gb

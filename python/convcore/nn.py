@@ -34,11 +34,21 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ._backend import HOST, backend_of, resolve_device
+from ._backend import HOST, backend_of, device_backend, resolve_device
 from ._parameter import Parameter, ParameterPack
-from .functional import conv2d, conv2d_backward, max_pool2d, max_pool2d_backward, pad, pad_backward
+from .functional import (
+    batch_norm,
+    batch_norm_backward,
+    conv2d,
+    conv2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    pad,
+    pad_backward,
+)
 
 __all__ = [
+    "BatchNorm2d",
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
@@ -74,22 +84,30 @@ class Module:
     """Base class of the layers.
 
     Subclasses implement ``forward(x)`` and ``backward(grad_output)``; they
-    register parameters with :meth:`_param`.  ``input_grad`` (default True)
-    says whether ``backward`` must compute the gradient of the input; when
-    False it returns None and skips that work (a network's first layer, whose
-    input is data, needs none).
+    register parameters with :meth:`_param` and buffers (state that is not
+    trained, such as running statistics) with :meth:`_buffer`.
+    ``input_grad`` (default True) says whether ``backward`` must compute the
+    gradient of the input; when False it returns None and skips that work (a
+    network's first layer, whose input is data, needs none).
     """
 
     def __init__(self):
         self.training = True
         self.input_grad = True
         self._params: OrderedDict[str, Parameter] = OrderedDict()
+        self._buffers: OrderedDict[str, np.ndarray] = OrderedDict()
 
     # -- structure ---------------------------------------------------------
     def _param(self, name: str, data) -> Parameter:
         p = Parameter(data)
         self._params[name] = p
         return p
+
+    def _buffer(self, name: str, data: np.ndarray) -> None:
+        """Register a buffer: a float32 array (or an int64 counter) that is
+        saved and restored with the parameters and moved by :meth:`to`, but
+        not trained.  Read it as ``self._buffers[name]`` (``to`` replaces it)."""
+        self._buffers[name] = np.array(data, order="C", copy=True)
 
     def children(self) -> list[tuple[str, Module]]:
         """Direct sub-modules as (name, module) pairs."""
@@ -110,6 +128,22 @@ class Module:
     def parameters(self) -> list[Parameter]:
         """All parameters, in the order of :meth:`state_dict`."""
         return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for name, b in self._buffers.items():
+            yield (f"{prefix}.{name}" if prefix else name), b
+        for name, child in self.children():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def _named_state(self, prefix: str = "") -> Iterator[tuple[str, object]]:
+        """Parameters and buffers in PyTorch's state_dict order: each
+        module's parameters, then its buffers, then its children's."""
+        for name, p in self._params.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, b in self._buffers.items():
+            yield (f"{prefix}.{name}" if prefix else name), b
+        for name, child in self.children():
+            yield from child._named_state(f"{prefix}.{name}" if prefix else name)
 
     # -- modes and gradients -------------------------------------------------
     def train(self, mode: bool = True) -> Module:
@@ -144,6 +178,13 @@ class Module:
             index = resolve_device(device)[1]
         except RuntimeError as e:
             raise RuntimeError(f"to: {e}") from None
+        # Float buffers move with the parameters; an int64 counter
+        # (num_batches_tracked) is host bookkeeping and stays a numpy array.
+        target = device_backend(index)
+        for _, m in self.named_modules():
+            for name, b in m._buffers.items():
+                if b.dtype == _F32:
+                    m._buffers[name] = target.from_host(backend_of(b).to_numpy(b), index)
         params = self.parameters()
         if not params:
             return self
@@ -168,19 +209,25 @@ class Module:
 
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
-        """Copies of the parameters, by PyTorch-style name ('0.weight')."""
-        return OrderedDict(
-            (name, backend_of(p.data).host_copy(p.data)) for name, p in self.named_parameters()
-        )
+        """Copies of the parameters and buffers, by PyTorch-style name
+        ('0.weight', '1.running_mean'), in PyTorch's order."""
+        out = OrderedDict()
+        for name, v in self._named_state():
+            a = v.data if isinstance(v, Parameter) else v
+            out[name] = backend_of(a).host_copy(a)
+        return out
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into the parameters in place (optimisers keep working).
+        """Copy arrays into the parameters and buffers in place (optimisers
+        keep working).
 
         Raises:
             KeyError: with ``strict``, a missing or unexpected name.
-            ValueError: a shape that does not match.
+            ValueError: a shape that does not match, a non-integer value for
+                an integer buffer (num_batches_tracked) or a non-float value for
+                anything else.
         """
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict(self._named_state())
         if strict:
             missing = [k for k in own if k not in state]
             unexpected = [k for k in state if k not in own]
@@ -189,12 +236,21 @@ class Module:
         for name, p in own.items():
             if name not in state:
                 continue
+            dst = p.data if isinstance(p, Parameter) else p
             value = np.asarray(state[name])
-            if value.shape != p.data.shape:
+            if value.shape != dst.shape:
                 raise ValueError(
-                    f"load_state_dict: {name} has shape {value.shape}, expected {p.data.shape}"
+                    f"load_state_dict: {name} has shape {value.shape}, expected {dst.shape}"
                 )
-            backend_of(p.data).copy_from_host(p.data, value)
+            if dst.dtype == np.int64 and value.dtype.kind not in "iu":
+                raise ValueError(
+                    f"load_state_dict: {name} has dtype {value.dtype}, expected an integer"
+                )
+            if dst.dtype != np.int64 and value.dtype.kind != "f":
+                raise ValueError(
+                    f"load_state_dict: {name} has dtype {value.dtype}, expected floating point"
+                )
+            backend_of(dst).copy_from_host(dst, value)
 
     def rng_state(self) -> dict[str, dict]:
         """The random-generator state of every layer that draws random
@@ -407,6 +463,116 @@ class MaxPool2d(Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over the channels of (N, C, H, W) input, as
+    ``torch.nn.BatchNorm2d``; with ``relu=True`` followed by a ReLU in the
+    same kernel passes (``BatchNorm2d`` then ``ReLU`` in PyTorch).
+
+    In training mode (the default) each call normalises with the batch's
+    mean and biased variance and updates ``running_mean`` and
+    ``running_var`` (with the unbiased variance) by ``momentum``, or by the
+    cumulative average ``1 / num_batches_tracked`` when momentum is None; in
+    eval mode the running statistics are used.  ``weight`` (ones) and
+    ``bias`` (zeros) are learnt when ``affine``.  The buffers
+    ``running_mean``, ``running_var`` (float32) and ``num_batches_tracked``
+    (int64) are in :meth:`state_dict` under PyTorch's names.  Backward adds
+    into ``weight.grad`` and ``bias.grad``.  CPU only in this version:
+    forward on the GPU raises NotImplementedError.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        *,
+        relu: bool = False,
+    ):
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
+            raise TypeError(f"num_features: expected an int, got {type(num_features).__name__}")
+        if num_features < 1:
+            raise ValueError(f"num_features: expected an int >= 1, got {num_features}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.relu = bool(relu)
+        C = self.num_features
+        self.weight = self._param("weight", np.ones(C)) if self.affine else None
+        self.bias = self._param("bias", np.zeros(C)) if self.affine else None
+        self._buffer("running_mean", np.zeros(C, _F32))
+        self._buffer("running_var", np.ones(C, _F32))
+        self._buffer("num_batches_tracked", np.array(0, np.int64))
+        self._saved = None
+
+    @property
+    def running_mean(self):
+        return self._buffers["running_mean"]
+
+    @property
+    def running_var(self):
+        return self._buffers["running_var"]
+
+    @property
+    def num_batches_tracked(self) -> int:
+        return int(self._buffers["num_batches_tracked"])
+
+    def forward(self, x):
+        factor = self.momentum
+        if self.training and factor is None:
+            factor = 1.0 / (self.num_batches_tracked + 1)
+        w = self.weight.data if self.weight is not None else None
+        b = self.bias.data if self.bias is not None else None
+        y, mean, invstd = batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            w,
+            b,
+            self.training,
+            0.0 if factor is None else factor,
+            self.eps,
+            relu=self.relu,
+            return_stats=True,
+        )
+        if self.training:
+            self._buffers["num_batches_tracked"] += 1
+        self._saved = (x, mean, invstd, y if self.relu else None, self.training)
+        return y
+
+    def backward(self, grad_output):
+        if self._saved is None:
+            raise RuntimeError("BatchNorm2d.backward: call forward first")
+        x, mean, invstd, y, training = self._saved
+        w, b = self.weight, self.bias
+        mask = (
+            self.input_grad,
+            w is not None and w.requires_grad,
+            b is not None and b.requires_grad,
+        )
+        gi, gw, gb = batch_norm_backward(
+            grad_output,
+            x,
+            w.data if w is not None else None,
+            mean,
+            invstd,
+            training,
+            output=y,
+            output_mask=mask,
+        )
+        if gw is not None:
+            _accumulate(w, gw)
+        if gb is not None:
+            _accumulate(b, gb)
+        return gi
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        return s + (", relu=True (BatchNorm2d followed by ReLU)" if self.relu else "")
 
 
 class ReLU(Module):

@@ -7,6 +7,8 @@ stride s, padding p, and optionally dilation d and groups g.  Each of
 r/s/p/d takes ``a`` or ``axb``.
 
 Max pooling: ``pool_n100_c6_h24_w24_r2_s2_p0``.
+
+Batch normalisation: ``bn_n100_c32_h28_w28`` (the input; statistics per channel).
 """
 
 from __future__ import annotations
@@ -113,14 +115,36 @@ class PoolProblem:
         return dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding)
 
 
+@dataclass(frozen=True)
+class BatchNormProblem:
+    N: int
+    C: int
+    H: int
+    W: int
+
+    @property
+    def name(self) -> str:
+        return f"bn_n{self.N}_c{self.C}_h{self.H}_w{self.W}"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+
 _CONV_RE = re.compile(
     rf"^n(\d+)_c(\d+)_h(\d+)_w(\d+)_k(\d+)_r{_PAIR}(?:_s{_PAIR})?(?:_p{_PAIR})?(?:_d{_PAIR})?(?:_g(\d+))?$"
 )
 _POOL_RE = re.compile(rf"^pool_n(\d+)_c(\d+)_h(\d+)_w(\d+)_r{_PAIR}(?:_s{_PAIR})?(?:_p{_PAIR})?$")
 
+_BN_RE = re.compile(r"^bn_n(\d+)_c(\d+)_h(\d+)_w(\d+)$")
+
 
 def parse(name: str):
-    """Parse a compact problem string into a ConvProblem or PoolProblem."""
+    """Parse a compact problem string into a ConvProblem, PoolProblem or
+    BatchNormProblem."""
+    m = _BN_RE.match(name)
+    if m:
+        return BatchNormProblem(*(int(v) for v in m.groups()))
     m = _POOL_RE.match(name)
     if m:
         g = m.groups()
@@ -187,3 +211,6 @@ ALL_CONV = [
     if not p.startswith("pool_")
 ]
 ALL_POOL = [p for p in TUTORIAL_LAYERS + WIDE_LAYERS if p.startswith("pool_")]
+# Batch normalisation after the wide model's convolutions (conv -> BN -> ReLU),
+# and a deeper 7x7 stage at batch 128.
+BN_LAYERS = ["bn_n100_c32_h28_w28", "bn_n100_c64_h14_w14", "bn_n128_c64_h7_w7"]

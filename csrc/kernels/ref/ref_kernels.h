@@ -39,4 +39,19 @@ void pad2d_fwd_f32__ref(const Pad2dGeometry& g, const float* x, float* y, float 
 // One plane: dx (H x W) = adjoint of pad2d_fwd applied to dy (OH x OW); dx is zeroed first.
 void pad2d_bwd_f32__ref(const Pad2dGeometry& g, const float* dy, float* dx);
 
+// Batch normalisation, one plane of L values of one channel (the driver
+// combines the planes of a channel in a fixed order).  Everything in double.
+// Statistics: *sum = sum of x, *m2 = sum of (x - sum/L)^2 (two passes).
+void batchnorm2d_stats_f32__ref(int64_t L, const float* x, double* sum, double* m2);
+// y = x * alpha + beta, then max(y, 0) when relu.
+void batchnorm2d_fwd_f32__ref(int64_t L, const float* x, float alpha, float beta, bool relu,
+                              float* y);
+// With g = dy (zero where y <= 0 when y is not null, the fused ReLU's mask):
+// *sum_g = sum of g, *sum_gx = sum of g * (x - mean).
+void batchnorm2d_bwd_reduce_f32__ref(int64_t L, const float* dy, const float* x, const float* y,
+                                     float mean, double* sum_g, double* sum_gx);
+// dx = g * k1 + (x - mean) * k2 + k3 with g as above; x null: dx = g * k1.
+void batchnorm2d_bwd_data_f32__ref(int64_t L, const float* dy, const float* x, const float* y,
+                                   float mean, float k1, float k2, float k3, float* dx);
+
 }  // namespace convcore

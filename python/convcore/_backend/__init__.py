@@ -59,6 +59,8 @@ OPS = (
     "max_pool2d_backward",
     "pad_forward",
     "pad_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
     # the rest of a training step
     "relu",
     "relu_backward",

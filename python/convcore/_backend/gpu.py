@@ -61,6 +61,11 @@ else:
 
     CudaError.__module__ = DeviceArray.__module__ = "convcore.cuda"
 
+_BATCH_NORM_CPU_ONLY = (
+    "batch_norm: CPU only in this version; there is no CUDA kernel for batch normalisation "
+    "(keep the model on the CPU: model.to('cpu'), or train with --device cpu)"
+)
+
 # A linear layer is a 1x1 convolution of a 1x1 image: y (N, out) = x (N, in)
 # @ w.T + b runs on the GPU's implicit-GEMM convolution kernels, which take
 # the batch as the GEMM's N dimension and the features as its reduction.
@@ -182,6 +187,14 @@ class GpuBackend:
 
     def pad_backward(self, grad_output, shape, *args):
         return self.ext.pad_backward(grad_output, list(shape), *args)
+
+    # Batch normalisation has no CUDA kernel yet: a clear refusal, never a
+    # silent copy to the host and back.
+    def batch_norm_forward(self, *args):
+        raise NotImplementedError(_BATCH_NORM_CPU_ONLY)
+
+    def batch_norm_backward(self, *args):
+        raise NotImplementedError(_BATCH_NORM_CPU_ONLY)
 
     # -- the rest of a training step -----------------------------------------
     def relu(self, x, inplace: bool):

@@ -1,5 +1,5 @@
 """The host backend: numpy arrays (and any CPU array that exports DLPack),
-the compiled CPU kernels for conv, pooling and padding, numpy for the rest.
+the compiled CPU kernels for conv, pooling, padding and batch norm, numpy for the rest.
 
 Every backend offers the op names of :data:`convcore._backend.OPS` with the
 same arguments; this one is the reference the others are checked against.
@@ -156,6 +156,12 @@ class HostBackend:
 
     def pad_backward(self, grad_output, shape, *args):
         return _core.pad_backward(grad_output, tuple(shape), *args)
+
+    def batch_norm_forward(self, *args):
+        return _core.batch_norm_forward(*args)
+
+    def batch_norm_backward(self, *args):
+        return _core.batch_norm_backward(*args)
 
     # -- the rest of a training step -----------------------------------------
     def relu(self, x: np.ndarray, inplace: bool) -> np.ndarray:

@@ -162,7 +162,7 @@ def test_metrics_record_the_clock_the_split_and_the_recipe(fmnist, tmp_path):
     assert m["config"]["flip"] is True and m["config"]["tta"] is True
     # 200 test images on a 2-epoch model: below 93 %, so never reached
     assert m["seconds_to_93"] is None
-    assert m["epochs"][-1]["lr_last"] == pytest.approx(2e-3 / 25 / 1e4)
+    assert m["epochs"][-1]["lr_last"] == pytest.approx(train.RECIPES["fast"]["lr"] / 25 / 1e4)
 
 
 def test_validation_split_is_fixed_and_disjoint(fmnist):
@@ -219,7 +219,7 @@ def test_checkpoint_format_is_plain_npz(fmnist, tmp_path):
         assert z["optimizer/0/exp_avg"].shape == (32, 1, 3, 3)
         assert int(z["optimizer/0/step"]) == 2
         rng = json.loads(str(z["rng"]))
-        assert set(rng) == {"shuffle", "dropout"} and list(rng["dropout"]) == ["13"]
+        assert set(rng) == {"shuffle", "augment", "dropout"} and list(rng["dropout"]) == ["13"]
     ck = checkpoint.load(path)
     model = ck.build_model()
     assert not model.training

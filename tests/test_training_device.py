@@ -60,7 +60,7 @@ def _pair(name: str, seed: int = 3):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", [n for n in models.NAMES if n not in models.CPU_ONLY])
 def test_a_step_on_the_device_matches_the_host(gpu, name):
     host, dev = _pair(name)
     assert host.device == "cpu" and dev.device == "cuda:0"
@@ -488,6 +488,18 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(fmnist, tmp_path, capsys):
     ckpt = tmp_path / "cpu" / "checkpoint-epoch001.npz"
     assert evaluate.main([str(ckpt), "--device", "cuda"]) == 2
     assert "--device cuda: to: no CUDA device" in capsys.readouterr().err
+
+
+def test_cpu_only_models_say_so_on_the_device(gpu, fmnist, tmp_path, capsys):
+    assert models.CPU_ONLY == ("wide-bn",)
+    dev = models.build("wide-bn").to("cuda")  # parameters and buffers move...
+    with pytest.raises(NotImplementedError, match="batch_norm: CPU only"):
+        dev(cc.to_device(np.zeros((2, 1, 28, 28), np.float32)))  # ...the op says why
+    with pytest.raises(train.UsageError, match="wide-bn.*CPU only.*--device cpu"):
+        train.run(
+            dict(recipe="fast", limit_train=100), tmp_path, data=fmnist, device="cuda", log=quiet
+        )
+    assert not list(tmp_path.glob("checkpoint-*"))
 
 
 def test_device_names_are_checked(tmp_path, capsys):

@@ -3,7 +3,9 @@
 ``tutorial`` is the classic network of the PyTorch tutorials on this data
 set (33 thousand parameters); ``wide`` is a small VGG-style network
 (3x3 convolutions, 0.87 million parameters) that trades time for
-accuracy.  Both take (N, 1, 28, 28) float32 images and return (N, 10) logits.
+accuracy; ``wide-bn`` is ``wide`` with batch normalisation after each
+convolution (the speedrun's network: it learns in 5 epochs what ``wide``
+learns in 10).  Both take (N, 1, 28, 28) float32 images and return (N, 10) logits.
 
 Seeds: ``numpy.random.SeedSequence(seed)`` is split into independent
 streams by spawn key: child 0 draws the initial weights, child 1 the dropout
@@ -18,12 +20,16 @@ import numpy as np
 
 from . import nn
 
-__all__ = ["NAMES", "DEFAULT_DROPOUT", "build", "seed_stream"]
+__all__ = ["CPU_ONLY", "NAMES", "DEFAULT_DROPOUT", "build", "seed_stream"]
 
-NAMES = ("tutorial", "wide")
+NAMES = ("tutorial", "wide", "wide-bn")
+
+#: Networks with layers that have no GPU kernel yet (batch norm): they train
+#: on the CPU only.
+CPU_ONLY = ("wide-bn",)
 
 #: Dropout before the last layer when ``build`` is given ``dropout=None``.
-DEFAULT_DROPOUT = {"tutorial": 0.0, "wide": 0.5}
+DEFAULT_DROPOUT = {"tutorial": 0.0, "wide": 0.5, "wide-bn": 0.3}
 
 
 def seed_stream(seed: int, index: int) -> np.random.Generator:
@@ -40,6 +46,10 @@ def build(name: str, seed: int = 0, dropout: float | None = None) -> nn.Sequenti
             linear 10.  ``'wide'``: conv 1->32 k3 p1, ReLU, conv 32->32 k3 p1,
             ReLU, maxpool 2, conv 32->64 k3 p1, ReLU, conv 64->64 k3 p1, ReLU,
             maxpool 2, flatten (3136), linear 256, ReLU, dropout, linear 10.
+            ``'wide-bn'``: ``wide`` with each convolution's bias and ReLU
+            replaced by a batch norm fused with its ReLU
+            (``nn.BatchNorm2d(relu=True)``; in PyTorch a ``BatchNorm2d``
+            then a ``ReLU``), and dropout 0.3.
         seed: seeds the initial weights (and the dropout masks).
         dropout: probability of the wide model's dropout layer (default 0.5);
             the tutorial model has none, so only 0 or None is accepted there.
@@ -75,6 +85,27 @@ def build(name: str, seed: int = 0, dropout: float | None = None) -> nn.Sequenti
             nn.Linear(120, 60, rng=init),
             nn.ReLU(inplace=True),
             nn.Linear(60, 10, rng=init),
+        )
+    elif name == "wide-bn":
+
+        def conv_bn(c, k):
+            return [
+                nn.Conv2d(c, k, 3, padding=1, bias=False, rng=init),
+                nn.BatchNorm2d(k, relu=True),
+            ]
+
+        model = nn.Sequential(
+            *conv_bn(1, 32),
+            *conv_bn(32, 32),
+            nn.MaxPool2d(2),
+            *conv_bn(32, 64),
+            *conv_bn(64, 64),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 256, rng=init),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout, rng=seed_stream(seed, 1)),
+            nn.Linear(256, 10, rng=init),
         )
     else:
         model = nn.Sequential(

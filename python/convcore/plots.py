@@ -181,16 +181,21 @@ def plot_feature_maps(
         x = layer(x)
         if isinstance(layer, nn.Conv2d):
             after = layers[i + 1] if i + 1 < len(layers) else None
-            if isinstance(after, nn.ReLU):
+            if isinstance(after, (nn.ReLU, nn.BatchNorm2d)):
                 continue
             stages.append(
                 (f"layer {i}: conv {layer.in_channels}->{layer.out_channels}", x[0].copy())
             )
-        elif isinstance(layer, nn.ReLU) and i > 0 and isinstance(layers[i - 1], nn.Conv2d):
+        elif isinstance(layer, (nn.ReLU, nn.BatchNorm2d)) and i > 0:
             conv = layers[i - 1]
+            if not isinstance(conv, nn.Conv2d):
+                continue
+            what = "ReLU" if isinstance(layer, nn.ReLU) else "batch norm"
+            if isinstance(layer, nn.BatchNorm2d) and layer.relu:
+                what += " + ReLU"
             stages.append(
                 (
-                    f"layers {i - 1}-{i}: conv {conv.in_channels}->{conv.out_channels} + ReLU",
+                    f"layers {i - 1}-{i}: conv {conv.in_channels}->{conv.out_channels} + {what}",
                     x[0].copy(),
                 )
             )

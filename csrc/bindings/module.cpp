@@ -40,7 +40,7 @@ py::array_t<float> new_float(std::vector<py::ssize_t> shape) { return py::array_
 py::array_t<float> conv2d_forward(const py::array& input, const py::array& weight,
                                   const std::optional<py::array>& bias, int64_t sh, int64_t sw,
                                   int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dil_h,
-                                  int64_t dil_w, int64_t groups) {
+                                  int64_t dil_w, int64_t groups, bool relu) {
   const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dil_h, dil_w, groups);
   const float* b = bias ? bias_input(*bias, g.K) : nullptr;
   auto out = new_float({g.N, g.K, g.P, g.Q});
@@ -49,19 +49,31 @@ py::array_t<float> conv2d_forward(const py::array& input, const py::array& weigh
   float* y = out.mutable_data();
   {
     py::gil_scoped_release release;
-    convcore::conv2d_forward(g, x, w, b, y);
+    convcore::conv2d_forward(g, x, w, b, y, relu);
   }
   return out;
 }
 
+// relu_output: the output of the ReLU that followed the convolution (None:
+// no ReLU).  Given it, grad_output is multiplied by (relu_output > 0) in
+// place first (it must be writable), fused with the bias gradient.
 py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
                           const py::array& weight, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                           int64_t pl, int64_t pr, int64_t dil_h, int64_t dil_w, int64_t groups,
-                          bool need_input, bool need_weight, bool need_bias) {
+                          bool need_input, bool need_weight, bool need_bias,
+                          const std::optional<py::array>& relu_output) {
   const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dil_h, dil_w, groups);
   const float* dy = float_input(grad_output, "grad_output", 4);
   const int64_t out_shape[4] = {g.N, g.K, g.P, g.Q};
   require_shape(grad_output, "grad_output", out_shape, 4);
+  const float* relu_y = nullptr;
+  if (relu_output) {
+    relu_y = float_input(*relu_output, "relu_output", 4);
+    require_shape(*relu_output, "relu_output", out_shape, 4);
+    if (!grad_output.writeable())
+      throw ArgumentError(
+          "grad_output: the array is read-only, but the ReLU mask is applied to it in place");
+  }
   const float* x = static_cast<const float*>(input.data());
   const float* w = static_cast<const float*>(weight.data());
   py::object gi = py::none(), gw = py::none(), gb = py::none();
@@ -83,9 +95,13 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
   }
   {
     py::gil_scoped_release release;
+    // The mask first (with the bias gradient, one pass over dy); the data
+    // and weight gradients then read the masked dy.
+    if (relu_y)
+      convcore::conv2d_relu_backward_bias(g, const_cast<float*>(dy), relu_y, db);
     if (dx) convcore::conv2d_backward_data(g, dy, w, dx);
     if (dwp) convcore::conv2d_backward_weight(g, dy, x, dwp);
-    if (db) convcore::conv2d_backward_bias(g, dy, db);
+    if (db && !relu_y) convcore::conv2d_backward_bias(g, dy, db);
   }
   return py::make_tuple(gi, gw, gb);
 }
@@ -323,12 +339,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d_forward", &conv2d_forward, py::arg("input"), py::arg("weight"), py::arg("bias"),
         py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"), py::arg("pad_bottom"),
         py::arg("pad_left"), py::arg("pad_right"), py::arg("dilation_h"), py::arg("dilation_w"),
-        py::arg("groups"));
+        py::arg("groups"), py::arg("relu") = false);
   m.def("conv2d_backward", &conv2d_backward, py::arg("grad_output"), py::arg("input"),
         py::arg("weight"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
         py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dilation_h"),
         py::arg("dilation_w"), py::arg("groups"), py::arg("need_input"), py::arg("need_weight"),
-        py::arg("need_bias"));
+        py::arg("need_bias"), py::arg("relu_output") = py::none());
   m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("input"), py::arg("kernel_h"),
         py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"),

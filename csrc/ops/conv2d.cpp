@@ -37,6 +37,13 @@ struct ConvArgs {
   float* dx;
   float* dw;
   float* db;
+  // Forward: max(., 0) on y (the fused ReLU epilogue).
+  bool relu;
+  // Bias gradient: the output of the ReLU after this convolution, or null.
+  // Given it, dy_masked (the same buffer as dy) is first multiplied by
+  // (relu_y > 0) in place.
+  const float* relu_y;
+  float* dy_masked;
 };
 using ConvImpl = Impl<Conv2dGeometry, ConvArgs>;
 
@@ -54,14 +61,17 @@ bool compact_phases(const Conv2dGeometry& g) {
 
 template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
 void run_fwd_direct(const Conv2dGeometry& g, const ConvArgs& a) {
-  forward_direct({UK6x16, 6, 16}, {UK4x24, 4, 24}, g, a.x, a.w, a.b, a.y);
+  forward_direct({UK6x16, 6, 16}, {UK4x24, 4, 24}, g, a.x, a.w, a.b, a.y, a.relu);
 }
 void run_fwd_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   const int nt = conv_threads(g);
   const int64_t img_in = g.C * g.H * g.W, img_out = g.K * g.P * g.Q;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t n = 0; n < g.N; ++n)
+  for (int64_t n = 0; n < g.N; ++n) {
     conv2d_fwd_f32__ref(g, a.x + n * img_in, a.w, a.b, a.y + n * img_out);
+    // The fused ReLU on the image just written (still in cache).
+    if (a.relu) relu_inplace(a.y + n * img_out, img_out);
+  }
 }
 
 template <conv_direct_ukernel_fn UK6x16, conv_direct_ukernel_fn UK4x24>
@@ -101,12 +111,25 @@ void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
 }
 
 // Bias gradient: each output channel reduces over N, P, Q in one fixed order.
+// Through a ReLU (relu_y given), a channel's N planes of dy are first masked
+// in place -- dy * (y > 0), numpy's multiply by the bool mask, so NaN and
+// signed zeros come out the same -- and then summed by the same kernel while
+// they are still in L2 (N * P * Q floats: 310 KB for the wide model's first
+// layers), one pass over dy for both.
 template <float (*Kernel)(int64_t, int64_t, int64_t, const float*, int64_t)>
 void run_bwd_bias(const Conv2dGeometry& g, const ConvArgs& a) {
   const int64_t PQ = g.P * g.Q;
   const int nt = threads_for(double(g.N) * g.K * PQ, 1e5);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t k = 0; k < g.K; ++k) a.db[k] = Kernel(g.N, g.K, PQ, a.dy, k);
+  for (int64_t k = 0; k < g.K; ++k) {
+    if (a.relu_y)
+      for (int64_t n = 0; n < g.N; ++n) {
+        float* d = a.dy_masked + (n * g.K + k) * PQ;
+        const float* y = a.relu_y + (n * g.K + k) * PQ;
+        for (int64_t i = 0; i < PQ; ++i) d[i] = d[i] * (y[i] > 0.0f ? 1.0f : 0.0f);
+      }
+    if (a.db) a.db[k] = Kernel(g.N, g.K, PQ, a.dy, k);
+  }
 }
 
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
@@ -127,7 +150,7 @@ const RowsWeightKernels kRowsWeightAvx512 = {{
     {conv2d_rows_wgrad_ukernel_f32_3x9__avx512, 3, 9},
 }};
 void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
-  forward_rows(kRowsAvx512, g, a.x, a.w, a.b, a.y);
+  forward_rows(kRowsAvx512, g, a.x, a.w, a.b, a.y, a.relu);
 }
 void run_bwd_data_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
   backward_data_rows(kRowsAvx512, g, a.dy, a.w, a.dx);
@@ -152,7 +175,7 @@ bool clanes_bwd_weight_fits(const Conv2dGeometry& g) {
 }
 void run_fwd_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
   forward_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g, a.x, a.w,
-                 a.b, a.y);
+                 a.b, a.y, a.relu);
 }
 void run_bwd_data_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
   backward_data_clanes(conv2d_fwd_f32_clanes_14x32__avx512, conv2d_pad_planes_f32_s1__avx512, g,
@@ -236,16 +259,22 @@ const ConvImpl kBwdBiasImpls[] = {
 }  // namespace
 
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
-                    float* y) {
+                    float* y, bool relu) {
   if (g.N == 0) return;
-  run_first_applicable("conv2d_fwd", kFwdImpls, g, g.name(),
-                       ConvArgs{x, w, b, nullptr, y, nullptr, nullptr, nullptr});
+  ConvArgs a{};
+  a.x = x;
+  a.w = w;
+  a.b = b;
+  a.y = y;
+  a.relu = relu;
+  run_first_applicable("conv2d_fwd", kFwdImpls, g, g.name(), a);
 }
 
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.N == 0) return;
   run_first_applicable("conv2d_bwd_data", kBwdDataImpls, g, g.name(),
-                       ConvArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr, nullptr});
+                       ConvArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr, nullptr, false,
+                                nullptr, nullptr});
 }
 
 void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const float* x, float* dw) {
@@ -254,12 +283,20 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
     return;
   }
   run_first_applicable("conv2d_bwd_weight", kBwdWeightImpls, g, g.name(),
-                       ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw, nullptr});
+                       ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw, nullptr, false,
+                                nullptr, nullptr});
 }
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
   run_first_applicable("conv2d_bwd_bias", kBwdBiasImpls, g, g.name(),
-                       ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db});
+                       ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db, false,
+                                nullptr, nullptr});
+}
+
+void conv2d_relu_backward_bias(const Conv2dGeometry& g, float* dy, const float* y, float* db) {
+  run_first_applicable("conv2d_bwd_bias", kBwdBiasImpls, g, g.name(),
+                       ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db, false,
+                                y, dy});
 }
 
 std::vector<std::string> conv2d_fwd_impl_names() { return impl_names(kFwdImpls); }

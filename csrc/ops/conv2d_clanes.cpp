@@ -116,6 +116,9 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, conv_clanes_pad_fn pad, const Dir
             uk(steps, wp, xg + p * Wh + q0, offsets.data(), width, kn, bias, yk + p * d.Q + q0, PQ);
             q0 += width;
           }
+          // The fused ReLU on the row just stored (kn rows of Q, still in L1).
+          if (d.relu)
+            for (int64_t k = 0; k < kn; ++k) relu_inplace(yk + k * PQ + p * d.Q, d.Q);
         }
       }
     });
@@ -126,8 +129,8 @@ void run_clanes(conv_clanes_fwd_ukernel_fn uk, conv_clanes_pad_fn pad, const Dir
 
 void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
                     const Conv2dGeometry& g, const float* x, const float* w, const float* b,
-                    float* y) {
-  run_clanes(ukernel, pad, direct_forward_problem(g, x, b, y), w, false, conv_threads(g));
+                    float* y, bool relu) {
+  run_clanes(ukernel, pad, direct_forward_problem(g, x, b, y, relu), w, false, conv_threads(g));
 }
 
 void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,

@@ -63,7 +63,7 @@ std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64
 }
 
 DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b,
-                                  float* y) {
+                                  float* y, bool relu) {
   DirectConv d;
   d.N = g.N;
   d.G = g.G;
@@ -86,6 +86,7 @@ DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const
   d.in = x;
   d.out = y;
   d.bias = b;
+  d.relu = relu;
   return d;
 }
 
@@ -179,7 +180,10 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
                 float* dst = yk + (i * d.P + p) * d.Q + q;
                 const float* src = tile + i * nr + j;
                 const float bv = d.bias ? d.bias[g * d.Kout + k0 + i] : 0.0f;
-                for (int64_t l = 0; l < valid; ++l) dst[l] = src[l] + bv;
+                if (d.relu)
+                  for (int64_t l = 0; l < valid; ++l) dst[l] = relu_f32(src[l] + bv);
+                else
+                  for (int64_t l = 0; l < valid; ++l) dst[l] = src[l] + bv;
               }
               j += run;
               q = 0;
@@ -194,8 +198,8 @@ void run_direct(const DirectKernel& uk, const DirectConv& d, const float* w, boo
 }  // namespace
 
 void forward_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const Conv2dGeometry& g,
-                    const float* x, const float* w, const float* b, float* y) {
-  const DirectConv d = direct_forward_problem(g, x, b, y);
+                    const float* x, const float* w, const float* b, float* y, bool relu) {
+  const DirectConv d = direct_forward_problem(g, x, b, y, relu);
   run_direct(pick_direct(k6x16, k4x24, d), d, w, false, conv_threads(g));
 }
 

@@ -36,6 +36,15 @@ inline int conv_threads(const Conv2dGeometry& g) {
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// The fused ReLU epilogue, bitwise numpy.maximum(v, 0) and torch.relu: NaN
+// stays NaN (with its sign), -0 becomes +0.  Drivers apply it to the block a
+// task has just written, while it is still in L1/L2, never as a separate
+// pass over the whole output.
+inline float relu_f32(float v) { return v > 0.0f || v != v ? v : 0.0f; }
+inline void relu_inplace(float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = relu_f32(y[i]);
+}
+
 // ---------------------------------------------------------------------------
 // Direct path: the input is copied once into padded planes (negative padding
 // crops), split into stride_h x stride_w phase planes of Hh x Wh (phase
@@ -105,6 +114,7 @@ struct DirectConv {
   const float* in;    // N x (G*Cin) x H x W
   float* out;         // N x (G*Kout) x P x Q
   const float* bias;  // G*Kout or null
+  bool relu = false;  // max(., 0) on the stored outputs (forward only)
 };
 
 // Element `at` of the weight gradient: the chunks' partial sums (chunk c at
@@ -138,14 +148,15 @@ struct DirectKernel {
 };
 
 DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b,
-                                  float* y);
+                                  float* y, bool relu = false);
 // The stride-1 data gradient as a direct convolution: dy (padded by
 // dil*(R-1) - pad, negative = crop) convolved with the flipped, transposed weights.
 DirectConv direct_backward_data_problem(const Conv2dGeometry& g, const float* dy, float* dx);
 
 // Forward pass and stride-1 data gradient on direct tiles (ops/conv2d_direct.cpp).
+// relu: the fused epilogue (relu_f32) on each stored output.
 void forward_direct(const DirectKernel& k6x16, const DirectKernel& k4x24, const Conv2dGeometry& g,
-                    const float* x, const float* w, const float* b, float* y);
+                    const float* x, const float* w, const float* b, float* y, bool relu);
 // dx = full convolution of dy (padded by dil*(R-1) - pad, negative = crop)
 // with the flipped, transposed weights.
 void backward_data_direct(const DirectKernel& k6x16, const DirectKernel& k4x24,
@@ -174,7 +185,7 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
 // pad: copies stride-1 padded planes (pad_planes handles stride > 1).
 void forward_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
                     const Conv2dGeometry& g, const float* x, const float* w, const float* b,
-                    float* y);
+                    float* y, bool relu);
 void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn pad,
                           const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
 struct ClanesOuterKernel {
@@ -213,7 +224,7 @@ bool rows_applicable(const Conv2dGeometry& g);
 // Weight gradient: one group, stride 1, few channels (as rows_applicable).
 bool rows_weight_applicable(const Conv2dGeometry& g);
 void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
-                  const float* b, float* y);
+                  const float* b, float* y, bool relu);
 void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
                         const float* w, float* dx);
 void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,

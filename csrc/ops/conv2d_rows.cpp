@@ -96,6 +96,8 @@ void run_rows(const RowsKernels& ks, const DirectConv& d, const float* w, bool t
         for (int64_t t = 0; t < tiles; ++t)
           uk.fn(step_lo[size_t(t)], step_hi[size_t(t)], wp, offsets.data(), xpad,
                 segs.data() + t * ns, std::min(ns, nseg - t * ns), y, PQ, kn, bias);
+        // The fused ReLU on the channel block just stored (kn x P x Q, in L2).
+        if (d.relu) relu_inplace(y, kn * PQ);
       }
     });
   errors.rethrow();
@@ -111,8 +113,8 @@ bool rows_applicable(const Conv2dGeometry& g) {
 bool rows_weight_applicable(const Conv2dGeometry& g) { return rows_applicable(g); }
 
 void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
-                  const float* b, float* y) {
-  run_rows(ks, direct_forward_problem(g, x, b, y), w, false, conv_threads(g));
+                  const float* b, float* y, bool relu) {
+  run_rows(ks, direct_forward_problem(g, x, b, y, relu), w, false, conv_threads(g));
 }
 
 void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,

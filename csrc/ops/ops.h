@@ -13,15 +13,22 @@
 
 namespace convcore {
 
-// y (N x K x P x Q) = conv2d(x, w) + b; b may be null.
+// y (N x K x P x Q) = conv2d(x, w) + b; b may be null.  With relu, y =
+// max(conv2d(x, w) + b, 0), applied by each implementation to the block it
+// has just written: bitwise conv2d then ReLU (NaN stays NaN, -0 becomes +0).
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
-                    float* y);
+                    float* y, bool relu = false);
 // dx (N x C x H x W) from dy (N x K x P x Q) and w.
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
 // dw (K x C/G x R x S) from dy and x.  Bitwise identical for any thread count.
 void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const float* x, float* dw);
 // db (K) = sum of dy over N, P, Q.
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db);
+// The gradient through a ReLU whose output is y (N x K x P x Q): dy *= (y >
+// 0) in place, and db (may be null) = the bias gradient of the masked dy, in
+// one pass (each channel summed right after it is masked).  Bitwise the
+// unfused multiply by the bool mask followed by conv2d_backward_bias.
+void conv2d_relu_backward_bias(const Conv2dGeometry& g, float* dy, const float* y, float* db);
 
 // y and idx (N x C x P x Q) from x; idx may be null (values only, less traffic).
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);

@@ -29,6 +29,7 @@ def conv2d_forward(
     dilation_h: int,
     dilation_w: int,
     groups: int,
+    relu: bool = False,
 ) -> F32: ...
 def conv2d_backward(
     grad_output: F32,
@@ -46,6 +47,7 @@ def conv2d_backward(
     need_input: bool,
     need_weight: bool,
     need_bias: bool,
+    relu_output: F32 | None = None,
 ) -> tuple[F32 | None, F32 | None, F32 | None]: ...
 def max_pool2d_forward(
     input: F32,

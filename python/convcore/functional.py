@@ -35,6 +35,8 @@ __all__ = [
     "batch_norm_backward",
     "conv2d",
     "conv2d_backward",
+    "conv2d_relu",
+    "conv2d_relu_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "pad",
@@ -95,6 +97,21 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             non-positive stride/dilation, negative padding, a kernel larger than
             the padded input, a non-contiguous array, or a size overflow.
     """
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, relu=False)
+
+
+def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``relu(conv2d(input, weight, bias, ...))`` in one pass: the ReLU runs in
+    the convolution's store (its epilogue), so the output is written once.
+
+    Arguments, shapes and errors as :func:`conv2d`.  Bitwise identical to
+    :func:`conv2d` followed by ``numpy.maximum(y, 0)`` for any thread count
+    (NaN stays NaN, -0 becomes +0).  On the GPU it runs as the two ops.
+    """
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, relu=True)
+
+
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, *, relu: bool):
     be = backend_of(input, weight, bias)
     input = be.float_input(input, "input")
     weight = be.float_input(weight, "weight", "input")
@@ -105,9 +122,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                 f"bias: expected a 1-D array of shape (out_channels,), got {bias.ndim}-D"
             )
     x, unbatched = _batched(be, input, "input")
-    out = be.conv2d_forward(
-        x, weight, bias, *_conv_args(x, weight, stride, padding, dilation, groups)
-    )
+    op = be.conv2d_relu_forward if relu else be.conv2d_forward
+    out = op(x, weight, bias, *_conv_args(x, weight, stride, padding, dilation, groups))
     return be.unbatch(out) if unbatched else out
 
 
@@ -139,8 +155,62 @@ def conv2d_backward(
         TypeError, ValueError: as :func:`conv2d`; also when grad_output's shape
             is not the convolution's output shape.
     """
-    be = backend_of(grad_output, input, weight)
+    return _conv2d_backward(
+        grad_output, None, input, weight, stride, padding, dilation, groups, output_mask
+    )
+
+
+def conv2d_relu_backward(
+    grad_output,
+    output,
+    input,
+    weight,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    output_mask=(True, True, True),
+):
+    """Gradients of :func:`conv2d_relu`: :func:`conv2d_backward` of
+    ``grad_output * (output > 0)``.
+
+    Args:
+        grad_output: float32 array of shape (N, K, P, Q), the gradient of the
+            loss with respect to ``output``.  **Overwritten** with the masked
+            gradient ``grad_output * (output > 0)`` (as ``ReLU(inplace=True)``
+            does): the mask is applied in place in the same pass that sums
+            the bias gradient, so nothing is allocated for it.
+        output: what :func:`conv2d_relu` returned (float32, grad_output's shape).
+        input, weight, stride, padding, dilation, groups, output_mask: as
+            :func:`conv2d_backward`.
+
+    Returns:
+        ``(grad_input, grad_weight, grad_bias)`` as :func:`conv2d_backward`,
+        bitwise identical to masking with ``numpy.multiply(grad_output,
+        output > 0)`` and calling :func:`conv2d_backward`.
+
+    Raises:
+        TypeError, ValueError: as :func:`conv2d_backward`; also when output's
+            shape is not grad_output's, or grad_output is read-only.
+    """
+    return _conv2d_backward(
+        grad_output, output, input, weight, stride, padding, dilation, groups, output_mask
+    )
+
+
+def _conv2d_backward(
+    grad_output, output, input, weight, stride, padding, dilation, groups, output_mask
+):
+    relu = output is not None
+    be = backend_of(grad_output, output, input, weight)
     grad_output = be.float_input(grad_output, "grad_output")
+    if relu:
+        output = be.float_input(output, "output", "grad_output")
+        if tuple(output.shape) != tuple(grad_output.shape):
+            raise ValueError(
+                f"output: expected shape {tuple(grad_output.shape)} (that of grad_output), "
+                f"got {tuple(output.shape)}"
+            )
     input = be.float_input(input, "input", "grad_output")
     weight = be.float_input(weight, "weight", "grad_output")
     mask = parse_output_mask(output_mask)
@@ -151,9 +221,13 @@ def conv2d_backward(
                 f"grad_output: expected a 3-D array for a 3-D input, got {grad_output.ndim}-D"
             )
         grad_output = be.add_batch(grad_output)
-    gi, gw, gb = be.conv2d_backward(
-        grad_output, x, weight, *_conv_args(x, weight, stride, padding, dilation, groups), *mask
-    )
+        if relu:
+            output = be.add_batch(output)
+    args = (*_conv_args(x, weight, stride, padding, dilation, groups), *mask)
+    if relu:
+        gi, gw, gb = be.conv2d_relu_backward(grad_output, output, x, weight, *args)
+    else:
+        gi, gw, gb = be.conv2d_backward(grad_output, x, weight, *args)
     if unbatched and gi is not None:
         gi = be.unbatch(gi)
     return gi, gw, gb

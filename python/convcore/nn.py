@@ -41,6 +41,8 @@ from .functional import (
     batch_norm_backward,
     conv2d,
     conv2d_backward,
+    conv2d_relu,
+    conv2d_relu_backward,
     max_pool2d,
     max_pool2d_backward,
     pad,
@@ -63,6 +65,10 @@ __all__ = [
 ]
 
 _F32 = np.float32
+
+#: Whether :class:`Sequential` runs a Conv2d followed by ``ReLU(inplace=True)``
+#: as one fused op (bitwise the same results; a switch for A/B timing).
+_FUSE_CONV_RELU = True
 
 
 def _rng(rng) -> np.random.Generator:
@@ -382,31 +388,33 @@ class Conv2d(Module):
     def _conv_padding(self):
         return 0 if self._explicit_pad is not None else self.padding
 
-    def forward(self, x):
+    def forward(self, x, *, relu: bool = False):
+        """The convolution of ``x``; with ``relu``, ``max(conv, 0)`` fused
+        into the kernels' store (:func:`convcore.conv2d_relu`), which is how
+        :class:`Sequential` runs a Conv2d followed by ``ReLU(inplace=True)``."""
         if self._explicit_pad is not None:
             self._in_shape = x.shape
             x = pad(x, self._explicit_pad, self.padding_mode)
         self._x = x
         b = self.bias.data if self.bias is not None else None
-        return conv2d(
+        op = conv2d_relu if relu else conv2d
+        return op(
             x, self.weight.data, b, self.stride, self._conv_padding(), self.dilation, self.groups
         )
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, relu_output=None):
+        """Given ``relu_output`` (what ``forward(x, relu=True)`` returned),
+        the gradient passes the ReLU first: ``grad_output`` is then masked in
+        place (:func:`convcore.conv2d_relu_backward`)."""
         if self._x is None:
             raise RuntimeError("Conv2d.backward: call forward first")
         w, b = self.weight, self.bias
         mask = (self.input_grad, w.requires_grad, b is not None and b.requires_grad)
-        gi, gw, gb = conv2d_backward(
-            grad_output,
-            self._x,
-            w.data,
-            self.stride,
-            self._conv_padding(),
-            self.dilation,
-            self.groups,
-            output_mask=mask,
-        )
+        args = (self._x, w.data, self.stride, self._conv_padding(), self.dilation, self.groups)
+        if relu_output is None:
+            gi, gw, gb = conv2d_backward(grad_output, *args, output_mask=mask)
+        else:
+            gi, gw, gb = conv2d_relu_backward(grad_output, relu_output, *args, output_mask=mask)
         if gw is not None:
             _accumulate(w, gw)
         if gb is not None:
@@ -720,11 +728,19 @@ class Sequential(Module):
     Parameters are named ``'<index>.<name>'`` as in PyTorch.  ``input_grad``
     applies to the first layer: when False, ``backward`` returns None and the
     first layer skips the gradient of its input.
+
+    A :class:`Conv2d` followed by ``ReLU(inplace=True)`` runs as one op: the
+    ReLU in the convolution's store, and in backward the ReLU's mask applied
+    in the pass that sums the bias gradient (:func:`convcore.conv2d_relu`,
+    :func:`convcore.conv2d_relu_backward`).  The results are bitwise those of
+    the two layers; the layers, their names and the state_dict stay as they
+    are, so a ``torch.nn.Sequential`` of the same layers loads it.
     """
 
     def __init__(self, *layers: Module):
         super().__init__()
         self.layers = list(layers)
+        self._fused: set[int] = set()  # indices of the ReLUs the last forward fused
 
     def children(self):
         return [(str(i), m) for i, m in enumerate(self.layers)]
@@ -738,18 +754,45 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.layers)
 
+    def _fusable(self, i: int) -> bool:
+        """Whether layers i and i + 1 are a Conv2d and an in-place ReLU."""
+        layers = self.layers
+        return (
+            _FUSE_CONV_RELU
+            and i + 1 < len(layers)
+            and type(layers[i]) is Conv2d
+            and type(layers[i + 1]) is ReLU
+            and layers[i + 1].inplace
+        )
+
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+        layers, fused = self.layers, set()
+        i = 0
+        while i < len(layers):
+            if self._fusable(i):
+                x = layers[i].forward(x, relu=True)
+                layers[i + 1]._y = x
+                fused.add(i + 1)
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
+        self._fused = fused
         return x
 
     def backward(self, grad_output):
         g = grad_output
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
+        i = len(self.layers) - 1
+        while i >= 0:
             layer = self.layers[i]
-            layer.input_grad = True if i > 0 else self.input_grad
-            g = layer.backward(g)
+            if i in self._fused:
+                conv, i = self.layers[i - 1], i - 1
+                conv.input_grad = True if i > 0 else self.input_grad
+                g = conv.backward(g, relu_output=layer._y)
+            else:
+                layer.input_grad = True if i > 0 else self.input_grad
+                g = layer.backward(g)
+            i -= 1
         return g if self.input_grad else None
 
 

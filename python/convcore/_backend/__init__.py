@@ -55,6 +55,8 @@ OPS = (
     # the functional API's kernels
     "conv2d_forward",
     "conv2d_backward",
+    "conv2d_relu_forward",
+    "conv2d_relu_backward",
     "max_pool2d_forward",
     "max_pool2d_backward",
     "pad_forward",

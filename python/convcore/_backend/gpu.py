@@ -174,6 +174,14 @@ class GpuBackend:
     def conv2d_backward(self, *args):
         return self.ext.conv2d_backward(*args)
 
+    # The GPU runs the fused pairs as the two ops they stand for (ReLU in place).
+    def conv2d_relu_forward(self, *args):
+        return self.ext.relu_forward(self.ext.conv2d_forward(*args), True)
+
+    def conv2d_relu_backward(self, grad_output, output, *args):
+        grad_output = self.ext.relu_backward(grad_output, output, True)
+        return self.ext.conv2d_backward(grad_output, *args)
+
     def max_pool2d_forward(self, *args):
         # The GPU kernel always writes the indices; return_indices (the
         # last argument) only tells the caller whether to keep them.

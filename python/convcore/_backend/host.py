@@ -145,6 +145,16 @@ class HostBackend:
     def conv2d_backward(self, *args):
         return _core.conv2d_backward(*args)
 
+    def conv2d_relu_forward(self, *args):
+        """max(conv2d_forward(*args), 0), the ReLU in the kernels' store."""
+        return _core.conv2d_forward(*args, relu=True)
+
+    def conv2d_relu_backward(self, grad_output, output, *args):
+        """conv2d_backward of ``grad_output * (output > 0)``; the mask is
+        applied to ``grad_output`` in place, in the pass that sums the bias
+        gradient."""
+        return _core.conv2d_backward(grad_output, *args, relu_output=output)
+
     def max_pool2d_forward(self, *args):
         return _core.max_pool2d_forward(*args)
 

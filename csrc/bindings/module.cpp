@@ -97,8 +97,7 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
     py::gil_scoped_release release;
     // The mask first (with the bias gradient, one pass over dy); the data
     // and weight gradients then read the masked dy.
-    if (relu_y)
-      convcore::conv2d_relu_backward_bias(g, const_cast<float*>(dy), relu_y, db);
+    if (relu_y) convcore::conv2d_relu_backward_bias(g, const_cast<float*>(dy), relu_y, db);
     if (dx) convcore::conv2d_backward_data(g, dy, w, dx);
     if (dwp) convcore::conv2d_backward_weight(g, dy, x, dwp);
     if (db && !relu_y) convcore::conv2d_backward_bias(g, dy, db);

@@ -289,9 +289,9 @@ void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, con
 
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.N == 0) return;
-  run_first_applicable("conv2d_bwd_data", kBwdDataImpls, g, g.name(),
-                       ConvArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr, nullptr, false,
-                                nullptr, nullptr});
+  run_first_applicable(
+      "conv2d_bwd_data", kBwdDataImpls, g, g.name(),
+      ConvArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr, nullptr, false, nullptr, nullptr});
 }
 
 void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const float* x, float* dw) {
@@ -299,9 +299,9 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
     std::fill(dw, dw + g.weight_numel(), 0.0f);
     return;
   }
-  run_first_applicable("conv2d_bwd_weight", kBwdWeightImpls, g, g.name(),
-                       ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw, nullptr, false,
-                                nullptr, nullptr});
+  run_first_applicable(
+      "conv2d_bwd_weight", kBwdWeightImpls, g, g.name(),
+      ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw, nullptr, false, nullptr, nullptr});
 }
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
@@ -311,9 +311,9 @@ void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
 }
 
 void conv2d_relu_backward_bias(const Conv2dGeometry& g, float* dy, const float* y, float* db) {
-  run_first_applicable("conv2d_bwd_bias", kBwdBiasImpls, g, g.name(),
-                       ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db, false,
-                                y, dy});
+  run_first_applicable(
+      "conv2d_bwd_bias", kBwdBiasImpls, g, g.name(),
+      ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db, false, y, dy});
 }
 
 std::vector<std::string> conv2d_fwd_impl_names() { return impl_names(kFwdImpls); }

@@ -62,8 +62,8 @@ std::vector<int64_t> tap_offsets(const PaddedPlanes& pp, int64_t channels, int64
   return offsets;
 }
 
-DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b,
-                                  float* y, bool relu) {
+DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b, float* y,
+                                  bool relu) {
   DirectConv d;
   d.N = g.N;
   d.G = g.G;

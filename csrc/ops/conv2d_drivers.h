@@ -147,8 +147,8 @@ struct DirectKernel {
   int64_t mr, nr;
 };
 
-DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b,
-                                  float* y, bool relu = false);
+DirectConv direct_forward_problem(const Conv2dGeometry& g, const float* x, const float* b, float* y,
+                                  bool relu = false);
 // The stride-1 data gradient as a direct convolution: dy (padded by
 // dil*(R-1) - pad, negative = crop) convolved with the flipped, transposed weights.
 DirectConv direct_backward_data_problem(const Conv2dGeometry& g, const float* dy, float* dx);

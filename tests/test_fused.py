@@ -1,0 +1,333 @@
+"""conv2d_relu and conv2d_relu_backward (the ReLU fused into the convolution):
+against PyTorch's relu(conv2d) on every ISA path, bitwise the unfused
+conv2d then ReLU (shared problem list, special values, generated shapes,
+thread counts), the fusion in nn.Sequential, and errors."""
+
+from __future__ import annotations
+
+import math
+
+import convcore
+import fake_cuda
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from convcore import models, nn, optim, problems
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from oracle import _assert_close, _t, assert_bitwise, check, conv_case, examples, isa_cap, rand
+
+_ZERO = np.float32(0)
+
+
+def _unfused(x, w, b, go, mask=(True, True, True), **kw):
+    """conv2d, ReLU, ReLU's backward, conv2d_backward: what the layers did."""
+    y = np.maximum(convcore.conv2d(x, w, b, **kw), _ZERO)
+    g = np.multiply(go, y > 0)
+    return y, g, convcore.conv2d_backward(g, x, w, output_mask=mask, **kw)
+
+
+def _fused(x, w, b, go, mask=(True, True, True), **kw):
+    y = convcore.conv2d_relu(x, w, b, **kw)
+    g = go.copy()
+    grads = convcore.conv2d_relu_backward(g, y, x, w, output_mask=mask, **kw)
+    return y, g, grads
+
+
+def assert_fused_is_unfused(x, w, b, go=None, mask=(True, True, True), **kw):
+    if go is None:
+        go = rand(convcore.conv2d(x, w, b, **kw).shape, seed=11)
+    y0, g0, grads0 = _unfused(x, w, b, go, mask, **kw)
+    y1, g1, grads1 = _fused(x, w, b, go, mask, **kw)
+    case = f"x{x.shape} w{w.shape} {kw}"
+    assert_bitwise("conv2d_relu.output (fused vs unfused)", y1, y0, case, "conv2d then ReLU")
+    assert_bitwise(
+        "conv2d_relu.grad_output (fused vs unfused)", g1, g0, case, "the masked gradient"
+    )
+    for name, a, r in zip(("grad_input", "grad_weight", "grad_bias"), grads1, grads0):
+        if r is None:
+            assert a is None, name
+        else:
+            assert_bitwise(f"conv2d_relu.{name} (fused vs unfused)", a, r, case, "unfused")
+    return y1, g0
+
+
+def _check_against_torch(x, w, b, isa, **kw):
+    """relu(conv2d) against PyTorch in float64 (|relu(a) - relu(b)| <= |a - b|,
+    so conv2d's bound holds), and the gradient through the mask of convcore's
+    own output against PyTorch's conv2d backward."""
+    with isa_cap(isa):
+        y = convcore.conv2d_relu(x, w, b, **kw)
+    tkw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+    x64, w64 = _t(x, torch.float64), _t(w, torch.float64)
+    b64 = _t(b, torch.float64) if b is not None else None
+    y64 = F.relu(F.conv2d(x64, w64, b64, **tkw))
+    scale = F.conv2d(x64.abs(), w64.abs(), b64.abs() if b is not None else None, **tkw)
+    n = w.shape[1] * w.shape[2] * w.shape[3] + (b is not None)
+    _assert_close("conv2d_relu.output", y, y64, scale, n, f"x{x.shape} w{w.shape} {kw}")
+    go = rand(y.shape, seed=5) * (y > 0)
+    check("conv2d", x, w, b, isa=isa, grad_output=go.astype(np.float32), **kw)
+    with isa_cap(isa):
+        assert_fused_is_unfused(x, w, b, **kw)
+
+
+# ---------------------------------------------------------------------------
+# the shared problem list, every ISA path
+# ---------------------------------------------------------------------------
+
+_MODEL = [p for p in problems.TUTORIAL_LAYERS + problems.WIDE_LAYERS if not p.startswith("pool")]
+
+
+@pytest.mark.parametrize("name", _MODEL + problems.EDGE_CASES)
+def test_model_layers_and_edge_cases(name, isa):
+    x, w, b, kw = conv_case(name, n=None if name in problems.EDGE_CASES else 3)
+    _check_against_torch(x, w, b, isa, **kw)
+
+
+@pytest.mark.parametrize("name", _MODEL)
+def test_without_bias_and_masks(name, isa):
+    x, w, _, kw = conv_case(name, n=2, bias=False)
+    with isa_cap(isa):
+        for mask in ((True, True, False), (False, True, False), (True, False, False)):
+            assert_fused_is_unfused(x, w, None, mask=mask, **kw)
+
+
+@pytest.mark.parametrize("kind", ["special", "ties", "relu"])
+def test_special_values(kind, isa):
+    """NaN, +-inf and -0.0 in the input, weights and gradient: the fused ReLU
+    keeps NaN and turns -0 into +0 exactly as numpy.maximum; the mask gives
+    -0 and NaN where the multiply by the bool mask does."""
+    x = rand((2, 20, 9, 9), seed=1, kind=kind)
+    w = rand((32, 20, 3, 3), seed=2, kind=kind)
+    b = rand((32,), seed=3, kind=kind)
+    go = rand((2, 32, 9, 9), seed=4, kind="special")
+    with isa_cap(isa), np.errstate(invalid="ignore", over="ignore"):
+        for bias in (b, None, np.zeros(32, np.float32)):
+            assert_fused_is_unfused(x, w, bias, go, padding=1)
+            # few channels: the row-segment kernels
+            small = [np.ascontiguousarray(a) for a in (x[:, :6], w[:6, :6], go[:, :6])]
+            b6 = None if bias is None else np.ascontiguousarray(bias[:6])
+            assert_fused_is_unfused(small[0], small[1], b6, small[2], padding=1)
+
+
+def test_signed_zero_becomes_positive(isa):
+    # All-zero input, negative weights, no bias: the convolution gives -0.
+    x = np.zeros((1, 3, 5, 5), np.float32)
+    w = -np.ones((4, 3, 3, 3), np.float32)
+    with isa_cap(isa):
+        y = convcore.conv2d_relu(x, w)
+    assert not np.signbit(y).any()
+
+
+# ---------------------------------------------------------------------------
+# generated shapes
+# ---------------------------------------------------------------------------
+
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
+    cg = draw(st.integers(1, 24))
+    kg = draw(st.sampled_from([1, 5, 8, 16, 32, 33]))
+    r, s = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, dh * (r - 1) + 1 - 2 * ph), 17))
+    wd = draw(st.integers(max(1, dw * (s - 1) + 1 - 2 * pw), 17))
+    n = draw(st.integers(1, 3))
+    bias = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return n, groups, cg, kg, (r, s), (sh, sw), (dh, dw), (ph, pw), (h, wd), bias, seed
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(p=conv_problems(), isa=st.sampled_from(["scalar", "portable", "avx2", "avx512"]))
+def test_generated_problems_fused_is_unfused(p, isa):
+    n, groups, cg, kg, ks, stride, dil, pad, hw, bias, seed = p
+    from oracle import available_isas
+
+    if isa not in available_isas():
+        isa = available_isas()[-1]
+    x = rand((n, groups * cg, *hw), seed)
+    w = rand((groups * kg, cg, *ks), seed + 1) * np.float32(1 / math.sqrt(cg * ks[0] * ks[1]))
+    b = rand((groups * kg,), seed + 2) if bias else None
+    kw = dict(stride=stride, padding=pad, dilation=dil, groups=groups)
+    with isa_cap(isa):
+        assert_fused_is_unfused(x, w, b, **kw)
+
+
+# ---------------------------------------------------------------------------
+# thread counts
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", problems.TUTORIAL_LAYERS[0:3:2] + problems.WIDE_LAYERS[0:2])
+def test_bitwise_for_any_thread_count(name):
+    x, w, b, kw = conv_case(name, n=24)
+    saved = convcore.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 3):
+            convcore.set_num_threads(t)
+            go = rand(convcore.conv2d(x, w, b, **kw).shape, seed=3)
+            y, g, grads = _fused(x, w, b, go, **kw)
+            results.append((y, g, *grads))
+            assert_fused_is_unfused(x, w, b, go, **kw)
+    finally:
+        convcore.set_num_threads(saved)
+    for other in results[1:]:
+        for a, r in zip(other, results[0]):
+            assert_bitwise("conv2d_relu (threads)", a, r, name, "1 thread")
+
+
+# ---------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------
+
+
+def test_bad_arguments():
+    x = rand((2, 3, 6, 6))
+    w = rand((4, 3, 3, 3))
+    y = convcore.conv2d_relu(x, w)
+    go = rand(y.shape)
+    with pytest.raises(ValueError, match="bias: expected a 1-D"):
+        convcore.conv2d_relu(x, w, np.zeros((4, 1), np.float32))
+    with pytest.raises(TypeError, match="input: expected a float32"):
+        convcore.conv2d_relu(x.astype(np.float64), w)
+    with pytest.raises(ValueError, match="output: expected shape"):
+        convcore.conv2d_relu_backward(go, y[:1], x, w)
+    with pytest.raises(TypeError, match="output: expected a float32"):
+        convcore.conv2d_relu_backward(go, y.astype(np.float64), x, w)
+    with pytest.raises(ValueError, match="grad_output: expected shape"):
+        convcore.conv2d_relu_backward(go[:1].copy(), y[:1].copy(), x, w)
+    ro = go.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="grad_output: the array is read-only"):
+        convcore.conv2d_relu_backward(ro, y, x, w)
+    with pytest.raises(ValueError, match="relu_output: expected a C-contiguous"):
+        convcore._core.conv2d_backward(
+            go, x, w, 1, 1, 0, 0, 0, 0, 1, 1, 1, True, True, True, relu_output=y[:, :, ::-1]
+        )
+    with pytest.raises(ValueError, match="grad_output: expected a 3-D array"):
+        convcore.conv2d_relu_backward(go, y, x[0], w)
+
+
+def test_unbatched_input():
+    x, w, b = rand((3, 7, 7)), rand((5, 3, 3, 3), 1), rand((5,), 2)
+    y = convcore.conv2d_relu(x, w, b, padding=1)
+    assert y.shape == (5, 7, 7)
+    assert_bitwise(
+        "conv2d_relu.output (unbatched)",
+        y,
+        convcore.conv2d_relu(x[None], w, b, padding=1)[0],
+        "",
+        "batched",
+    )
+    go = rand(y.shape, 3)
+    gi, gw, gb = convcore.conv2d_relu_backward(go.copy(), y, x, w, padding=1)
+    ref = convcore.conv2d_relu_backward(go[None].copy(), y[None], x[None], w, padding=1)
+    assert_bitwise("conv2d_relu.grad_input (unbatched)", gi, ref[0][0], "", "batched")
+    assert_bitwise("conv2d_relu.grad_weight (unbatched)", gw, ref[1], "", "batched")
+
+
+# ---------------------------------------------------------------------------
+# the layers: nn.Sequential fuses Conv2d + ReLU(inplace=True)
+# ---------------------------------------------------------------------------
+
+
+def _train(name, fuse, steps=3, monkeypatch=None):
+    monkeypatch.setattr(nn, "_FUSE_CONV_RELU", fuse)
+    model = models.build(name, seed=1)
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    x = rand((8, 1, 28, 28), 7)
+    y = np.arange(8) % 10
+    out = []
+    for _ in range(steps):
+        logits = model(x)
+        out.append(loss_fn(logits, y))
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        out.extend(p.grad.copy() for p in model.parameters())
+        opt.step()
+    model.eval()
+    out.append(model(x).copy())
+    return model, out
+
+
+@pytest.mark.parametrize("name", models.NAMES)
+def test_sequential_fusion_is_bitwise_the_layers(name, monkeypatch):
+    fused_model, a = _train(name, True, monkeypatch=monkeypatch)
+    expect = {"tutorial": {1, 4}, "wide": {1, 3, 6, 8}}[name]
+    assert fused_model._fused == expect
+    plain_model, b = _train(name, False, monkeypatch=monkeypatch)
+    assert plain_model._fused == set()
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        if isinstance(u, float):
+            assert u == v
+        else:
+            assert_bitwise("model (fused vs unfused)", u, v, name, "the unfused layers")
+
+
+def test_fusion_keeps_names_and_torch_loads_the_state(monkeypatch):
+    model, _ = _train("tutorial", True, steps=1, monkeypatch=monkeypatch)
+    state = model.state_dict()
+    assert list(state) == [
+        "0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias",
+        "9.weight", "9.bias", "11.weight", "11.bias",
+    ]  # fmt: skip
+    tm = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 5), torch.nn.ReLU(inplace=True), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 12, 5), torch.nn.ReLU(inplace=True), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(192, 120), torch.nn.ReLU(inplace=True),
+        torch.nn.Linear(120, 60), torch.nn.ReLU(inplace=True), torch.nn.Linear(60, 10),
+    )  # fmt: skip
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    x = rand((4, 1, 28, 28), 9)
+    model.eval()
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_only_inplace_relu_after_conv2d_is_fused():
+    seq = nn.Sequential(
+        nn.Conv2d(1, 4, 3, rng=0), nn.ReLU(), nn.Conv2d(4, 4, 3, rng=1), nn.ReLU(inplace=True)
+    )
+    x = rand((2, 1, 9, 9))
+    y = seq(x)
+    assert seq._fused == {3}
+    g = rand(y.shape, 2)
+    seq.input_grad = True
+    gi = seq.backward(g.copy())
+    # The same layers one at a time.
+    for layer in seq.layers:
+        layer.input_grad = True
+    h = x
+    for layer in seq.layers:
+        h = layer(h)
+    assert_bitwise("Sequential.output (fused vs layers)", y, h, "", "layer by layer")
+    gg = g.copy()
+    for layer in reversed(seq.layers):
+        gg = layer.backward(gg)
+    assert_bitwise("Sequential.grad_input (fused vs layers)", gi, gg, "", "layer by layer")
+
+
+def test_fused_ops_on_the_gpu_backend_are_the_two_ops(monkeypatch):
+    """The GPU backend runs conv2d_relu as conv2d and an in-place ReLU (the
+    fake GPU runs the host kernels, so the results are the host's bits)."""
+    ext = fake_cuda.install(monkeypatch)
+    x, w, b, kw = conv_case(problems.WIDE_LAYERS[1], n=2)
+    go = rand(convcore.conv2d(x, w, b, **kw).shape, 4)
+    y0, g0, grads0 = _unfused(x, w, b, go, **kw)
+    dx, dw, db = (fake_cuda.FakeDeviceArray(a.copy()) for a in (x, w, b))
+    y = convcore.conv2d_relu(dx, dw, db, **kw)
+    dgo = fake_cuda.FakeDeviceArray(go.copy())
+    grads = convcore.conv2d_relu_backward(dgo, y, dx, dw, **kw)
+    assert ext.calls["relu_forward"] >= 1 and ext.calls["relu_backward"] >= 1
+    assert_bitwise("conv2d_relu.output (gpu vs host)", y.numpy(), y0, "", "host")
+    for a, r in zip(grads, grads0):
+        assert_bitwise("conv2d_relu.grads (gpu vs host)", a.numpy(), r, "", "host")

@@ -285,6 +285,7 @@ def test_fusion_keeps_names_and_torch_loads_the_state(monkeypatch):
         torch.nn.Flatten(), torch.nn.Linear(192, 120), torch.nn.ReLU(inplace=True),
         torch.nn.Linear(120, 60), torch.nn.ReLU(inplace=True), torch.nn.Linear(60, 10),
     )  # fmt: skip
+    tm = tm.float()  # whatever default dtype another test left behind
     tm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     x = rand((4, 1, 28, 28), 9)
     model.eval()

@@ -260,7 +260,8 @@ def _train(name, fuse, steps=3, monkeypatch=None):
 @pytest.mark.parametrize("name", models.NAMES)
 def test_sequential_fusion_is_bitwise_the_layers(name, monkeypatch):
     fused_model, a = _train(name, True, monkeypatch=monkeypatch)
-    expect = {"tutorial": {1, 4}, "wide": {1, 3, 6, 8}}[name]
+    # wide-bn has no Conv2d + ReLU pair (its ReLUs are fused into the batch norms)
+    expect = {"tutorial": {1, 4}, "wide": {1, 3, 6, 8}}.get(name, set())
     assert fused_model._fused == expect
     plain_model, b = _train(name, False, monkeypatch=monkeypatch)
     assert plain_model._fused == set()

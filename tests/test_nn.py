@@ -402,6 +402,15 @@ def test_cross_entropy_refuses_bad_label_smoothing(eps):
         nn.CrossEntropyLoss(label_smoothing=eps)
 
 
+def test_layers_without_inputs_build_and_linear_names_a_bad_input():
+    # fan-in 0 (PyTorch allows it): nothing to scale, no division by zero
+    lin = nn.Linear(0, 3, rng=0)
+    assert lin.weight.data.shape == (3, 0) and not lin.bias.data.any()
+    assert nn.Conv2d(0, 4, 3, rng=0).weight.data.shape == (4, 0, 3, 3)
+    with pytest.raises(TypeError, match="Linear: expected a float32 array as input, got list"):
+        nn.Linear(2, 3, rng=0)([[1.0, 2.0]])
+
+
 def test_dropout_scales_and_is_identity_in_eval():
     d = nn.Dropout(0.25, rng=0)
     x = np.ones((200, 500), np.float32)

@@ -366,7 +366,7 @@ class Conv2d(Module):
         rng = _rng(rng)
         kh, kw = self.kernel_size
         fan_in = (in_channels // groups) * kh * kw
-        bound = 1.0 / math.sqrt(fan_in)
+        bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0  # no inputs: nothing to scale
         self.weight = self._param(
             "weight", rng.uniform(-bound, bound, (out_channels, in_channels // groups, kh, kw))
         )
@@ -645,14 +645,15 @@ class Linear(Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         rng = _rng(rng)
-        bound = 1.0 / math.sqrt(in_features)
+        bound = 1.0 / math.sqrt(in_features) if in_features else 0.0
         self.weight = self._param("weight", rng.uniform(-bound, bound, (out_features, in_features)))
         self.bias = self._param("bias", rng.uniform(-bound, bound, out_features)) if bias else None
         self._x = None
 
     def forward(self, x):
-        if x.dtype != _F32:
-            raise TypeError(f"Linear: expected a float32 input, got {x.dtype}")
+        if getattr(x, "dtype", None) != _F32:
+            what = getattr(x, "dtype", type(x).__name__)
+            raise TypeError(f"Linear: expected a float32 array as input, got {what}")
         self._x = x
         b = self.bias.data if self.bias is not None else None
         return backend_of(x, self.weight.data).linear(x, self.weight.data, b)

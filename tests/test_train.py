@@ -159,7 +159,7 @@ def test_metrics_record_the_clock_the_split_and_the_recipe(fmnist, tmp_path):
     assert all("val_accuracy" in e and "lr_last" in e for e in m["epochs"])
     assert m["validation"]["images"] == 200 and "20261128" in m["validation"]["rule"]
     assert m["config"]["recipe"] == "fast" and m["config"]["schedule"] == "onecycle"
-    assert m["config"]["flip"] is True and m["config"]["tta"] is True
+    assert m["config"]["flip"] is True and m["config"]["tta"] is False
     # 200 test images on a 2-epoch model: below 93 %, so never reached
     assert m["seconds_to_93"] is None
     assert m["epochs"][-1]["lr_last"] == pytest.approx(train.RECIPES["fast"]["lr"] / 25 / 1e4)

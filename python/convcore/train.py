@@ -97,7 +97,6 @@ RECIPES = {
         warmup=0.2,
         label_smoothing=0.1,
         flip=True,
-        tta=True,
     ),
 }
 
@@ -554,7 +553,7 @@ def _parser() -> argparse.ArgumentParser:
         "--recipe",
         choices=tuple(RECIPES),
         help="a named set of settings; 'fast' is the speedrun (wide-bn model, 5 epochs, one-cycle "
-        "Adam, label smoothing, flips, flip-averaged evaluation); explicit options override it",
+        "Adam, label smoothing, flips); explicit options override it",
     )
     ap.add_argument(
         "--schedule",

@@ -86,38 +86,22 @@ def build(name: str, seed: int = 0, dropout: float | None = None) -> nn.Sequenti
             nn.ReLU(inplace=True),
             nn.Linear(60, 10, rng=init),
         )
-    elif name == "wide-bn":
+    else:  # wide and wide-bn: the same stack, with or without batch norm
 
-        def conv_bn(c, k):
+        def block(c, k):
+            if name == "wide":
+                return [nn.Conv2d(c, k, 3, padding=1, rng=init), nn.ReLU(inplace=True)]
             return [
                 nn.Conv2d(c, k, 3, padding=1, bias=False, rng=init),
                 nn.BatchNorm2d(k, relu=True),
             ]
 
         model = nn.Sequential(
-            *conv_bn(1, 32),
-            *conv_bn(32, 32),
+            *block(1, 32),
+            *block(32, 32),
             nn.MaxPool2d(2),
-            *conv_bn(32, 64),
-            *conv_bn(64, 64),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(64 * 7 * 7, 256, rng=init),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout, rng=seed_stream(seed, 1)),
-            nn.Linear(256, 10, rng=init),
-        )
-    else:
-        model = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1, rng=init),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 3, padding=1, rng=init),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, rng=init),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 3, padding=1, rng=init),
-            nn.ReLU(inplace=True),
+            *block(32, 64),
+            *block(64, 64),
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Linear(64 * 7 * 7, 256, rng=init),

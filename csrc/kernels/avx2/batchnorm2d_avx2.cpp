@@ -17,13 +17,13 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/batchnorm_chunks.h"
 #include "kernels/batchnorm_ukernels.h"
 
 namespace convcore {
 namespace {
 
 constexpr int64_t kBlock = 128;
-constexpr int64_t kChunk = 2048;
 
 // Lane mask of the first n (0..8) lanes.
 inline __m256i first_lanes(int64_t n) {
@@ -110,24 +110,7 @@ inline __m256 full_grad(const float* dy, const float* y, int64_t i) {
 }  // namespace
 
 void batchnorm2d_stats_f32__avx2(int64_t L, const float* x, double* sum, double* m2) {
-  double n_all = 0.0, s_all = 0.0, m2_all = 0.0;
-  for (int64_t c0 = 0; c0 < L; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, L - c0);
-    const double s = chunk_sum(n, x + c0);
-    double sd, sq;
-    chunk_centred(n, x + c0, float(s / double(n)), &sd, &sq);
-    const double m2c = std::max(sq - sd * sd / double(n), 0.0);
-    if (n_all > 0.0) {
-      const double delta = s / double(n) - s_all / n_all;
-      m2_all += m2c + delta * delta * (n_all * double(n) / (n_all + double(n)));
-    } else {
-      m2_all = m2c;
-    }
-    n_all += double(n);
-    s_all += s;
-  }
-  *sum = s_all;
-  *m2 = m2_all;
+  batchnorm2d_plane_stats(L, x, chunk_sum, chunk_centred, sum, m2);
 }
 
 void batchnorm2d_fwd_f32__avx2(int64_t L, const float* x, float alpha, float beta, bool relu,

@@ -21,13 +21,13 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/batchnorm_chunks.h"
 #include "kernels/batchnorm_ukernels.h"
 
 namespace convcore {
 namespace {
 
 constexpr int64_t kBlock = 256;
-constexpr int64_t kChunk = 2048;
 
 inline __mmask16 tail_mask(int64_t n) { return __mmask16((1u << n) - 1u); }
 
@@ -38,7 +38,7 @@ inline __m512d widen_add(__m512d acc, __m512 v) {
       acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
 
-// sum of x[0:n] (n <= kChunk).
+// sum of x[0:n] (n <= kBatchNormChunk).
 double chunk_sum(int64_t n, const float* x) {
   __m512d acc = _mm512_setzero_pd();
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
@@ -101,24 +101,7 @@ inline __m512 masked_grad(const float* dy, const float* y, int64_t i, __mmask16 
 }  // namespace
 
 void batchnorm2d_stats_f32__avx512(int64_t L, const float* x, double* sum, double* m2) {
-  double n_all = 0.0, s_all = 0.0, m2_all = 0.0;
-  for (int64_t c0 = 0; c0 < L; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, L - c0);
-    const double s = chunk_sum(n, x + c0);
-    double sd, sq;
-    chunk_centred(n, x + c0, float(s / double(n)), &sd, &sq);
-    const double m2c = std::max(sq - sd * sd / double(n), 0.0);
-    if (n_all > 0.0) {
-      const double delta = s / double(n) - s_all / n_all;
-      m2_all += m2c + delta * delta * (n_all * double(n) / (n_all + double(n)));
-    } else {
-      m2_all = m2c;
-    }
-    n_all += double(n);
-    s_all += s;
-  }
-  *sum = s_all;
-  *m2 = m2_all;
+  batchnorm2d_plane_stats(L, x, chunk_sum, chunk_centred, sum, m2);
 }
 
 void batchnorm2d_fwd_f32__avx512(int64_t L, const float* x, float alpha, float beta, bool relu,

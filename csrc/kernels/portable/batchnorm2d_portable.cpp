@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/batchnorm_chunks.h"
 #include "kernels/batchnorm_ukernels.h"
 
 namespace convcore {
@@ -15,7 +16,6 @@ namespace {
 
 constexpr int64_t kLanes = 16;
 constexpr int64_t kBlock = 256;
-constexpr int64_t kChunk = 2048;
 
 // sum of x[0:n], float lanes per block, double across blocks.
 double block_sum(int64_t n, const float* x) {
@@ -62,25 +62,7 @@ void centred_sums(int64_t n, const float* x, float c, double* sd, double* sq) {
 }  // namespace
 
 void batchnorm2d_stats_f32__portable(int64_t L, const float* x, double* sum, double* m2) {
-  double n_all = 0.0, s_all = 0.0, m2_all = 0.0;
-  for (int64_t c0 = 0; c0 < L; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, L - c0);
-    const double s = block_sum(n, x + c0);
-    const double mean = s / double(n);
-    double sd, sq;
-    centred_sums(n, x + c0, float(mean), &sd, &sq);
-    const double m2c = std::max(sq - sd * sd / double(n), 0.0);
-    if (n_all > 0.0) {
-      const double delta = s / double(n) - s_all / n_all;
-      m2_all += m2c + delta * delta * (n_all * double(n) / (n_all + double(n)));
-    } else {
-      m2_all = m2c;
-    }
-    n_all += double(n);
-    s_all += s;
-  }
-  *sum = s_all;
-  *m2 = m2_all;
+  batchnorm2d_plane_stats(L, x, block_sum, centred_sums, sum, m2);
 }
 
 void batchnorm2d_fwd_f32__portable(int64_t L, const float* x, float alpha, float beta, bool relu,

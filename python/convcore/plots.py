@@ -56,17 +56,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_curves(history: list[dict], path: Path) -> Path:
+def plot_curves(history: list[dict], path: Path, label_smoothing: float = 0.0) -> Path:
     """Loss and accuracy per epoch (validation too when the run held some
     images out) and, when the records carry ``wall_seconds``, the test
-    accuracy against the wall clock of the run."""
+    accuracy against the wall clock of the run.  With ``label_smoothing``
+    the training loss is against the smoothed targets (the legend says so),
+    the others against the true labels."""
     timed = all("wall_seconds" in r for r in history)
     fig = _figure(15 if timed else 10, 4)
     axes = fig.subplots(1, 3 if timed else 2)
     ax1, ax2 = axes[:2]
     ep = [r["epoch"] for r in history]
     val = all("val_accuracy" in r for r in history)
-    ax1.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
+    smoothed = f" (smoothed targets, {label_smoothing:g})" if label_smoothing else ""
+    ax1.plot(ep, [r["train_loss"] for r in history], "o-", label="train" + smoothed)
     if val:
         ax1.plot(ep, [r["val_loss"] for r in history], "^-", label="validation")
     ax1.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
@@ -246,7 +249,17 @@ def plot_predictions(
 
 
 def save_all(
-    out_dir, *, history, model, confusion, image, label, normalize=False, images=None, labels=None
+    out_dir,
+    *,
+    history,
+    model,
+    confusion,
+    image,
+    label,
+    normalize=False,
+    images=None,
+    labels=None,
+    label_smoothing=0.0,
 ) -> list[Path]:
     """Write every picture into ``out_dir``; returns their paths.
 
@@ -257,7 +270,7 @@ def save_all(
 
     out = Path(out_dir)
     paths = [
-        plot_curves(history, out / "curves.png") if history else None,
+        plot_curves(history, out / "curves.png", label_smoothing) if history else None,
         plot_confusion(confusion, out / "confusion_matrix.png"),
         plot_filters(model, out / "filters.png"),
         plot_feature_maps(model, image, label, out / "feature_maps.png", normalize),

@@ -472,6 +472,7 @@ def run(
                 normalize=config["normalize"],
                 images=xte,
                 labels=yte,
+                label_smoothing=config["label_smoothing"],
             )
             metrics["pictures"] = [p.name for p in pictures]
             log(f"pictures: {', '.join(metrics['pictures'])}")

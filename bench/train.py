@@ -1,6 +1,6 @@
 """End-to-end training benchmark: convcore against PyTorch.
 
-For each model (``tutorial``, ``wide``) trains the same architecture in
+For each model (``tutorial``, ``wide``; ``wide-bn`` on request) trains the same architecture in
 convcore (convcore.models / nn / optim) and in PyTorch (torch.nn, built
 here), batch 100, Adam lr 1e-3, the same thread count, on the same batches.
 Each (framework, model) runs in its own worker process so that its peak RSS
@@ -37,15 +37,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-MODELS = ("tutorial", "wide")
+MODELS = ("tutorial", "wide", "wide-bn")
 FRAMEWORKS = ("convcore", "torch")
 BATCH = 100
 TRAIN_IMAGES = 60_000
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH  # 600
 LR = 1e-3
 #: Default timed steps per framework (a run of a few minutes on two free cores).
-DEFAULT_STEPS = {"tutorial": 300, "wide": 90}
-QUICK_STEPS = {"tutorial": 60, "wide": 12}
+DEFAULT_STEPS = {"tutorial": 300, "wide": 90, "wide-bn": 90}
+QUICK_STEPS = {"tutorial": 60, "wide": 12, "wide-bn": 12}
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 PREFIX = "@@"  # marks protocol lines on a worker's stdout
 
@@ -132,7 +132,9 @@ def _send(kind: str, payload: dict) -> None:
 
 def torch_model(name: str):
     """The PyTorch twin of convcore.models.build(name): same layers, same
-    indices (so parameter names match), in-place ReLU, dropout 0.5 in wide."""
+    indices (so parameter names match), in-place ReLU, dropout 0.5 in wide.
+    wide-bn's twin has BatchNorm2d then ReLU where convcore has one
+    BatchNorm2d(relu=True) layer (so its indices differ), dropout 0.3."""
     import torch.nn as tnn
 
     if name == "tutorial":
@@ -166,6 +168,24 @@ def torch_model(name: str):
             tnn.Linear(64 * 7 * 7, 256),
             tnn.ReLU(inplace=True),
             tnn.Dropout(0.5),
+            tnn.Linear(256, 10),
+        )
+    if name == "wide-bn":
+
+        def block(c, k):
+            return [tnn.Conv2d(c, k, 3, padding=1, bias=False), tnn.BatchNorm2d(k), tnn.ReLU(True)]
+
+        return tnn.Sequential(
+            *block(1, 32),
+            *block(32, 32),
+            tnn.MaxPool2d(2),
+            *block(32, 64),
+            *block(64, 64),
+            tnn.MaxPool2d(2),
+            tnn.Flatten(),
+            tnn.Linear(64 * 7 * 7, 256),
+            tnn.ReLU(inplace=True),
+            tnn.Dropout(0.3),
             tnn.Linear(256, 10),
         )
     raise ValueError(f"unknown model {name!r}")
@@ -519,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--models", default=",".join(MODELS), help="comma-separated: tutorial, wide (default both)"
+        "--models",
+        default="tutorial,wide",
+        help="comma-separated: tutorial, wide, wide-bn (default tutorial,wide)",
     )
     ap.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
     ap.add_argument(

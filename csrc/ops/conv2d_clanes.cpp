@@ -168,56 +168,50 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
   float* partials = thread_scratch(0).floats(chunks * part_size);
   const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
   const int nt = conv_threads(g);
-  TaskErrors errors;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    errors.run([&] {
-      float* part = partials + chunk * part_size;
-      std::fill(part, part + part_size, 0.0f);
-      float* xpad = thread_scratch(1).floats(x_img);
-      float* dyt = thread_scratch(2).floats(dyt_img);
-      for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
-        pad_image(uk.pad, d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
-        // The next image's x and dy, prefetched into L2 a slice per kernel
-        // call, behind the FMAs (as in run_clanes).
-        const bool more = n + 1 < split.end(chunk);
-        const char* next_x = reinterpret_cast<const char*>(x + (n + 1) * g.C * g.H * g.W);
-        const char* next_dy = reinterpret_cast<const char*>(dy + (n + 1) * g.K * PQ);
-        const int64_t x_lines = more ? g.C * g.H * g.W * int64_t(sizeof(float)) / 64 : 0;
-        const int64_t dy_lines = more ? g.K * PQ * int64_t(sizeof(float)) / 64 : 0;
-        const int64_t calls = g.G * ((g.P + row_block - 1) / row_block) * k_panels * crs_panels;
-        const int64_t per_call = (x_lines + dy_lines + calls - 1) / calls;
-        int64_t prefetched = 0;
-        for (int64_t grp = 0; grp < g.G; ++grp)
+  for_each_chunk_partial(split, partials, part_size, nt, [&](int64_t chunk, float* part) {
+    float* xpad = thread_scratch(1).floats(x_img);
+    float* dyt = thread_scratch(2).floats(dyt_img);
+    for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
+      pad_image(uk.pad, d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
+      // The next image's x and dy, prefetched into L2 a slice per kernel
+      // call, behind the FMAs (as in run_clanes).
+      const bool more = n + 1 < split.end(chunk);
+      const char* next_x = reinterpret_cast<const char*>(x + (n + 1) * g.C * g.H * g.W);
+      const char* next_dy = reinterpret_cast<const char*>(dy + (n + 1) * g.K * PQ);
+      const int64_t x_lines = more ? g.C * g.H * g.W * int64_t(sizeof(float)) / 64 : 0;
+      const int64_t dy_lines = more ? g.K * PQ * int64_t(sizeof(float)) / 64 : 0;
+      const int64_t calls = g.G * ((g.P + row_block - 1) / row_block) * k_panels * crs_panels;
+      const int64_t per_call = (x_lines + dy_lines + calls - 1) / calls;
+      int64_t prefetched = 0;
+      for (int64_t grp = 0; grp < g.G; ++grp)
+        for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
+          float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
+          const int64_t k0 = grp * Kg + kpn * kp, valid = std::min(kp, Kg - kpn * kp);
+          uk.pack(dy + (n * g.K + k0) * PQ, PQ, PQ, valid, panel, kp);
+        }
+      for (int64_t grp = 0; grp < g.G; ++grp) {
+        const float* xg = xpad + grp * g.Cg() * plane;
+        float* part_g = part + grp * crs_panels * mt * ldw;
+        for (int64_t p0 = 0; p0 < g.P; p0 += row_block) {
+          const int64_t rows_here = std::min(row_block, g.P - p0);
           for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
-            float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
-            const int64_t k0 = grp * Kg + kpn * kp, valid = std::min(kp, Kg - kpn * kp);
-            uk.pack(dy + (n * g.K + k0) * PQ, PQ, PQ, valid, panel, kp);
-          }
-        for (int64_t grp = 0; grp < g.G; ++grp) {
-          const float* xg = xpad + grp * g.Cg() * plane;
-          float* part_g = part + grp * crs_panels * mt * ldw;
-          for (int64_t p0 = 0; p0 < g.P; p0 += row_block) {
-            const int64_t rows_here = std::min(row_block, g.P - p0);
-            for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
-              const float* panel = dyt + (grp * k_panels + kpn) * PQ * kp + p0 * g.Q * kp;
-              for (int64_t cp = 0; cp < crs_panels; ++cp) {
-                const float* rows[16];
-                for (int64_t r = 0; r < mt; ++r)  // taps past the end repeat a valid one; discarded
-                  rows[r] = xg + tap_offset[size_t(std::min(cp * mt + r, CRS - 1))] + p0 * Wh;
-                uk.fn(g.Q, rows_here, rows, Wh, panel, part_g + cp * mt * ldw + kpn * kp, ldw);
-                for (int64_t l = 0; l < per_call && prefetched < x_lines + dy_lines;
-                     ++l, ++prefetched)
-                  __builtin_prefetch(prefetched < x_lines ? next_x + prefetched * 64
-                                                          : next_dy + (prefetched - x_lines) * 64,
-                                     0, 2);
-              }
+            const float* panel = dyt + (grp * k_panels + kpn) * PQ * kp + p0 * g.Q * kp;
+            for (int64_t cp = 0; cp < crs_panels; ++cp) {
+              const float* rows[16];
+              for (int64_t r = 0; r < mt; ++r)  // taps past the end repeat a valid one; discarded
+                rows[r] = xg + tap_offset[size_t(std::min(cp * mt + r, CRS - 1))] + p0 * Wh;
+              uk.fn(g.Q, rows_here, rows, Wh, panel, part_g + cp * mt * ldw + kpn * kp, ldw);
+              for (int64_t l = 0; l < per_call && prefetched < x_lines + dy_lines;
+                   ++l, ++prefetched)
+                __builtin_prefetch(prefetched < x_lines ? next_x + prefetched * 64
+                                                        : next_dy + (prefetched - x_lines) * 64,
+                                   0, 2);
             }
           }
         }
       }
-    });
-  errors.rethrow();
+    }
+  });
   const int rt = threads_for(double(g.weight_numel()) * chunks, 1e5);
 #pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
   for (int64_t gk = 0; gk < g.K; ++gk) {

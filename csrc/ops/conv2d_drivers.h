@@ -14,6 +14,7 @@
 #include "kernels/direct_ukernels.h"
 #include "kernels/gemm_ukernels.h"
 #include "kernels/rows_ukernels.h"
+#include "ops/parallel.h"
 
 namespace convcore {
 
@@ -116,6 +117,24 @@ struct DirectConv {
   const float* bias;  // G*Kout or null
   bool relu = false;  // max(., 0) on the stored outputs (forward only)
 };
+
+// Runs body(chunk, part) for every chunk of `split` on nt threads, each into
+// its own zeroed partial (part = partials + chunk * part_size), then rethrows
+// the first error.  What a chunk sums depends on the chunking alone, never
+// on which thread runs it.
+template <class Body>
+void for_each_chunk_partial(const BatchChunks& split, float* partials, int64_t part_size, int nt,
+                            Body body) {
+  TaskErrors errors;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t chunk = 0; chunk < split.count; ++chunk)
+    errors.run([&] {
+      float* part = partials + chunk * part_size;
+      std::fill(part, part + part_size, 0.0f);
+      body(chunk, part);
+    });
+  errors.rethrow();
+}
 
 // Element `at` of the weight gradient: the chunks' partial sums (chunk c at
 // partials + c * part_size) added in chunk order, the fixed order that keeps

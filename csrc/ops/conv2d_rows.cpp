@@ -149,30 +149,24 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
   const int64_t chunks = split.count;
   std::vector<float> partials(static_cast<size_t>(chunks * part_size));
   const int nt = conv_threads(g);
-  TaskErrors errors;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    errors.run([&] {
-      const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
-      float* part = partials.data() + chunk * part_size;
-      std::fill(part, part + part_size, 0.0f);
-      const int64_t ib = split.images_per_call(chunk, x_img + g.K * PQ);
-      float* xpad = thread_scratch(1).floats(ib * x_img + kLanes);
-      for (int64_t nb = n0; nb < n1; nb += ib) {
-        const int64_t images = std::min(ib, n1 - nb);
-        for (int64_t i = 0; i < images; ++i)
-          pad_planes(d.pp, g.C, x + (nb + i) * g.C * g.H * g.W, xpad + i * x_img);
-        std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
-        for (int64_t b = 0; b < kblocks; ++b) {
-          const int64_t k0 = b * kb;
-          for (int64_t t0 = 0; t0 < ldo; t0 += tb)
-            uk->fn(images, dy + (nb * g.K + k0) * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0,
-                   segs.data(), int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0,
-                   ldo);
-        }
+  for_each_chunk_partial(split, partials.data(), part_size, nt, [&](int64_t chunk, float* part) {
+    const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
+    const int64_t ib = split.images_per_call(chunk, x_img + g.K * PQ);
+    float* xpad = thread_scratch(1).floats(ib * x_img + kLanes);
+    for (int64_t nb = n0; nb < n1; nb += ib) {
+      const int64_t images = std::min(ib, n1 - nb);
+      for (int64_t i = 0; i < images; ++i)
+        pad_planes(d.pp, g.C, x + (nb + i) * g.C * g.H * g.W, xpad + i * x_img);
+      std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
+      for (int64_t b = 0; b < kblocks; ++b) {
+        const int64_t k0 = b * kb;
+        for (int64_t t0 = 0; t0 < ldo; t0 += tb)
+          uk->fn(images, dy + (nb * g.K + k0) * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0,
+                 segs.data(), int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0,
+                 ldo);
       }
-    });
-  errors.rethrow();
+    }
+  });
   for (int64_t k = 0; k < g.K; ++k)
     for (int64_t i = 0; i < CRS; ++i) {
       dw[k * CRS + i] = sum_chunk_partials(partials.data(), chunks, part_size, k * ldo + i);

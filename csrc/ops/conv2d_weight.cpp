@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "ops/conv2d_drivers.h"
-#include "ops/parallel.h"
 #include "ops/workspace.h"
 
 namespace convcore {
@@ -31,53 +30,47 @@ void backward_weight_direct(conv_dot_ukernel_fn ukernel, const Conv2dGeometry& g
   std::vector<float> partials(size_t(chunks * wsize));
   const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
   const int nt = conv_threads(g);
-  TaskErrors errors;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    errors.run([&] {
-      const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
-      float* part = partials.data() + chunk * wsize;
-      std::fill(part, part + wsize, 0.0f);
-      const int64_t ib = split.images_per_call(chunk, x_img + dy_img);
-      float* xpad = thread_scratch(1).floats(ib * x_img + slack);
-      float* dyp = thread_scratch(2).floats(ib * dy_img);
-      for (int64_t nb = n0; nb < n1; nb += ib) {
-        const int64_t images = std::min(ib, n1 - nb);
-        for (int64_t i = 0; i < images; ++i) {
-          const int64_t n = nb + i;
-          pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad + i * x_img);
-          for (int64_t k = 0; k < g.K; ++k) {
-            const float* src = dy + (n * g.K + k) * PQ;
-            float* dst = dyp + i * dy_img + k * T8;
-            for (int64_t p = 0; p < g.P; ++p) {
-              std::memcpy(dst + p * Wp, src + p * g.Q, size_t(g.Q) * sizeof(float));
-              std::fill(dst + p * Wp + g.Q, dst + (p + 1) * Wp, 0.0f);
-            }
-            std::fill(dst + g.P * Wp, dst + T8, 0.0f);
+  for_each_chunk_partial(split, partials.data(), wsize, nt, [&](int64_t chunk, float* part) {
+    const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
+    const int64_t ib = split.images_per_call(chunk, x_img + dy_img);
+    float* xpad = thread_scratch(1).floats(ib * x_img + slack);
+    float* dyp = thread_scratch(2).floats(ib * dy_img);
+    for (int64_t nb = n0; nb < n1; nb += ib) {
+      const int64_t images = std::min(ib, n1 - nb);
+      for (int64_t i = 0; i < images; ++i) {
+        const int64_t n = nb + i;
+        pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad + i * x_img);
+        for (int64_t k = 0; k < g.K; ++k) {
+          const float* src = dy + (n * g.K + k) * PQ;
+          float* dst = dyp + i * dy_img + k * T8;
+          for (int64_t p = 0; p < g.P; ++p) {
+            std::memcpy(dst + p * Wp, src + p * g.Q, size_t(g.Q) * sizeof(float));
+            std::fill(dst + p * Wp + g.Q, dst + (p + 1) * Wp, 0.0f);
           }
+          std::fill(dst + g.P * Wp, dst + T8, 0.0f);
         }
-        std::fill(xpad + images * x_img, xpad + images * x_img + slack, 0.0f);
-        for (int64_t grp = 0; grp < g.G; ++grp) {
-          const float* xg = xpad + grp * g.Cg() * plane;
-          for (int64_t k0 = 0; k0 < Kg; k0 += kDotMR) {
-            const float* a[kDotMR];
-            for (int64_t i = 0; i < kDotMR; ++i)  // rows past the end repeat a valid one; discarded
-              a[i] = dyp + (grp * Kg + std::min(k0 + i, Kg - 1)) * T8;
-            for (int64_t j0 = 0; j0 < CRS; j0 += kDotNR) {
-              const float* bp[kDotNR];
-              for (int64_t j = 0; j < kDotNR; ++j)
-                bp[j] = xg + tap_offset[size_t(std::min(j0 + j, CRS - 1))];
-              float tile[kDotMR * kDotNR] = {};
-              ukernel(T8 / 8, images, a, dy_img, bp, x_img, tile);
-              for (int64_t i = 0; i < kDotMR && k0 + i < Kg; ++i)
-                for (int64_t j = 0; j < kDotNR && j0 + j < CRS; ++j)
-                  part[(grp * Kg + k0 + i) * CRS + j0 + j] += tile[i * kDotNR + j];
-            }
+      }
+      std::fill(xpad + images * x_img, xpad + images * x_img + slack, 0.0f);
+      for (int64_t grp = 0; grp < g.G; ++grp) {
+        const float* xg = xpad + grp * g.Cg() * plane;
+        for (int64_t k0 = 0; k0 < Kg; k0 += kDotMR) {
+          const float* a[kDotMR];
+          for (int64_t i = 0; i < kDotMR; ++i)  // rows past the end repeat a valid one; discarded
+            a[i] = dyp + (grp * Kg + std::min(k0 + i, Kg - 1)) * T8;
+          for (int64_t j0 = 0; j0 < CRS; j0 += kDotNR) {
+            const float* bp[kDotNR];
+            for (int64_t j = 0; j < kDotNR; ++j)
+              bp[j] = xg + tap_offset[size_t(std::min(j0 + j, CRS - 1))];
+            float tile[kDotMR * kDotNR] = {};
+            ukernel(T8 / 8, images, a, dy_img, bp, x_img, tile);
+            for (int64_t i = 0; i < kDotMR && k0 + i < Kg; ++i)
+              for (int64_t j = 0; j < kDotNR && j0 + j < CRS; ++j)
+                part[(grp * Kg + k0 + i) * CRS + j0 + j] += tile[i * kDotNR + j];
           }
         }
       }
-    });
-  errors.rethrow();
+    }
+  });
   const int rt = threads_for(double(wsize) * chunks, 1e5);
 #pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
   for (int64_t i = 0; i < wsize; ++i) {
@@ -105,63 +98,56 @@ void backward_weight_outer(conv_outer_ukernel_fn ukernel, const Conv2dGeometry& 
   std::vector<float> partials(static_cast<size_t>(chunks * part_size));
   const std::vector<int64_t> tap_offset = tap_offsets(d.pp, g.Cg(), g.R, g.S, g.dil_h, g.dil_w);
   const int nt = conv_threads(g);
-  TaskErrors errors;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    errors.run([&] {
-      const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
-      float* part = partials.data() + chunk * part_size;
-      std::fill(part, part + part_size, 0.0f);
-      const int64_t ib = split.images_per_call(chunk, x_img + dyt_img);
-      float* xpad = thread_scratch(1).floats(ib * x_img + slack);
-      float* dyt = thread_scratch(2).floats(ib * dyt_img);
-      for (int64_t nb = n0; nb < n1; nb += ib) {
-        const int64_t images = std::min(ib, n1 - nb);
-        for (int64_t i = 0; i < images; ++i) {
-          const int64_t n = nb + i;
-          pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad + i * x_img);
-          for (int64_t grp = 0; grp < g.G; ++grp)
-            for (int64_t kp = 0; kp < k_panels; ++kp) {
-              // Position-major transpose: each 64-byte panel row is written
-              // whole while the 16 source rows stream through L1.
-              float* panel = dyt + i * dyt_img + (grp * k_panels + kp) * T * 16;
-              const int64_t valid = std::min<int64_t>(16, Kg - kp * 16);
-              const float* src[16];
-              for (int64_t j = 0; j < valid; ++j)
-                src[j] = dy + (n * g.K + grp * Kg + kp * 16 + j) * PQ;
-              for (int64_t p = 0; p < g.P; ++p) {
-                for (int64_t q = 0; q < g.Q; ++q) {
-                  float* dst = panel + (p * Wp + q) * 16;
-                  const int64_t at = p * g.Q + q;
-                  for (int64_t j = 0; j < valid; ++j) dst[j] = src[j][at];
-                  for (int64_t j = valid; j < 16; ++j) dst[j] = 0.0f;
-                }
-                std::fill(panel + (p * Wp + g.Q) * 16, panel + (p + 1) * Wp * 16, 0.0f);
+  for_each_chunk_partial(split, partials.data(), part_size, nt, [&](int64_t chunk, float* part) {
+    const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
+    const int64_t ib = split.images_per_call(chunk, x_img + dyt_img);
+    float* xpad = thread_scratch(1).floats(ib * x_img + slack);
+    float* dyt = thread_scratch(2).floats(ib * dyt_img);
+    for (int64_t nb = n0; nb < n1; nb += ib) {
+      const int64_t images = std::min(ib, n1 - nb);
+      for (int64_t i = 0; i < images; ++i) {
+        const int64_t n = nb + i;
+        pad_planes(d.pp, g.C, x + n * g.C * g.H * g.W, xpad + i * x_img);
+        for (int64_t grp = 0; grp < g.G; ++grp)
+          for (int64_t kp = 0; kp < k_panels; ++kp) {
+            // Position-major transpose: each 64-byte panel row is written
+            // whole while the 16 source rows stream through L1.
+            float* panel = dyt + i * dyt_img + (grp * k_panels + kp) * T * 16;
+            const int64_t valid = std::min<int64_t>(16, Kg - kp * 16);
+            const float* src[16];
+            for (int64_t j = 0; j < valid; ++j)
+              src[j] = dy + (n * g.K + grp * Kg + kp * 16 + j) * PQ;
+            for (int64_t p = 0; p < g.P; ++p) {
+              for (int64_t q = 0; q < g.Q; ++q) {
+                float* dst = panel + (p * Wp + q) * 16;
+                const int64_t at = p * g.Q + q;
+                for (int64_t j = 0; j < valid; ++j) dst[j] = src[j][at];
+                for (int64_t j = valid; j < 16; ++j) dst[j] = 0.0f;
               }
-            }
-        }
-        std::fill(xpad + images * x_img, xpad + images * x_img + slack, 0.0f);
-        for (int64_t i = 0; i < images; ++i)
-          for (int64_t grp = 0; grp < g.G; ++grp) {
-            const float* xg = xpad + i * x_img + grp * g.Cg() * plane;
-            float* part_g = part + grp * crs_panels * 6 * ldw;
-            for (int64_t t0 = 0; t0 < T; t0 += kBlockT) {
-              const int64_t tb = std::min(kBlockT, T - t0);
-              for (int64_t kp = 0; kp < k_panels; ++kp) {
-                const float* panel = dyt + i * dyt_img + (grp * k_panels + kp) * T * 16 + t0 * 16;
-                for (int64_t cp = 0; cp < crs_panels; ++cp) {
-                  const float* rows[6];
-                  for (int64_t r = 0; r < 6;
-                       ++r)  // taps past the end repeat a valid one; discarded
-                    rows[r] = xg + tap_offset[size_t(std::min(cp * 6 + r, CRS - 1))] + t0;
-                  ukernel(tb, rows, panel, part_g + cp * 6 * ldw + kp * 16, ldw, true);
-                }
-              }
+              std::fill(panel + (p * Wp + g.Q) * 16, panel + (p + 1) * Wp * 16, 0.0f);
             }
           }
       }
-    });
-  errors.rethrow();
+      std::fill(xpad + images * x_img, xpad + images * x_img + slack, 0.0f);
+      for (int64_t i = 0; i < images; ++i)
+        for (int64_t grp = 0; grp < g.G; ++grp) {
+          const float* xg = xpad + i * x_img + grp * g.Cg() * plane;
+          float* part_g = part + grp * crs_panels * 6 * ldw;
+          for (int64_t t0 = 0; t0 < T; t0 += kBlockT) {
+            const int64_t tb = std::min(kBlockT, T - t0);
+            for (int64_t kp = 0; kp < k_panels; ++kp) {
+              const float* panel = dyt + i * dyt_img + (grp * k_panels + kp) * T * 16 + t0 * 16;
+              for (int64_t cp = 0; cp < crs_panels; ++cp) {
+                const float* rows[6];
+                for (int64_t r = 0; r < 6; ++r)  // taps past the end repeat a valid one; discarded
+                  rows[r] = xg + tap_offset[size_t(std::min(cp * 6 + r, CRS - 1))] + t0;
+                ukernel(tb, rows, panel, part_g + cp * 6 * ldw + kp * 16, ldw, true);
+              }
+            }
+          }
+        }
+    }
+  });
   const int rt = threads_for(double(g.weight_numel()) * chunks, 1e5);
 #pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
   for (int64_t gk = 0; gk < g.K; ++gk) {

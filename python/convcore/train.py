@@ -182,12 +182,12 @@ def split_validation(images, labels, n: int):
     return images[~held], labels[~held], images[held], labels[held]
 
 
-def _augment(x, config: dict, rng) -> np.ndarray:
-    """The training augmentation of one host batch (see :mod:`convcore.augment`)."""
+def _augment(x, config: dict, rng, background: float) -> np.ndarray:
+    """The training augmentation of one host batch (see :mod:`convcore.augment`);
+    crops pad with ``background``, the value of a black pixel."""
     if config["flip"]:
         augment.random_flip(x, rng)
     if config["crop"]:
-        background = float(to_float(np.zeros((1, 1, 1), np.uint8), config["normalize"])[0, 0, 0, 0])
         x = augment.random_crop(x, config["crop"], rng, value=background)
     return x
 
@@ -331,6 +331,7 @@ def run(
             last_step=start_epoch * steps_per_epoch - 1,
         )
     augmenting = bool(config["flip"] or config["crop"])
+    black = float(to_float(np.zeros((1, 1, 1), np.uint8), config["normalize"])[0, 0, 0, 0])
     # The clock of a resumed run goes on from the checkpoint's last epoch.
     clock0 = started - (history[-1].get("wall_seconds", 0.0) if history else 0.0)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
@@ -371,7 +372,7 @@ def run(
         try:
             for x, y in batches:
                 if augmenting:
-                    x = _augment(x, config, augment_rng)
+                    x = _augment(x, config, augment_rng, black)
                 x = backend.from_host(x, device_index)
                 loss = loss_fn(model(x), y)
                 if not np.isfinite(loss):

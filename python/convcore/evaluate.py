@@ -52,9 +52,9 @@ def evaluate_model(
             x = backend.from_host(x, like=where)
         if tta:
             logits = backend.to_numpy(model(x)).copy()  # the next call may reuse its output
-            mirror = np.ascontiguousarray(x[..., ::-1]) if where is None else None
+            mirror = np.ascontiguousarray(xh[..., ::-1])
             if where is not None:
-                mirror = backend.from_host(np.ascontiguousarray(xh[..., ::-1]), like=where)
+                mirror = backend.from_host(mirror, like=where)
             logits += backend.to_numpy(model(mirror))
             logits *= np.float32(0.5)
             total += loss_fn(logits, y)

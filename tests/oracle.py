@@ -205,6 +205,18 @@ def isa_cap(isa: str | None):
         convcore.set_max_isa(saved)
 
 
+@contextlib.contextmanager
+def disabled(*names: str):
+    """Run with these implementations passed over by the kernel selection
+    (``convcore.set_disabled_implementations``); restore after."""
+    saved = convcore.disabled_implementations()
+    convcore.set_disabled_implementations(sorted(set(saved) | set(names)))
+    try:
+        yield
+    finally:
+        convcore.set_disabled_implementations(saved)
+
+
 def _expect_kernel(op: str, isa: str, suffix) -> None:
     got = convcore.last_kernel(op)
     assert got.endswith(suffix), (

@@ -379,6 +379,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("detected_isa", [] { return std::string(convcore::isa_name(convcore::detected_isa())); });
   m.def("last_kernel", &convcore::last_kernel, py::arg("op"));
   m.def("implementations", &convcore::list_implementations, py::arg("op"));
+  m.def("set_disabled_implementations", &convcore::set_disabled_implementations, py::arg("names"));
+  m.def("disabled_implementations", &convcore::disabled_kernels);
   m.def("build_info", &build_info);
 
 #if defined(CONVCORE_WITH_CUDA)

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "common/geometry.h"
 
@@ -28,6 +29,10 @@ std::map<std::string, std::string>& last_kernels() {
   static std::map<std::string, std::string> m;
   return m;
 }
+
+std::mutex g_disabled_mutex;
+std::set<std::string> g_disabled;
+std::atomic<bool> g_any_disabled{false};  // the selection's fast path
 
 }  // namespace
 
@@ -65,6 +70,23 @@ std::string last_kernel(const std::string& op) {
   std::lock_guard<std::mutex> lock(g_log_mutex);
   auto it = last_kernels().find(op);
   return it == last_kernels().end() ? std::string() : it->second;
+}
+
+void set_disabled_kernels(const std::vector<std::string>& names) {
+  std::lock_guard<std::mutex> lock(g_disabled_mutex);
+  g_disabled = std::set<std::string>(names.begin(), names.end());
+  g_any_disabled.store(!g_disabled.empty(), std::memory_order_release);
+}
+
+std::vector<std::string> disabled_kernels() {
+  std::lock_guard<std::mutex> lock(g_disabled_mutex);
+  return std::vector<std::string>(g_disabled.begin(), g_disabled.end());
+}
+
+bool kernel_disabled(const char* name) {
+  if (!g_any_disabled.load(std::memory_order_acquire)) return false;
+  std::lock_guard<std::mutex> lock(g_disabled_mutex);
+  return g_disabled.count(name) != 0;
 }
 
 }  // namespace convcore

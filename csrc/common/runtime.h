@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace convcore {
 
@@ -21,5 +22,13 @@ int threads_for(double work, double min_work_per_thread);
 void note_kernel(const char* op, const char* impl, const std::string& problem);
 // Name of the implementation `op` ran last ("" if none yet).
 std::string last_kernel(const std::string& op);
+
+// Implementations the selection passes over (by name), so a benchmark or a
+// test can run the next entry of a list on a shape the first one takes.
+// Replaces the whole set; names are checked by the caller
+// (set_disabled_implementations in ops/ops.h).
+void set_disabled_kernels(const std::vector<std::string>& names);
+std::vector<std::string> disabled_kernels();
+bool kernel_disabled(const char* name);
 
 }  // namespace convcore

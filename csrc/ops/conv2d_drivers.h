@@ -14,6 +14,7 @@
 #include "kernels/direct_ukernels.h"
 #include "kernels/gemm_ukernels.h"
 #include "kernels/rows_ukernels.h"
+#include "kernels/winograd_ukernels.h"
 #include "ops/parallel.h"
 
 namespace convcore {
@@ -248,5 +249,22 @@ void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const fl
                         const float* w, float* dx);
 void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,
                           const float* x, float* dw);
+
+// Winograd F(2x2, 3x3) family (ops/conv2d_winograd.cpp,
+// kernels/winograd_ukernels.h): forward and data gradient of 3x3, stride-1,
+// undilated, one-group convolutions; tiles in the lanes, NCHW in and out.
+struct WinogradKernels {
+  conv_wino_input_fn input;
+  conv_wino_gemm_fn gemm;
+  conv_wino_output_fn output;
+};
+bool winograd_applicable(const Conv2dGeometry& g);
+// Both return false, having written an unspecified output, when the input,
+// the weights or the bias hold NaN or +-inf: the caller then runs the direct
+// path (kernels/winograd_ukernels.h says why).
+bool forward_winograd(const WinogradKernels& ks, const Conv2dGeometry& g, const float* x,
+                      const float* w, const float* b, float* y, bool relu);
+bool backward_data_winograd(const WinogradKernels& ks, const Conv2dGeometry& g, const float* dy,
+                            const float* w, float* dx);
 
 }  // namespace convcore

@@ -34,7 +34,7 @@ const Impl<Problem, Args>& select_impl(const Impl<Problem, Args> (&impls)[L], co
   static_assert(L > 0, "an implementation list ends in the scalar reference");
   const Isa cap = active_isa();
   for (const Impl<Problem, Args>& impl : impls)
-    if (int(impl.isa) <= int(cap) && impl.applicable(p)) return impl;
+    if (int(impl.isa) <= int(cap) && !kernel_disabled(impl.name) && impl.applicable(p)) return impl;
   return impls[L - 1];
 }
 
@@ -45,6 +45,26 @@ void run_first_applicable(const char* op, const Impl<Problem, Args> (&impls)[L],
   const Impl<Problem, Args>& impl = select_impl(impls, p);
   note_kernel(op, impl.name, problem_name);
   impl.run(p, args);
+}
+
+// For an entry that finds, while running, that it cannot take a problem
+// after all (the Winograd kernels on NaN or inf data): runs the entry that
+// would have been selected had `self` not applied, and records it.
+template <class Problem, class Args, std::size_t L>
+void run_next_applicable(const char* op, const Impl<Problem, Args> (&impls)[L], const char* self,
+                         const Problem& p, const std::string& problem_name, const Args& args) {
+  const Isa cap = active_isa();
+  std::size_t i = 0;
+  while (i < L && std::string(impls[i].name) != self) ++i;
+  const Impl<Problem, Args>* chosen = &impls[L - 1];
+  for (++i; i + 1 < L; ++i)
+    if (int(impls[i].isa) <= int(cap) && !kernel_disabled(impls[i].name) &&
+        impls[i].applicable(p)) {
+      chosen = &impls[i];
+      break;
+    }
+  note_kernel(op, chosen->name, problem_name);
+  chosen->run(p, args);
 }
 
 template <class Problem, class Args, std::size_t L>

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "common/geometry.h"
+#include "common/runtime.h"
 #include "ops/impl_list.h"
 #include "ops/ops.h"
 
@@ -37,6 +38,26 @@ std::vector<std::string> list_implementations(const std::string& op) {
     known += entry.op;
   }
   throw ArgumentError("op: unknown op '" + op + "'; expected one of " + known);
+}
+
+void set_disabled_implementations(const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    bool found = false;
+    for (const OpLists& entry : kOps) {
+      const std::vector<std::string> list = entry.names();
+      for (size_t i = 0; i < list.size(); ++i) {
+        if (list[i] != name) continue;
+        if (i + 1 == list.size())
+          throw ArgumentError("names: '" + name + "' is the scalar reference of " + entry.op +
+                              ", which ends the list and cannot be disabled");
+        found = true;
+      }
+    }
+    if (!found)
+      throw ArgumentError("names: unknown implementation '" + name +
+                          "'; convcore.implementations(op) lists each op's");
+  }
+  set_disabled_kernels(names);
 }
 
 }  // namespace convcore

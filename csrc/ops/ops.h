@@ -61,5 +61,10 @@ void batchnorm2d_backward(const BatchNorm2dGeometry& g, const float* dy, const f
 
 // Names of the implementations of an op, in the order they are tried.
 std::vector<std::string> list_implementations(const std::string& op);
+// Makes the kernel selection pass over these implementations (by name; an
+// empty list restores the default).  Each name must be in some op's list and
+// must not be a scalar reference (the entry that ends every list), else
+// ArgumentError naming it.
+void set_disabled_implementations(const std::vector<std::string>& names);
 
 }  // namespace convcore

@@ -32,9 +32,11 @@ from ._process import tune_process
 from ._runtime import (
     __version__,
     build_info,
+    disabled_implementations,
     get_num_threads,
     implementations,
     last_kernel,
+    set_disabled_implementations,
     set_max_isa,
     set_num_threads,
 )
@@ -63,6 +65,7 @@ __all__ = [
     "cuda",
     "data",
     "get_num_threads",
+    "disabled_implementations",
     "implementations",
     "last_kernel",
     "max_pool2d",
@@ -72,6 +75,7 @@ __all__ = [
     "optim",
     "pad",
     "pad_backward",
+    "set_disabled_implementations",
     "set_max_isa",
     "set_num_threads",
     "tune_process",

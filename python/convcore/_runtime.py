@@ -11,9 +11,11 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "build_info",
+    "disabled_implementations",
     "get_num_threads",
     "implementations",
     "last_kernel",
+    "set_disabled_implementations",
     "set_max_isa",
     "set_num_threads",
 ]
@@ -53,6 +55,23 @@ def implementations(op: str) -> list[str]:
     """The implementations of ``op`` in the order they are tried; the last
     is the scalar reference."""
     return _core.implementations(op)
+
+
+def set_disabled_implementations(names) -> None:
+    """Make the kernel selection pass over these implementations, by name
+    (as ``implementations(op)`` lists them); an empty list restores the
+    default.  Each op then runs the next entry of its list that applies, so
+    a benchmark or a test can compare, say, the Winograd convolution with
+    the direct one on the same shape.  The scalar references, which end
+    every list, cannot be disabled.  Replaces the previous set."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError("names: expected a list of implementation names (str)")
+    _core.set_disabled_implementations(list(names))
+
+
+def disabled_implementations() -> list[str]:
+    """The implementations the kernel selection passes over (sorted)."""
+    return _core.disabled_implementations()
 
 
 def build_info() -> dict:

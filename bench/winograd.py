@@ -15,7 +15,7 @@ largest |error| / bound, the bound being 10 sqrt(n) u scale for a dot
 product of n terms.  The error columns are what "stays within the oracle's
 bounds" means, with the direct method beside it for comparison.
 
-    .venv/bin/python bench/winograd.py                  # 2 threads, batch 100
+    .venv/bin/python bench/winograd.py                  # 2 threads, the problems' batch
     .venv/bin/python bench/winograd.py --threads 1 --batch 128 --rounds 20
 """
 
@@ -54,8 +54,9 @@ def _errors(got: np.ndarray, ref: torch.Tensor, scale: torch.Tensor, n_terms: in
     return float((err / s).max()) / U, float((err / (10 * math.sqrt(n_terms) * U * s)).max())
 
 
-def bench_problem(name: str, batch: int, rounds: int, peak: float | None) -> list[dict]:
+def bench_problem(name: str, batch: int | None, rounds: int, peak: float | None) -> list[dict]:
     p = problems.parse(name)
+    batch = p.N if batch is None else batch
     kw = p.kwargs()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, p.C, p.H, p.W), dtype=np.float32)
@@ -189,7 +190,9 @@ def real_activations(checkpoint: str, images: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="threads for convcore")
-    ap.add_argument("--batch", type=int, default=100, help="batch of every problem")
+    ap.add_argument(
+        "--batch", type=int, default=None, help="batch of every problem (default: its own)"
+    )
     ap.add_argument("--rounds", type=int, default=20, help="timed rounds per op")
     ap.add_argument(
         "--checkpoint",
@@ -208,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     peak, _ = _common.peak_gflops([before])
     rows = [r for name in PROBLEMS for r in bench_problem(name, args.batch, args.rounds, peak)]
     after = _common.fma_check(args.threads)
-    print(f"threads={args.threads} batch={args.batch} isa={convcore._core.active_isa()}")
+    batch = args.batch or "each problem's"
+    print(f"threads={args.threads} batch={batch} isa={convcore._core.active_isa()}")
     print(f"FMA peak: {_common.fma_line(before)} (start), {_common.fma_line(after)} (end)")
     header = [
         "problem",

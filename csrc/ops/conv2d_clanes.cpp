@@ -212,14 +212,16 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
       }
     }
   });
-  const int rt = threads_for(double(g.weight_numel()) * chunks, 1e5);
+  // Row by row of the partials (one tap, Kg channels: contiguous in every
+  // chunk), so each chunk is read as a stream; the strided side is the
+  // write into dw.  Same sums in the same order as element by element.
+  const int rt = threads_for(double(g.weight_numel()) * chunks, 5e4);
 #pragma omp parallel for num_threads(rt) schedule(static) if (rt > 1)
-  for (int64_t gk = 0; gk < g.K; ++gk) {
-    const int64_t grp = gk / Kg, k = gk % Kg;
-    for (int64_t crs = 0; crs < CRS; ++crs) {
-      const int64_t at = (grp * crs_panels * mt + crs) * ldw + k;
-      dw[gk * CRS + crs] = sum_chunk_partials(partials, chunks, part_size, at);
-    }
+  for (int64_t row = 0; row < g.G * CRS; ++row) {
+    const int64_t grp = row / CRS, crs = row % CRS;
+    const int64_t at = (grp * crs_panels * mt + crs) * ldw;
+    for (int64_t k = 0; k < Kg; ++k)
+      dw[(grp * Kg + k) * CRS + crs] = sum_chunk_partials(partials, chunks, part_size, at + k);
   }
 }
 

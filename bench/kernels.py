@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -293,8 +294,13 @@ def select_problems(filters: list[str] | None) -> list[tuple[str, str]]:
     return out
 
 
-def build_cases(ops: set[str], filters: list[str] | None) -> list[Case]:
-    chosen = select_problems(filters)
+def with_batch(name: str, batch: int | None) -> str:
+    """The problem string with its batch replaced (``n100_`` -> ``n128_``)."""
+    return name if batch is None else re.sub(r"(^|_)n\d+_", rf"\g<1>n{batch}_", name, count=1)
+
+
+def build_cases(ops: set[str], filters: list[str] | None, batch: int | None = None) -> list[Case]:
+    chosen = [(with_batch(n, batch), g) for n, g in select_problems(filters)]
     cases = []
     conv = [(n, g) for n, g in chosen if not n.startswith("pool_")]
     pool = [(n, g) for n, g in chosen if n.startswith("pool_")]
@@ -304,7 +310,11 @@ def build_cases(ops: set[str], filters: list[str] | None) -> list[Case]:
                 cases += make(n, g, ops)
     if any(o.startswith("pad_") for o in ops):
         pad_names = pad_problems(
-            [(n, g) for n, g in select_problems(None) if not n.startswith("pool_")]
+            [
+                (with_batch(n, batch), g)
+                for n, g in select_problems(None)
+                if not n.startswith("pool_")
+            ]
         )
         for n, g in pad_names:
             if not filters or any(f == g or f in n for f in filters):
@@ -538,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         "substring of the problem string (e.g. 'c64_h14,k128'); default all",
     )
     ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="replace every problem's batch by this (e.g. 128); default each problem's own",
+    )
+    ap.add_argument(
         "--budget",
         type=float,
         default=None,
@@ -588,11 +604,14 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "budget_s": budget,
         "retries": args.retries,
+        "batch": args.batch,
     }
     meta["fma_before"] = _common.fma_check(args.threads, quick=args.quick)
     meta["avx512"] = None if args.quick else _common.avx512_note()
 
-    cases = build_cases(ops, filters)
+    if args.batch is not None and args.batch < 1:
+        ap.error("--batch: expected a positive batch")
+    cases = build_cases(ops, filters, args.batch)
     if not cases:
         ap.error("no (op, problem) pair matches the filters")
     # The thread count may have been reset by a library; set it again and verify.

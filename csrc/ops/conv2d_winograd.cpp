@@ -168,8 +168,11 @@ bool run_winograd(const WinogradKernels& ks, const WinoConv& c, const float* u, 
       // Lanes past the block's tiles are never read back; zero them so the
       // GEMM never sees stale bit patterns (denormals, NaN).
       if (rows * tw < Tp)
-        for (int64_t i = 0; i < 16 * c.Cin; ++i)
-          std::fill(V + i * Tp + rows * tw, V + (i + 1) * Tp, 0.0f);
+        for (int64_t xi = 0; xi < 16; ++xi)
+          for (int64_t ci = 0; ci < c.Cin; ++ci) {
+            float* row = V + xi * v_xi + ci * Tp;
+            std::fill(row + rows * tw, row + Tp, 0.0f);
+          }
       // The block's tile rows, cut where they pass from one image to the next.
       bool ok = true;
       for (int64_t ci = 0; ci < c.Cin; ++ci)

@@ -178,7 +178,12 @@ def test_disable_errors():
         convcore.set_disabled_implementations(WINO_FWD)
     with pytest.raises(TypeError, match="names: expected a list"):
         convcore.set_disabled_implementations([WINO_FWD, 3])
+    with pytest.raises(TypeError, match="names: expected a list"):
+        convcore.set_disabled_implementations(5)
     assert convcore.disabled_implementations() == []  # a failed call changes nothing
+    # any iterable of names, read once
+    convcore.set_disabled_implementations(n for n in (WINO_FWD, WINO_BWD))
+    assert convcore.disabled_implementations() == sorted([WINO_FWD, WINO_BWD])
     convcore.set_disabled_implementations([])
 
 

@@ -64,9 +64,16 @@ def set_disabled_implementations(names) -> None:
     a benchmark or a test can compare, say, the Winograd convolution with
     the direct one on the same shape.  The scalar references, which end
     every list, cannot be disabled.  Replaces the previous set."""
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise TypeError("names: expected a list of implementation names (str)")
-    _core.set_disabled_implementations(list(names))
+    bad = TypeError("names: expected a list of implementation names (str)")
+    if isinstance(names, (str, bytes)):
+        raise bad
+    try:
+        names = list(names)
+    except TypeError:
+        raise bad from None
+    if not all(isinstance(n, str) for n in names):
+        raise bad
+    _core.set_disabled_implementations(names)
 
 
 def disabled_implementations() -> list[str]:

@@ -330,11 +330,24 @@ def _runtime(r):
         return ("set_num_threads", an_int(r)), {}
     if u < 0.6:
         return ("set_max_isa", r.choice(["scalar", "portable", "avx2", "avx512", "sse", ""])), {}
-    if u < 0.8:
+    if u < 0.7:
         return (
             "last_kernel",
             r.choice(["conv2d_fwd", "maxpool2d_fwd", "batchnorm2d_fwd", "x", "", 3]),
         ), {}
+    if u < 0.8:
+        names = [
+            "conv2d_fwd_f32_winograd_f2x3_8x32__avx512",
+            "conv2d_fwd_f32_direct__ref",
+            "maxpool2d_fwd_f32_2x2s2__avx512",
+            "nope",
+            "",
+            3,
+            None,
+        ]
+        value = [names[int(i)] for i in r.integers(0, len(names), int(r.integers(0, 4)))]
+        value = [value, "x", None, 7][int(r.choice(4, p=[0.7, 0.1, 0.1, 0.1]))]
+        return ("set_disabled_implementations", value), {}
     return (
         "implementations",
         r.choice(["conv2d_fwd", "pad2d_fwd", "batchnorm2d_bwd", "nope", None]),
@@ -348,6 +361,7 @@ def _run_runtime(convcore):
         finally:
             convcore.set_num_threads(2)
             convcore.set_max_isa(os.environ.get("CONVCORE_MAX_ISA") or "avx512")
+            convcore.set_disabled_implementations([])
 
     return call
 

@@ -17,6 +17,8 @@ _INT_LIMIT = 1 << 62
 
 
 def as_int(value, name: str) -> int:
+    if type(value) is int and -_INT_LIMIT <= value <= _INT_LIMIT:
+        return value  # the common case, without the slow abstract-class check
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
     v = int(value)

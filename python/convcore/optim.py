@@ -9,9 +9,14 @@ matches PyTorch to float32 rounding.  ``state_dict()`` has PyTorch's layout:
 
 When the parameters are packed (:meth:`convcore.nn.Module.pack_parameters`,
 done by :func:`convcore.models.build`), the state buffers are packed the same
-way and a step updates the whole model with about a dozen numpy calls
-instead of a dozen per parameter; the arithmetic is the same element by
-element, so the results are identical.
+way and a step updates the whole model in one call instead of one per
+parameter; the arithmetic is the same element by element, so the results
+are identical.  On the host that call is one compiled pass over the
+buffers (``_core.adam_step`` / ``_core.sgd_step``) that performs numpy's
+float32 operations in numpy's order, so it is bitwise equal to the numpy
+formulation (``HostBackend.adam_step_numpy``), which it replaced: Adam's
+dozen numpy passes over the tutorial model's 33 thousand parameters took
+about 50 microseconds, the compiled pass 15.
 
 Parameters on the GPU (``model.to('cuda')`` before creating the optimiser)
 keep their state buffers on the GPU too, and a step is one fused kernel
@@ -57,6 +62,7 @@ class Optimizer:
         pack = self.params[0].pack
         self._pack = pack if pack is not None and pack.intact(self.params) else None
         self._flat: dict[str, np.ndarray] = {}  # packed state buffers, by name
+        self._made: dict[tuple[int, str], object] = {}  # the views _buffer handed out
         self._tmp: dict[int, np.ndarray] = {}
         self._device = self._where()
 
@@ -100,7 +106,8 @@ class Optimizer:
         """A zero state buffer for parameter i (a view of the packed buffer
         ``name`` when the parameters are packed)."""
         if self._pack is not None:
-            return self._pack.view(self._flat_buffer(name), i)
+            view = self._made[i, name] = self._pack.view(self._flat_buffer(name), i)
+            return view
         data = self.params[i].data
         return backend_of(data).zeros(data.shape, like=data)
 
@@ -133,11 +140,21 @@ class Optimizer:
         steps = {s.get("step") for s in self.state.values()}
         if len(steps) != 1:
             return False
+        made, shapes = self._made, self._pack.shapes
         for name in names:
             flat = self._flat.get(name)
+            if flat is None:
+                return False
             for i, s in self.state.items():
                 v = s.get(name)
-                if v is None or flat is None or not self._pack.is_view(v, flat, i):
+                if v is None:
+                    return False
+                # A view that _buffer made views the packed buffer for good
+                # (_flat's buffers are never replaced): identity settles it,
+                # and the shape for numpy (``a.shape = ...`` reshapes in place).
+                if v is made.get((i, name)) and (type(v) is not np.ndarray or v.shape == shapes[i]):
+                    continue
+                if not self._pack.is_view(v, flat, i):
                     return False
         return True
 

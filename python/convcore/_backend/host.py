@@ -72,12 +72,16 @@ def _writable(a: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
+def _contiguous_f32(*arrays) -> bool:
+    return all(type(a) is np.ndarray and a.dtype == _F32 and a.flags.c_contiguous for a in arrays)
+
+
 class HostBackend:
     """numpy arrays on the host."""
 
     name = "cpu"
-    #: the optimiser steps take a scratch array of the parameters' shape
-    needs_scratch = True
+    #: the optimiser steps run in one compiled pass and take no scratch array
+    needs_scratch = False
 
     # -- arrays --------------------------------------------------------------
     def float_input(self, a, name: str, ref: str | None = None) -> np.ndarray:
@@ -248,8 +252,48 @@ class HostBackend:
         wd,
         tmp=None,
     ) -> None:
+        """torch.optim.Adam's single-tensor update in one compiled pass
+        (``_core.adam_step``), bitwise :meth:`adam_step_numpy`, which runs
+        instead for arrays that are not C-contiguous float32."""
+        if _contiguous_f32(p, g, m, v):
+            _core.adam_step(
+                p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step, wd
+            )
+            return
+        self.adam_step_numpy(
+            p,
+            g,
+            m,
+            v,
+            one_minus_beta1=one_minus_beta1,
+            beta2=beta2,
+            one_minus_beta2=one_minus_beta2,
+            bc2_sqrt=bc2_sqrt,
+            eps=eps,
+            neg_step=neg_step,
+            wd=wd,
+            tmp=tmp,
+        )
+
+    def adam_step_numpy(
+        self,
+        p,
+        g,
+        m,
+        v,
+        *,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        bc2_sqrt,
+        eps,
+        neg_step,
+        wd,
+        tmp=None,
+    ) -> None:
         """torch.optim.Adam's single-tensor update, operation by operation;
-        the constants are numpy float32 values."""
+        the constants are numpy float32 values.  The reference of the
+        compiled step (tests compare them bitwise)."""
         for a, name in ((p, "param"), (m, "exp_avg"), (v, "exp_avg_sq")):
             _writable(a, name)
         if tmp is None:
@@ -277,7 +321,30 @@ class HostBackend:
     def sgd_step(
         self, p, g, buf, *, momentum, one_minus_dampening, wd, neg_lr, nesterov, first, tmp=None
     ) -> None:
-        """torch.optim.SGD's update; ``buf`` is None without momentum."""
+        """torch.optim.SGD's update in one compiled pass (``_core.sgd_step``),
+        bitwise :meth:`sgd_step_numpy`, which runs instead for arrays that
+        are not C-contiguous float32; ``buf`` is None without momentum."""
+        if _contiguous_f32(p, g) and (buf is None or _contiguous_f32(buf)):
+            _core.sgd_step(p, g, buf, momentum, one_minus_dampening, wd, neg_lr, nesterov, first)
+            return
+        self.sgd_step_numpy(
+            p,
+            g,
+            buf,
+            momentum=momentum,
+            one_minus_dampening=one_minus_dampening,
+            wd=wd,
+            neg_lr=neg_lr,
+            nesterov=nesterov,
+            first=first,
+            tmp=tmp,
+        )
+
+    def sgd_step_numpy(
+        self, p, g, buf, *, momentum, one_minus_dampening, wd, neg_lr, nesterov, first, tmp=None
+    ) -> None:
+        """torch.optim.SGD's update, operation by operation; ``buf`` is None
+        without momentum.  The reference of the compiled step."""
         _writable(p, "param")
         if tmp is None:
             tmp = np.empty_like(p)

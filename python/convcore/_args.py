@@ -63,6 +63,14 @@ def shape_tuple(shape, name: str, ndim: int | None = None) -> tuple[int, ...]:
 
 def output_mask(mask) -> tuple[bool, bool, bool]:
     """conv2d_backward's output_mask: three bools (input, weight, bias)."""
+    if (
+        type(mask) is tuple
+        and len(mask) == 3
+        and type(mask[0]) is bool
+        and type(mask[1]) is bool
+        and type(mask[2]) is bool
+    ):
+        return mask  # what the layers pass, every step
     try:
         bits = tuple(bool(m) for m in mask)
     except TypeError:

@@ -751,6 +751,12 @@ class Sequential(Module):
     def children(self):
         return [(str(i), m) for i, m in enumerate(self.layers)]
 
+    def parameters(self) -> list[Parameter]:
+        out = list(self._params.values())
+        for m in self.layers:  # children() without the names (zero_grad, every step)
+            out += m.parameters()
+        return out
+
     def __getitem__(self, i):
         return self.layers[i]
 

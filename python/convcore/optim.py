@@ -62,7 +62,7 @@ class Optimizer:
         pack = self.params[0].pack
         self._pack = pack if pack is not None and pack.intact(self.params) else None
         self._flat: dict[str, np.ndarray] = {}  # packed state buffers, by name
-        self._made: dict[tuple[int, str], object] = {}  # the views _buffer handed out
+        self._made: dict[str, dict[int, object]] = {}  # the views _buffer made, by name
         self._tmp: dict[int, np.ndarray] = {}
         self._device = self._where()
 
@@ -106,7 +106,8 @@ class Optimizer:
         """A zero state buffer for parameter i (a view of the packed buffer
         ``name`` when the parameters are packed)."""
         if self._pack is not None:
-            view = self._made[i, name] = self._pack.view(self._flat_buffer(name), i)
+            view = self._pack.view(self._flat_buffer(name), i)
+            self._made.setdefault(name, {})[i] = view
             return view
         data = self.params[i].data
         return backend_of(data).zeros(data.shape, like=data)
@@ -140,11 +141,12 @@ class Optimizer:
         steps = {s.get("step") for s in self.state.values()}
         if len(steps) != 1:
             return False
-        made, shapes = self._made, self._pack.shapes
+        shapes = self._pack.shapes
         for name in names:
             flat = self._flat.get(name)
             if flat is None:
                 return False
+            made = self._made.get(name, {})
             for i, s in self.state.items():
                 v = s.get(name)
                 if v is None:
@@ -152,7 +154,7 @@ class Optimizer:
                 # A view that _buffer made views the packed buffer for good
                 # (_flat's buffers are never replaced): identity settles it,
                 # and the shape for numpy (``a.shape = ...`` reshapes in place).
-                if v is made.get((i, name)) and (type(v) is not np.ndarray or v.shape == shapes[i]):
+                if v is made.get(i) and (type(v) is not np.ndarray or v.shape == shapes[i]):
                     continue
                 if not self._pack.is_view(v, flat, i):
                     return False

@@ -86,8 +86,8 @@ def _writable(a: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
-def _contiguous_f32(*arrays) -> bool:
-    return all(type(a) is np.ndarray and a.dtype == _F32 and a.flags.c_contiguous for a in arrays)
+def _contiguous_f32(a) -> bool:
+    return type(a) is np.ndarray and a.dtype == _F32 and a.flags.c_contiguous
 
 
 class HostBackend:
@@ -274,7 +274,7 @@ class HostBackend:
         """torch.optim.Adam's single-tensor update in one compiled pass
         (``_core.adam_step``), bitwise :meth:`adam_step_numpy`, which runs
         instead for arrays that are not C-contiguous float32."""
-        if _contiguous_f32(p, g, m, v):
+        if _contiguous_f32(p) and _contiguous_f32(g) and _contiguous_f32(m) and _contiguous_f32(v):
             _core.adam_step(
                 p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step, wd
             )
@@ -343,7 +343,7 @@ class HostBackend:
         """torch.optim.SGD's update in one compiled pass (``_core.sgd_step``),
         bitwise :meth:`sgd_step_numpy`, which runs instead for arrays that
         are not C-contiguous float32; ``buf`` is None without momentum."""
-        if _contiguous_f32(p, g) and (buf is None or _contiguous_f32(buf)):
+        if _contiguous_f32(p) and _contiguous_f32(g) and (buf is None or _contiguous_f32(buf)):
             _core.sgd_step(p, g, buf, momentum, one_minus_dampening, wd, neg_lr, nesterov, first)
             return
         self.sgd_step_numpy(

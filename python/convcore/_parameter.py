@@ -83,7 +83,6 @@ class ParameterPack:
             p.data, p.grad = self.view(data, i), self.view(grad, i)
             p.pack = self
             self._views.append((p.data, p.grad))
-        self._bound = (data, grad)
 
     def view(self, flat, i: int):
         """Parameter ``i``'s part of a buffer laid out like this pack (a numpy
@@ -103,16 +102,17 @@ class ParameterPack:
         still viewing its buffers (nobody rebound ``.data`` or ``.grad``)."""
         if len(params) != len(self.params):
             return False
-        if self.data is self._bound[0] and self.grad is self._bound[1]:
-            # The views made by _bind view these buffers for good (an
-            # array's base never changes), so identity settles it, and the
-            # shape for numpy views (``a.shape = ...`` reshapes in place; a
-            # DeviceArray's shape is read-only): a few microseconds less per
-            # optimiser step and zero_grad than comparing views.
+        data, grad = self.data, self.grad
+        if type(data) is np.ndarray and type(grad) is np.ndarray:
+            # is_view's host test, inlined: a few microseconds less per
+            # optimiser step and zero_grad.  (Identity alone is not enough:
+            # a deep copy keeps the identities but its arrays are no views.)
             for p, q, (d, g), shape in zip(params, self.params, self._views, self.shapes):
                 if p is not q or p.data is not d or p.grad is not g:
                     return False
-                if type(d) is np.ndarray and (d.shape != shape or g.shape != shape):
+                if type(d) is not np.ndarray or d.base is not data or d.shape != shape:
+                    return False
+                if type(g) is not np.ndarray or g.base is not grad or g.shape != shape:
                     return False
             return True
         return all(

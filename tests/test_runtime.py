@@ -29,6 +29,8 @@ OPS = [
     "pad2d_bwd",
     "batchnorm2d_fwd",
     "batchnorm2d_bwd",
+    "adam_step",
+    "sgd_step",
 ]
 
 

@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -293,6 +294,75 @@ py::tuple batch_norm_backward(const py::array& grad_output, const py::array& inp
   return py::make_tuple(gi, gw, gb);
 }
 
+// The optimiser steps' arrays: float32, C-contiguous, `ref`'s size,
+// writable where the step writes, and no two overlapping (the kernels read
+// and write each element once, in place).
+struct StepArray {
+  const py::array* a;
+  const char* name;
+  bool written;
+};
+
+float* step_array(const StepArray& s, const py::array& ref) {
+  float_input(*s.a, s.name);
+  if (s.a != &ref && s.a->size() != ref.size())
+    throw ArgumentError(std::string(s.name) + ": expected " + std::to_string(ref.size()) +
+                        " elements (those of param), got " + std::to_string(s.a->size()));
+  if (s.written && !s.a->writeable())
+    throw ArgumentError(std::string(s.name) +
+                        ": the array is read-only, but this op writes into it");
+  return static_cast<float*>(const_cast<void*>(s.a->data()));
+}
+
+void require_disjoint(std::initializer_list<StepArray> arrays) {
+  for (auto a = arrays.begin(); a != arrays.end(); ++a)
+    for (auto b = a + 1; b != arrays.end(); ++b) {
+      const auto* pa = static_cast<const char*>(a->a->data());
+      const auto* pb = static_cast<const char*>(b->a->data());
+      const auto na = a->a->nbytes(), nb = b->a->nbytes();
+      if (na > 0 && nb > 0 && pa < pb + nb && pb < pa + na)
+        throw ArgumentError(std::string(a->name) + " and " + b->name +
+                            ": expected separate arrays, got overlapping memory");
+    }
+}
+
+void adam_step(const py::array& p, const py::array& g, const py::array& m, const py::array& v,
+               float one_minus_beta1, float beta2, float one_minus_beta2,
+               float bias_correction2_sqrt, float eps, float neg_step_size, float weight_decay) {
+  const StepArray ap{&p, "param", true}, ag{&g, "grad", false}, am{&m, "exp_avg", true},
+      av{&v, "exp_avg_sq", true};
+  float* pp = step_array(ap, p);
+  float* gp = step_array(ag, p);
+  float* mp = step_array(am, p);
+  float* vp = step_array(av, p);
+  require_disjoint({ap, ag, am, av});
+  const convcore::AdamConstants k{one_minus_beta1,       beta2, one_minus_beta2,
+                                  bias_correction2_sqrt, eps,   neg_step_size,
+                                  weight_decay};
+  py::gil_scoped_release release;
+  convcore::adam_step(p.size(), k, pp, gp, mp, vp);
+}
+
+void sgd_step(const py::array& p, const py::array& g, const std::optional<py::array>& buf,
+              float momentum, float one_minus_dampening, float weight_decay, float neg_lr,
+              bool nesterov, bool first) {
+  const StepArray ap{&p, "param", true}, ag{&g, "grad", false};
+  float* pp = step_array(ap, p);
+  float* gp = step_array(ag, p);
+  float* bp = nullptr;
+  if (buf) {
+    const StepArray ab{&*buf, "momentum_buffer", true};
+    bp = step_array(ab, p);
+    require_disjoint({ap, ag, ab});
+  } else {
+    require_disjoint({ap, ag});
+  }
+  const convcore::SgdConstants k{momentum, one_minus_dampening, weight_decay, neg_lr, nesterov,
+                                 first};
+  py::gil_scoped_release release;
+  convcore::sgd_step(p.size(), k, pp, gp, bp);
+}
+
 py::dict build_info() {
   py::dict d;
   d["version"] = CONVCORE_VERSION;
@@ -361,6 +431,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("batch_norm_backward", &batch_norm_backward, py::arg("grad_output"), py::arg("input"),
         py::arg("weight"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("output"),
         py::arg("training"), py::arg("need_input"), py::arg("need_weight"), py::arg("need_bias"));
+
+  m.def("adam_step", &adam_step, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
+        py::arg("exp_avg_sq"), py::arg("one_minus_beta1"), py::arg("beta2"),
+        py::arg("one_minus_beta2"), py::arg("bias_correction2_sqrt"), py::arg("eps"),
+        py::arg("neg_step_size"), py::arg("weight_decay"));
+  m.def("sgd_step", &sgd_step, py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"),
+        py::arg("momentum"), py::arg("one_minus_dampening"), py::arg("weight_decay"),
+        py::arg("neg_lr"), py::arg("nesterov"), py::arg("first"));
 
   m.def(
       "same_padding",

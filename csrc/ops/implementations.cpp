@@ -26,6 +26,8 @@ const OpLists kOps[] = {
     {"pad2d_bwd", pad2d_bwd_impl_names},
     {"batchnorm2d_fwd", batchnorm2d_fwd_impl_names},
     {"batchnorm2d_bwd", batchnorm2d_bwd_impl_names},
+    {"adam_step", adam_step_impl_names},
+    {"sgd_step", sgd_step_impl_names},
 };
 
 }  // namespace

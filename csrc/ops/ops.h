@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/geometry.h"
+#include "kernels/optim_ukernels.h"
 
 namespace convcore {
 
@@ -58,6 +59,18 @@ void batchnorm2d_backward(const BatchNorm2dGeometry& g, const float* dy, const f
                           const float* weight, const float* save_mean, const float* save_invstd,
                           const float* y_relu, bool training, float* dx, float* dweight,
                           float* dbias);
+
+// torch.optim.Adam's step on n packed float32 elements (p, m, v in place
+// from g) and torch.optim.SGD's (buf may be null: no momentum); the
+// constants and the exact operation order are in kernels/optim_ukernels.h.
+// Bitwise the numpy reference and the CUDA kernels for any thread count.
+// The arrays must not overlap.
+void adam_step(int64_t n, const AdamConstants& k, float* p, const float* g, float* m, float* v);
+void sgd_step(int64_t n, const SgdConstants& k, float* p, const float* g, float* buf);
+// Their implementation lists (declared here rather than in ops/impl_list.h
+// beside the others' while that file is being changed for the Winograd family).
+std::vector<std::string> adam_step_impl_names();
+std::vector<std::string> sgd_step_impl_names();
 
 // Names of the implementations of an op, in the order they are tried.
 std::vector<std::string> list_implementations(const std::string& op);

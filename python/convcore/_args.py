@@ -17,6 +17,8 @@ _INT_LIMIT = 1 << 62
 
 
 def as_int(value, name: str) -> int:
+    if type(value) is int and abs(value) <= _INT_LIMIT:
+        return value  # the common case, without the slow abstract-class check
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
     v = int(value)
@@ -27,6 +29,12 @@ def as_int(value, name: str) -> int:
 
 def pair(value, name: str) -> tuple[int, int]:
     """int or a sequence of two ints -> (h, w)."""
+    if type(value) is tuple and len(value) == 2:
+        h, w = value
+        if type(h) is int and type(w) is int and abs(h) <= _INT_LIMIT and abs(w) <= _INT_LIMIT:
+            return value  # a layer's own (h, w), every call: no further checks
+    elif type(value) is int and abs(value) <= _INT_LIMIT:
+        return value, value
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(
@@ -55,6 +63,14 @@ def shape_tuple(shape, name: str, ndim: int | None = None) -> tuple[int, ...]:
 
 def output_mask(mask) -> tuple[bool, bool, bool]:
     """conv2d_backward's output_mask: three bools (input, weight, bias)."""
+    if (
+        type(mask) is tuple
+        and len(mask) == 3
+        and type(mask[0]) is bool
+        and type(mask[1]) is bool
+        and type(mask[2]) is bool
+    ):
+        return mask  # what the layers pass, every step
     try:
         bits = tuple(bool(m) for m in mask)
     except TypeError:

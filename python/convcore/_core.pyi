@@ -98,6 +98,30 @@ def batch_norm_backward(
     need_weight: bool,
     need_bias: bool,
 ) -> tuple[F32 | None, F32 | None, F32 | None]: ...
+def adam_step(
+    param: F32,
+    grad: F32,
+    exp_avg: F32,
+    exp_avg_sq: F32,
+    one_minus_beta1: float,
+    beta2: float,
+    one_minus_beta2: float,
+    bias_correction2_sqrt: float,
+    eps: float,
+    neg_step_size: float,
+    weight_decay: float,
+) -> None: ...
+def sgd_step(
+    param: F32,
+    grad: F32,
+    momentum_buffer: F32 | None,
+    momentum: float,
+    one_minus_dampening: float,
+    weight_decay: float,
+    neg_lr: float,
+    nesterov: bool,
+    first: bool,
+) -> None: ...
 def same_padding(kernel: int, dilation: int, stride: int, dim: str) -> tuple[int, int]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...

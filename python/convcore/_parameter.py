@@ -100,7 +100,22 @@ class ParameterPack:
     def intact(self, params: list[Parameter]) -> bool:
         """True if ``params`` are exactly this pack's parameters, in order,
         still viewing its buffers (nobody rebound ``.data`` or ``.grad``)."""
-        return len(params) == len(self.params) and all(
+        if len(params) != len(self.params):
+            return False
+        data, grad = self.data, self.grad
+        if type(data) is np.ndarray and type(grad) is np.ndarray:
+            # is_view's host test, inlined: a few microseconds less per
+            # optimiser step and zero_grad.  (Identity alone is not enough:
+            # a deep copy keeps the identities but its arrays are no views.)
+            for p, q, (d, g), shape in zip(params, self.params, self._views, self.shapes):
+                if p is not q or p.data is not d or p.grad is not g:
+                    return False
+                if type(d) is not np.ndarray or d.base is not data or d.shape != shape:
+                    return False
+                if type(g) is not np.ndarray or g.base is not grad or g.shape != shape:
+                    return False
+            return True
+        return all(
             p is q
             and p.data is d
             and p.grad is g

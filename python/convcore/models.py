@@ -61,7 +61,7 @@ def build(name: str, seed: int = 0, dropout: float | None = None) -> nn.Sequenti
         gradient with respect to the images (set ``model.input_grad = True``
         to get it).  Its parameters are packed into one buffer
         (:meth:`convcore.nn.Module.pack_parameters`), so optimisers update
-        them with a few numpy calls per step.
+        them with one call per step.
     """
     if name not in NAMES:
         raise ValueError(f"name: unknown model {name!r}; expected one of {', '.join(NAMES)}")

@@ -133,7 +133,12 @@ class Module:
 
     def parameters(self) -> list[Parameter]:
         """All parameters, in the order of :meth:`state_dict`."""
-        return [p for _, p in self.named_parameters()]
+        # named_parameters' order without building the names: zero_grad
+        # calls this every step.
+        out = list(self._params.values())
+        for _, child in self.children():
+            out += child.parameters()
+        return out
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         for name, b in self._buffers.items():
@@ -745,6 +750,12 @@ class Sequential(Module):
 
     def children(self):
         return [(str(i), m) for i, m in enumerate(self.layers)]
+
+    def parameters(self) -> list[Parameter]:
+        out = list(self._params.values())
+        for m in self.layers:  # children() without the names (zero_grad, every step)
+            out += m.parameters()
+        return out
 
     def __getitem__(self, i):
         return self.layers[i]

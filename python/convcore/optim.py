@@ -9,9 +9,14 @@ matches PyTorch to float32 rounding.  ``state_dict()`` has PyTorch's layout:
 
 When the parameters are packed (:meth:`convcore.nn.Module.pack_parameters`,
 done by :func:`convcore.models.build`), the state buffers are packed the same
-way and a step updates the whole model with about a dozen numpy calls
-instead of a dozen per parameter; the arithmetic is the same element by
-element, so the results are identical.
+way and a step updates the whole model in one call instead of one per
+parameter; the arithmetic is the same element by element, so the results
+are identical.  On the host that call is one compiled pass over the
+buffers (``_core.adam_step`` / ``_core.sgd_step``) that performs numpy's
+float32 operations in numpy's order, so it is bitwise equal to the numpy
+formulation (``HostBackend.adam_step_numpy``), which it replaced: Adam's
+dozen numpy passes over the tutorial model's 33 thousand parameters took
+about 50 microseconds, the compiled pass 15.
 
 Parameters on the GPU (``model.to('cuda')`` before creating the optimiser)
 keep their state buffers on the GPU too, and a step is one fused kernel
@@ -133,11 +138,20 @@ class Optimizer:
         steps = {s.get("step") for s in self.state.values()}
         if len(steps) != 1:
             return False
+        shapes = self._pack.shapes
         for name in names:
             flat = self._flat.get(name)
+            if flat is None:
+                return False
+            host = type(flat) is np.ndarray
             for i, s in self.state.items():
                 v = s.get(name)
-                if v is None or flat is None or not self._pack.is_view(v, flat, i):
+                if v is None:
+                    return False
+                # The host's is_view, inlined (a few microseconds per step).
+                if host and type(v) is np.ndarray and v.base is flat and v.shape == shapes[i]:
+                    continue
+                if not self._pack.is_view(v, flat, i):
                     return False
         return True
 

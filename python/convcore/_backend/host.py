@@ -66,18 +66,36 @@ def _same_shape(a: np.ndarray, name: str, ref: np.ndarray, ref_name: str) -> Non
         )
 
 
+def _same_f32(a, b) -> bool:
+    """Both float32 numpy arrays of one shape (the common case, checked fast)."""
+    return (
+        type(a) is np.ndarray
+        and type(b) is np.ndarray
+        and a.dtype == _F32
+        and b.dtype == _F32
+        and a.shape == b.shape
+    )
+
+
+_ZERO = _F32(0)
+
+
 def _writable(a: np.ndarray, name: str) -> np.ndarray:
     if not a.flags.writeable:
         raise ValueError(f"{name}: the array is read-only, but this op writes into it")
     return a
 
 
+def _contiguous_f32(a) -> bool:
+    return type(a) is np.ndarray and a.dtype == _F32 and a.flags.c_contiguous
+
+
 class HostBackend:
     """numpy arrays on the host."""
 
     name = "cpu"
-    #: the optimiser steps take a scratch array of the parameters' shape
-    needs_scratch = True
+    #: the optimiser steps run in one compiled pass and take no scratch array
+    needs_scratch = False
 
     # -- arrays --------------------------------------------------------------
     def float_input(self, a, name: str, ref: str | None = None) -> np.ndarray:
@@ -176,15 +194,16 @@ class HostBackend:
     # -- the rest of a training step -----------------------------------------
     def relu(self, x: np.ndarray, inplace: bool) -> np.ndarray:
         _f32(x, "input")
-        return np.maximum(x, _F32(0), out=_writable(x, "input") if inplace else None)
+        return np.maximum(x, _ZERO, out=_writable(x, "input") if inplace else None)
 
     def relu_backward(self, grad_output: np.ndarray, output: np.ndarray, inplace: bool):
         # Pass the gradient where the output is positive.  Multiplying by the
         # bool mask runs at memory speed; boolean indexing and np.where were
         # 5-10x slower here.
-        _f32(grad_output, "grad_output")
-        _same_shape(_f32(output, "output"), "output", grad_output, "grad_output")
-        alive = output > 0
+        if not _same_f32(grad_output, output):
+            _f32(grad_output, "grad_output")
+            _same_shape(_f32(output, "output"), "output", grad_output, "grad_output")
+        alive = np.greater(output, _ZERO)
         out = _writable(grad_output, "grad_output") if inplace else None
         return np.multiply(grad_output, alive, out=out)
 
@@ -193,8 +212,12 @@ class HostBackend:
         return a * b
 
     def add_(self, dst: np.ndarray, src: np.ndarray) -> None:
-        _same_shape(_f32(src, "src"), "src", _f32(dst, "dst"), "dst")
-        np.add(_writable(dst, "dst"), src, out=dst)
+        # Called for every parameter gradient of every step: the checks
+        # that pass in one expression, their messages only on failure.
+        if not (_same_f32(dst, src) and dst.flags.writeable):
+            _same_shape(_f32(src, "src"), "src", _f32(dst, "dst"), "dst")
+            _writable(dst, "dst")
+        np.add(dst, src, out=dst)
 
     def linear(self, x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
         y = np.matmul(x, weight.T)
@@ -248,8 +271,48 @@ class HostBackend:
         wd,
         tmp=None,
     ) -> None:
+        """torch.optim.Adam's single-tensor update in one compiled pass
+        (``_core.adam_step``), bitwise :meth:`adam_step_numpy`, which runs
+        instead for arrays that are not C-contiguous float32."""
+        if _contiguous_f32(p) and _contiguous_f32(g) and _contiguous_f32(m) and _contiguous_f32(v):
+            _core.adam_step(
+                p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step, wd
+            )
+            return
+        self.adam_step_numpy(
+            p,
+            g,
+            m,
+            v,
+            one_minus_beta1=one_minus_beta1,
+            beta2=beta2,
+            one_minus_beta2=one_minus_beta2,
+            bc2_sqrt=bc2_sqrt,
+            eps=eps,
+            neg_step=neg_step,
+            wd=wd,
+            tmp=tmp,
+        )
+
+    def adam_step_numpy(
+        self,
+        p,
+        g,
+        m,
+        v,
+        *,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        bc2_sqrt,
+        eps,
+        neg_step,
+        wd,
+        tmp=None,
+    ) -> None:
         """torch.optim.Adam's single-tensor update, operation by operation;
-        the constants are numpy float32 values."""
+        the constants are numpy float32 values.  The reference of the
+        compiled step (tests compare them bitwise)."""
         for a, name in ((p, "param"), (m, "exp_avg"), (v, "exp_avg_sq")):
             _writable(a, name)
         if tmp is None:
@@ -277,7 +340,30 @@ class HostBackend:
     def sgd_step(
         self, p, g, buf, *, momentum, one_minus_dampening, wd, neg_lr, nesterov, first, tmp=None
     ) -> None:
-        """torch.optim.SGD's update; ``buf`` is None without momentum."""
+        """torch.optim.SGD's update in one compiled pass (``_core.sgd_step``),
+        bitwise :meth:`sgd_step_numpy`, which runs instead for arrays that
+        are not C-contiguous float32; ``buf`` is None without momentum."""
+        if _contiguous_f32(p) and _contiguous_f32(g) and (buf is None or _contiguous_f32(buf)):
+            _core.sgd_step(p, g, buf, momentum, one_minus_dampening, wd, neg_lr, nesterov, first)
+            return
+        self.sgd_step_numpy(
+            p,
+            g,
+            buf,
+            momentum=momentum,
+            one_minus_dampening=one_minus_dampening,
+            wd=wd,
+            neg_lr=neg_lr,
+            nesterov=nesterov,
+            first=first,
+            tmp=tmp,
+        )
+
+    def sgd_step_numpy(
+        self, p, g, buf, *, momentum, one_minus_dampening, wd, neg_lr, nesterov, first, tmp=None
+    ) -> None:
+        """torch.optim.SGD's update, operation by operation; ``buf`` is None
+        without momentum.  The reference of the compiled step."""
         _writable(p, "param")
         if tmp is None:
             tmp = np.empty_like(p)

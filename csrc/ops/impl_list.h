@@ -86,5 +86,7 @@ std::vector<std::string> pad2d_fwd_impl_names();
 std::vector<std::string> pad2d_bwd_impl_names();
 std::vector<std::string> batchnorm2d_fwd_impl_names();
 std::vector<std::string> batchnorm2d_bwd_impl_names();
+std::vector<std::string> adam_step_impl_names();
+std::vector<std::string> sgd_step_impl_names();
 
 }  // namespace convcore

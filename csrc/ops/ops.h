@@ -67,10 +67,6 @@ void batchnorm2d_backward(const BatchNorm2dGeometry& g, const float* dy, const f
 // The arrays must not overlap.
 void adam_step(int64_t n, const AdamConstants& k, float* p, const float* g, float* m, float* v);
 void sgd_step(int64_t n, const SgdConstants& k, float* p, const float* g, float* buf);
-// Their implementation lists (declared here rather than in ops/impl_list.h
-// beside the others' while that file is being changed for the Winograd family).
-std::vector<std::string> adam_step_impl_names();
-std::vector<std::string> sgd_step_impl_names();
 
 // Names of the implementations of an op, in the order they are tried.
 std::vector<std::string> list_implementations(const std::string& op);

@@ -38,6 +38,16 @@ using convcore::bindings::require_shape;
 
 py::array_t<float> new_float(std::vector<py::ssize_t> shape) { return py::array_t<float>(shape); }
 
+// A new float32 array of `shape` when `wanted` (*data points at its
+// elements), else None (*data null): the optional outputs of a backward.
+py::object optional_float(bool wanted, std::vector<py::ssize_t> shape, float** data) {
+  *data = nullptr;
+  if (!wanted) return py::none();
+  auto a = new_float(std::move(shape));
+  *data = a.mutable_data();
+  return std::move(a);
+}
+
 py::array_t<float> conv2d_forward(const py::array& input, const py::array& weight,
                                   const std::optional<py::array>& bias, int64_t sh, int64_t sw,
                                   int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dil_h,
@@ -77,23 +87,10 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
   }
   const float* x = static_cast<const float*>(input.data());
   const float* w = static_cast<const float*>(weight.data());
-  py::object gi = py::none(), gw = py::none(), gb = py::none();
-  float *dx = nullptr, *dwp = nullptr, *db = nullptr;
-  if (need_input) {
-    auto a = new_float({g.N, g.C, g.H, g.W});
-    dx = a.mutable_data();
-    gi = a;
-  }
-  if (need_weight) {
-    auto a = new_float({g.K, g.Cg(), g.R, g.S});
-    dwp = a.mutable_data();
-    gw = a;
-  }
-  if (need_bias) {
-    auto a = new_float({g.K});
-    db = a.mutable_data();
-    gb = a;
-  }
+  float *dx, *dwp, *db;
+  py::object gi = optional_float(need_input, {g.N, g.C, g.H, g.W}, &dx);
+  py::object gw = optional_float(need_weight, {g.K, g.Cg(), g.R, g.S}, &dwp);
+  py::object gb = optional_float(need_bias, {g.K}, &db);
   {
     py::gil_scoped_release release;
     // The mask first (with the bias gradient, one pass over dy); the data
@@ -270,23 +267,10 @@ py::tuple batch_norm_backward(const py::array& grad_output, const py::array& inp
   const float* sm = channel_vector(save_mean, "save_mean", g.C);
   const float* si = channel_vector(save_invstd, "save_invstd", g.C);
   const float* x = static_cast<const float*>(input.data());
-  py::object gi = py::none(), gw = py::none(), gb = py::none();
-  float *dx = nullptr, *dwp = nullptr, *db = nullptr;
-  if (need_input) {
-    auto a = new_float({g.N, g.C, g.H, g.W});
-    dx = a.mutable_data();
-    gi = a;
-  }
-  if (need_weight) {
-    auto a = new_float({g.C});
-    dwp = a.mutable_data();
-    gw = a;
-  }
-  if (need_bias) {
-    auto a = new_float({g.C});
-    db = a.mutable_data();
-    gb = a;
-  }
+  float *dx, *dwp, *db;
+  py::object gi = optional_float(need_input, {g.N, g.C, g.H, g.W}, &dx);
+  py::object gw = optional_float(need_weight, {g.C}, &dwp);
+  py::object gb = optional_float(need_bias, {g.C}, &db);
   {
     py::gil_scoped_release release;
     convcore::batchnorm2d_backward(g, dy, x, w, sm, si, yr, training, dx, dwp, db);

@@ -1,18 +1,16 @@
 // AVX2 optimiser steps (the contracts of kernels/optim_ukernels.h): the
 // AVX-512 kernels' loop on 8-float vectors, the tail (fewer than 8
-// elements) through the scalar formulas, which round identically.  Separate
+// elements) through the scalar reference, which rounds identically.  Separate
 // multiply and add intrinsics, never an FMA: each operation rounds as
 // numpy's does.
 //
-// Compiled with -mavx2 -mfma; self-contained (no inline helpers shared
-// with other ISA files).
+// Compiled with -mavx2 -mfma; no inline helpers shared with other ISA
+// files (the reference it calls is compiled for the baseline).
 #if !defined(__AVX2__)
 #error "optim_avx2.cpp must be compiled with -mavx2"
 #endif
 
 #include <immintrin.h>
-
-#include <cmath>
 
 #include "kernels/optim_ukernels.h"
 
@@ -38,14 +36,7 @@ void adam_step_f32__avx2(int64_t n, const AdamConstants& k, float* p, const floa
     _mm256_storeu_ps(m + i, mi);
     _mm256_storeu_ps(v + i, vi);
   }
-  for (; i < n; ++i) {
-    float gi = g[i];
-    if (decay) gi = gi + p[i] * k.weight_decay;
-    m[i] = m[i] + (gi - m[i]) * k.one_minus_beta1;
-    v[i] = v[i] * k.beta2 + (gi * k.one_minus_beta2) * gi;
-    const float denom = std::sqrt(v[i]) / k.bias_correction2_sqrt + k.eps;
-    p[i] = p[i] + (m[i] / denom) * k.neg_step_size;
-  }
+  adam_step_f32__ref(n - i, k, p + i, g + i, m + i, v + i);
 }
 
 void sgd_step_f32__avx2(int64_t n, const SgdConstants& k, float* p, const float* g, float* buf) {
@@ -65,16 +56,7 @@ void sgd_step_f32__avx2(int64_t n, const SgdConstants& k, float* p, const float*
     }
     _mm256_storeu_ps(p + i, _mm256_add_ps(pi, _mm256_mul_ps(gi, neg_lr)));
   }
-  for (; i < n; ++i) {
-    float gi = g[i];
-    if (decay) gi = gi + p[i] * k.weight_decay;
-    if (buf != nullptr) {
-      const float b = k.first ? gi : buf[i] * k.momentum + gi * k.one_minus_dampening;
-      buf[i] = b;
-      gi = k.nesterov ? gi + b * k.momentum : b;
-    }
-    p[i] = p[i] + gi * k.neg_lr;
-  }
+  sgd_step_f32__ref(n - i, k, p + i, g + i, buf == nullptr ? nullptr : buf + i);
 }
 
 }  // namespace convcore

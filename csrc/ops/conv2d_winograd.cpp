@@ -101,6 +101,18 @@ int64_t tile_rows_per_block(int64_t tw, int64_t Cin, int64_t Kp) {
   return best;
 }
 
+// Tile rows row0 .. row0 + rows - 1 of the batch's sequence (th an image),
+// cut where they pass from one image to the next: f(j, n, ty, run) for each
+// piece of `run` tile rows starting at the block's j-th, image n's ty-th.
+template <class F>
+void for_each_image_run(int64_t row0, int64_t rows, int64_t th, F&& f) {
+  for (int64_t j = 0; j < rows;) {
+    const int64_t n = (row0 + j) / th, ty = (row0 + j) % th, run = std::min(rows - j, th - ty);
+    f(j, n, ty, run);
+    j += run;
+  }
+}
+
 // Byte ranges to bring into L2 behind the GEMM, a few lines per call: the
 // next block's input (read by its input transform) and this block's output
 // rows (written by the output transform, fetched for writing).  Measured on
@@ -173,42 +185,36 @@ bool run_winograd(const WinogradKernels& ks, const WinoConv& c, const float* u, 
             float* row = V + xi * v_xi + ci * Tp;
             std::fill(row + rows * tw, row + Tp, 0.0f);
           }
-      // The block's tile rows, cut where they pass from one image to the next.
       bool ok = true;
       for (int64_t ci = 0; ci < c.Cin; ++ci)
-        for (int64_t j = 0; j < rows;) {
-          const int64_t n = (row0 + j) / th, ty = (row0 + j) % th,
-                        run = std::min(rows - j, th - ty);
+        for_each_image_run(row0, rows, th, [&](int64_t j, int64_t n, int64_t ty, int64_t run) {
           const float* plane = c.in + (n * c.Cin + ci) * in_plane;
           for (int64_t tx = 0; tx < tw; tx += 16)
             if (!ks.input(plane, c.H, c.W, 2 * ty - c.pad_top, 2 * tx - c.pad_left,
                           std::min<int64_t>(16, tw - tx), run, V + ci * Tp + j * tw + tx, tw, v_xi))
               ok = false;
-          j += run;
-        }
+        });
       if (!ok) {
         finite.store(false, std::memory_order_relaxed);
         return;
       }
       LinePrefetcher prefetch;
-      for (int64_t j = 0; j < rows;) {  // this block's output rows
-        const int64_t n = (row0 + j) / th, ty = (row0 + j) % th, run = std::min(rows - j, th - ty);
+      // This block's output rows, then the next block's input rows.
+      for_each_image_run(row0, rows, th, [&](int64_t, int64_t n, int64_t ty, int64_t run) {
         const int64_t oy1 = std::min(c.P, 2 * (ty + run));
         for (int64_t k = 0; k < c.Kout; ++k)
           prefetch.add(c.out + (n * c.Kout + k) * out_plane + 2 * ty * c.Q, (oy1 - 2 * ty) * c.Q,
                        true);
-        j += run;
-      }
-      const int64_t next0 = row0 + r, next_rows = std::min(r, rows_total - next0);
-      for (int64_t j = 0; j < next_rows;) {  // the next block's input rows
-        const int64_t n = (next0 + j) / th, ty = (next0 + j) % th,
-                      run = std::min(next_rows - j, th - ty);
-        const int64_t iy0 = std::max<int64_t>(0, 2 * ty - c.pad_top),
-                      iy1 = std::min(c.H, 2 * (ty + run) + 2 - c.pad_top);
-        for (int64_t ci = 0; ci < c.Cin && iy1 > iy0; ++ci)
-          prefetch.add(c.in + (n * c.Cin + ci) * in_plane + iy0 * c.W, (iy1 - iy0) * c.W, false);
-        j += run;
-      }
+      });
+      const int64_t next0 = row0 + r;
+      for_each_image_run(next0, std::min(r, rows_total - next0), th,
+                         [&](int64_t, int64_t n, int64_t ty, int64_t run) {
+                           const int64_t iy0 = std::max<int64_t>(0, 2 * ty - c.pad_top),
+                                         iy1 = std::min(c.H, 2 * (ty + run) + 2 - c.pad_top);
+                           for (int64_t ci = 0; ci < c.Cin && iy1 > iy0; ++ci)
+                             prefetch.add(c.in + (n * c.Cin + ci) * in_plane + iy0 * c.W,
+                                          (iy1 - iy0) * c.W, false);
+                         });
       const int64_t calls = 16 * ((Tp + 31) / 32) * (Kp / kPanel);
       const int64_t per_call = (prefetch.lines() + calls - 1) / calls;
       for (int64_t xi = 0; xi < 16; ++xi)
@@ -222,15 +228,12 @@ bool run_winograd(const WinogradKernels& ks, const WinoConv& c, const float* u, 
         }
       for (int64_t k = 0; k < c.Kout; ++k) {
         const float bias = c.bias ? c.bias[k] : 0.0f;
-        for (int64_t j = 0; j < rows;) {
-          const int64_t n = (row0 + j) / th, ty = (row0 + j) % th,
-                        run = std::min(rows - j, th - ty);
+        for_each_image_run(row0, rows, th, [&](int64_t j, int64_t n, int64_t ty, int64_t run) {
           float* plane = c.out + (n * c.Kout + k) * out_plane;
           for (int64_t tx = 0; tx < tw; tx += 16)
             ks.output(M + k * Tp + j * tw + tx, m_xi, std::min<int64_t>(16, tw - tx), run, tw, bias,
                       c.relu, plane, c.P, c.Q, 2 * ty, 2 * tx);
-          j += run;
-        }
+        });
       }
     });
   errors.rethrow();

@@ -29,12 +29,19 @@ bool always(const Problem&) {
   return true;
 }
 
+// Whether the selection may take `impl` for `p`: within the ISA cap, not
+// disabled, and applicable.
+template <class Problem, class Args>
+bool selectable(const Impl<Problem, Args>& impl, Isa cap, const Problem& p) {
+  return int(impl.isa) <= int(cap) && !kernel_disabled(impl.name) && impl.applicable(p);
+}
+
 template <class Problem, class Args, std::size_t L>
 const Impl<Problem, Args>& select_impl(const Impl<Problem, Args> (&impls)[L], const Problem& p) {
   static_assert(L > 0, "an implementation list ends in the scalar reference");
   const Isa cap = active_isa();
   for (const Impl<Problem, Args>& impl : impls)
-    if (int(impl.isa) <= int(cap) && !kernel_disabled(impl.name) && impl.applicable(p)) return impl;
+    if (selectable(impl, cap, p)) return impl;
   return impls[L - 1];
 }
 
@@ -58,8 +65,7 @@ void run_next_applicable(const char* op, const Impl<Problem, Args> (&impls)[L], 
   while (i < L && std::string(impls[i].name) != self) ++i;
   const Impl<Problem, Args>* chosen = &impls[L - 1];
   for (++i; i + 1 < L; ++i)
-    if (int(impls[i].isa) <= int(cap) && !kernel_disabled(impls[i].name) &&
-        impls[i].applicable(p)) {
+    if (selectable(impls[i], cap, p)) {
       chosen = &impls[i];
       break;
     }

@@ -175,6 +175,13 @@ def _run_every_op():
     convcore.pad_backward(padded, x.shape, (1, 1, 1, 1), "reflect")
     y, mean, invstd = convcore.batch_norm(x, None, None, training=True, return_stats=True)
     convcore.batch_norm_backward(y, x, None, mean, invstd)
+    # The optimiser steps (adam_step, sgd_step): one of each on a small layer.
+    layer = convcore.nn.Linear(4, 3)
+    for opt in (convcore.optim.Adam(layer.parameters()), convcore.optim.SGD(layer.parameters())):
+        layer.zero_grad()
+        layer(rand((2, 4)))
+        layer.backward(np.ones((2, 3), np.float32))
+        opt.step()
 
 
 def test_last_kernel_names_the_path(isa):

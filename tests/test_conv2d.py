@@ -262,6 +262,66 @@ def test_channels_in_lanes_runs_under_avx512(name):
         check("conv2d", x, w, b, **kw)
 
 
+BIAS_IN_WEIGHT = "conv2d_bwd_bias_f32_clanes_dy_panels__avx512"
+
+
+@pytest.mark.parametrize(
+    "name", ["clanes_k96_w29", "clanes_groups2", "clanes_batch17", "clanes_c17_k90"]
+)
+@pytest.mark.parametrize(
+    "mask", [(False, True, True), (True, True, True), (False, False, True), (False, True, False)]
+)
+def test_bias_gradient_summed_with_the_weight_gradient(name, mask):
+    # The channels-in-lanes weight gradient sums the bias from the dy panels
+    # it packs.  It must do so exactly when both are asked for, stay within
+    # the oracle's bound, and agree with the separate pass (disabled by name).
+    if "avx512" not in available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    assert BIAS_IN_WEIGHT in convcore.implementations("conv2d_bwd_bias")
+    xs, ws, bias, kw = CASES[name]
+    x, w, b = rand(xs, 1), rand(ws, 2), rand((ws[0],), 3)
+    with isa_cap("avx512"):
+        check("conv2d", x, w, b, output_mask=mask, **kw)
+        fused = convcore.last_kernel("conv2d_bwd_bias") == BIAS_IN_WEIGHT
+        assert fused == (mask[1] and mask[2]), convcore.last_kernel("conv2d_bwd_bias")
+        with disabled(BIAS_IN_WEIGHT):
+            check("conv2d", x, w, b, output_mask=mask, **kw)
+            assert convcore.last_kernel("conv2d_bwd_bias") != BIAS_IN_WEIGHT
+        go = rand((xs[0], ws[0], *convcore.conv2d(x, w, **kw).shape[2:]), 4)
+        _, gw, gb = convcore.conv2d_backward(go, x, w, output_mask=(False, True, True), **kw)
+        with disabled(BIAS_IN_WEIGHT):
+            _, gw2, gb2 = convcore.conv2d_backward(go, x, w, output_mask=(False, True, True), **kw)
+    # The weight gradient is untouched by the fusion; the two bias sums only
+    # differ in order: within the bound of N*P*Q terms of each other.
+    assert gw.tobytes() == gw2.tobytes()
+    scale = np.abs(go.astype(np.float64)).sum(axis=(0, 2, 3))
+    n = go.shape[0] * go.shape[2] * go.shape[3]
+    assert (np.abs(gb.astype(np.float64) - gb2) <= 2 * 10 * math.sqrt(n + 1) * U32 * scale).all()
+
+
+@pytest.mark.parametrize("mask", [(True, True, True), (True, False, True)])
+def test_bias_gradient_through_relu_follows_the_same_path(mask):
+    # Through the fused ReLU the bias is summed by the weight gradient when
+    # both are asked for, else by the mask pass: the same sums as the
+    # unfused multiply by the mask then conv2d_backward (test_fused holds
+    # them bitwise equal), and within the oracle's bound.
+    if "avx512" not in available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    xs, ws, _, kw = CASES["clanes_k96_w29"]
+    x, w, b = rand(xs, 1), rand(ws, 2), rand((ws[0],), 3)
+    with isa_cap("avx512"):
+        y = convcore.conv2d_relu(x, w, b, **kw)
+        go = rand(y.shape, 4)
+        masked = go * (y > 0)
+        _, _, gb = convcore.conv2d_relu_backward(go.copy(), y, x, w, output_mask=mask, **kw)
+        fused = convcore.last_kernel("conv2d_bwd_bias") == BIAS_IN_WEIGHT
+        assert fused == mask[1], convcore.last_kernel("conv2d_bwd_bias")
+    n = go.shape[0] * go.shape[2] * go.shape[3]
+    scale = np.abs(masked.astype(np.float64)).sum(axis=(0, 2, 3))
+    want = masked.astype(np.float64).sum(axis=(0, 2, 3))
+    assert (np.abs(gb - want) <= 10 * math.sqrt(n + 1) * U32 * scale).all()
+
+
 @pytest.mark.parametrize(
     "xs,ws,kw",
     [

@@ -93,12 +93,18 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
   py::object gb = optional_float(need_bias, {g.K}, &db);
   {
     py::gil_scoped_release release;
-    // The mask first (with the bias gradient, one pass over dy); the data
-    // and weight gradients then read the masked dy.
-    if (relu_y) convcore::conv2d_relu_backward_bias(g, const_cast<float*>(dy), relu_y, db);
+    // The mask first; the data and weight gradients then read the masked
+    // dy.  The bias gradient comes with the weight gradient when both are
+    // asked for (summed from dy in the same pass where its kernel allows),
+    // else with the mask pass, else alone: the same sums with or without
+    // the fused ReLU.
+    if (relu_y)
+      convcore::conv2d_relu_backward_bias(g, const_cast<float*>(dy), relu_y, dwp ? nullptr : db);
     if (dx) convcore::conv2d_backward_data(g, dy, w, dx);
-    if (dwp) convcore::conv2d_backward_weight(g, dy, x, dwp);
-    if (db && !relu_y) convcore::conv2d_backward_bias(g, dy, db);
+    if (dwp)
+      convcore::conv2d_backward_weight(g, dy, x, dwp, db);
+    else if (db && !relu_y)
+      convcore::conv2d_backward_bias(g, dy, db);
   }
   return py::make_tuple(gi, gw, gb);
 }

@@ -20,6 +20,8 @@ using conv_clanes_fwd_ukernel_fn = void (*)(int64_t steps, const float* w, const
                                             const float* bias, float* y, int64_t ldy);
 constexpr int64_t kClanesTileN = 14;
 constexpr int64_t kClanesTileK = 32;
+// The widest dy panel of the weight-gradient tiles (6 x 64).
+constexpr int64_t kClanesMaxPanelK = 64;
 
 // Weight-gradient outer-product tile of MT taps x KP channels over `nrows`
 // output rows of q_len positions each:
@@ -36,8 +38,11 @@ using conv_clanes_outer_ukernel_fn = void (*)(int64_t q_len, int64_t nrows,
 // Packs a kp-channel dy panel position-major: panel[t * kp + j] = dy[j * ld + t]
 // for t < positions, j < channels (zero for channels <= j < kp; kp a
 // multiple of 16).  Reads past `positions` or `channels` never happen.
+// sums (may be null; kp floats): sums[j] = sum over t < positions of
+// panel[t * kp + j], added in increasing t -- the bias gradient's share of
+// this panel, summed while its values are in registers.
 using conv_clanes_pack_fn = void (*)(const float* dy, int64_t ld, int64_t positions,
-                                     int64_t channels, float* panel, int64_t kp);
+                                     int64_t channels, float* panel, int64_t kp, float* sums);
 
 // Stride-1 padded planes (the layout of ops/conv2d_drivers.h PaddedPlanes
 // with one phase): dst[c][i][j] = src[c][i - pad_top][j - pad_left] inside
@@ -51,7 +56,8 @@ void conv2d_pad_planes_f32_s1__avx512(const float* src, int64_t channels, int64_
                                       int64_t pad_top, int64_t pad_left, int64_t Hp, int64_t Wp,
                                       float* dst);
 void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, int64_t positions,
-                                                  int64_t channels, float* panel, int64_t kp);
+                                                  int64_t channels, float* panel, int64_t kp,
+                                                  float* sums);
 void conv2d_fwd_f32_clanes_14x32__avx512(int64_t steps, const float* w, const float* x,
                                          const int64_t* offsets, int64_t nt, int64_t kn,
                                          const float* bias, float* y, int64_t ldy);

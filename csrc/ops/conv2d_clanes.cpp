@@ -11,7 +11,9 @@
 // kp channels ([p][q][kp], no padding columns); mt-tap x kp-channel
 // outer-product tiles reduce over blocks of output rows whose dy panel stays
 // in L1.  Images are summed in the fixed BatchChunks split, so the result is
-// bitwise the same for any thread count.
+// bitwise the same for any thread count.  The bias gradient, when asked, is
+// summed by the dy packing (per image, positions in order) into one more
+// row of the same partials.
 #include <omp.h>
 
 #include <algorithm>
@@ -139,14 +141,17 @@ void backward_data_clanes(conv_clanes_fwd_ukernel_fn ukernel, conv_clanes_pad_fn
 }
 
 void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
-                            const float* x, float* dw) {
+                            const float* x, float* dw, float* db) {
   const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
   const int64_t mt = uk.mt, kp = uk.kp;
   const int64_t RS = g.R * g.S, CRS = g.Cg() * RS, Kg = g.Kg(), PQ = g.P * g.Q;
   const int64_t plane = d.pp.plane(), Wh = d.pp.Wh();
   const int64_t crs_panels = (CRS + mt - 1) / mt, k_panels = (Kg + kp - 1) / kp,
                 ldw = k_panels * kp;
-  const int64_t part_size = g.G * crs_panels * mt * ldw;
+  // Each chunk's partial: the G x crs_panels*mt x ldw weight sums, then
+  // (with db) a G x ldw row of bias sums.
+  const int64_t weight_part = g.G * crs_panels * mt * ldw;
+  const int64_t part_size = weight_part + (db ? g.G * ldw : 0);
   const int64_t x_img = g.C * plane, dyt_img = g.G * k_panels * PQ * kp;
   // Output rows per kernel call.  Long calls pay: each call loads and stores
   // its 24 accumulators, and measured on the 14x14 layers (6x64 tiles) one
@@ -171,6 +176,7 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
   for_each_chunk_partial(split, partials, part_size, nt, [&](int64_t chunk, float* part) {
     float* xpad = thread_scratch(1).floats(x_img);
     float* dyt = thread_scratch(2).floats(dyt_img);
+    float* bias_part = db ? part + weight_part : nullptr;
     for (int64_t n = split.begin(chunk); n < split.end(chunk); ++n) {
       pad_image(uk.pad, d.pp, g.C, x + n * g.C * g.H * g.W, xpad);
       // The next image's x and dy, prefetched into L2 a slice per kernel
@@ -187,7 +193,10 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
         for (int64_t kpn = 0; kpn < k_panels; ++kpn) {
           float* panel = dyt + (grp * k_panels + kpn) * PQ * kp;
           const int64_t k0 = grp * Kg + kpn * kp, valid = std::min(kp, Kg - kpn * kp);
-          uk.pack(dy + (n * g.K + k0) * PQ, PQ, PQ, valid, panel, kp);
+          alignas(64) float sums[kClanesMaxPanelK];
+          uk.pack(dy + (n * g.K + k0) * PQ, PQ, PQ, valid, panel, kp, db ? sums : nullptr);
+          if (db)
+            for (int64_t j = 0; j < kp; ++j) bias_part[grp * ldw + kpn * kp + j] += sums[j];
         }
       for (int64_t grp = 0; grp < g.G; ++grp) {
         const float* xg = xpad + grp * g.Cg() * plane;
@@ -223,6 +232,11 @@ void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g
     for (int64_t k = 0; k < Kg; ++k)
       dw[(grp * Kg + k) * CRS + crs] = sum_chunk_partials(partials, chunks, part_size, at + k);
   }
+  if (db)
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t k = 0; k < Kg; ++k)
+        db[grp * Kg + k] =
+            sum_chunk_partials(partials, chunks, part_size, weight_part + grp * ldw + k);
 }
 
 }  // namespace convcore

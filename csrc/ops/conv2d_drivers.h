@@ -214,8 +214,9 @@ struct ClanesOuterKernel {
   conv_clanes_pack_fn pack;
   conv_clanes_pad_fn pad;
 };
+// db (may be null): the bias gradient too, summed as dy is packed.
 void backward_weight_clanes(const ClanesOuterKernel& uk, const Conv2dGeometry& g, const float* dy,
-                            const float* x, float* dw);
+                            const float* x, float* dw, float* db);
 
 // Data gradient as a packed GEMM and col2im, any stride (ops/conv2d_gemm.cpp).
 void backward_data_gemm(gemm_ukernel_fn ukernel, const Conv2dGeometry& g, const float* dy,

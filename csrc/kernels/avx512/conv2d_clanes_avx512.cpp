@@ -154,8 +154,10 @@ void conv2d_bwd_weight_f32_clanes_12x32__avx512(int64_t q_len, int64_t nrows,
 }
 
 void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, int64_t positions,
-                                                  int64_t channels, float* panel, int64_t kp) {
+                                                  int64_t channels, float* panel, int64_t kp,
+                                                  float* sums) {
   for (int64_t j0 = 0; j0 < kp; j0 += 16) {
+    __m512 sum = _mm512_setzero_ps();
     for (int64_t t0 = 0; t0 < positions; t0 += 16) {
       const int64_t tn = positions - t0 < 16 ? positions - t0 : 16;
       const __mmask16 lanes = __mmask16((1u << tn) - 1);
@@ -165,8 +167,12 @@ void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, i
         r[j] = j0 + j < channels ? _mm512_maskz_loadu_ps(lanes, dy + (j0 + j) * ld + t0)
                                  : _mm512_setzero_ps();
       transpose_16x16(r, col);
-      for (int64_t t = 0; t < tn; ++t) _mm512_storeu_ps(panel + (t0 + t) * kp + j0, col[t]);
+      for (int64_t t = 0; t < tn; ++t) {
+        _mm512_storeu_ps(panel + (t0 + t) * kp + j0, col[t]);
+        if (sums) sum = _mm512_add_ps(sum, col[t]);
+      }
     }
+    if (sums) _mm512_storeu_ps(sums + j0, sum);
   }
 }
 

@@ -24,16 +24,20 @@ constexpr int64_t kClanesTileK = 32;
 constexpr int64_t kClanesMaxPanelK = 64;
 
 // Weight-gradient outer-product tile of MT taps x KP channels over `nrows`
-// output rows of q_len positions each:
-//   c[i * ldc + j] += sum_{r < nrows} sum_{q < q_len}
-//                     rows[i][r * x_pitch + q] * panel[(r * q_len + q) * KP + j]
+// output rows of q_len positions each, in each of `images` images:
+//   c[i * ldc + j] += sum_{m < images} sum_{r < nrows} sum_{q < q_len}
+//                     rows[i][m * x_image_stride + r * x_pitch + q]
+//                     * panel[((m * nrows + r) * q_len + q) * KP + j]
 // rows are MT input-tap streams read in place from the padded planes (row
-// pitch x_pitch), panel a packed block of KP dy channels, position-major with
-// no padding columns, so no FMA is spent on positions past the row end.  The
-// reduction runs row by row, q increasing.
-using conv_clanes_outer_ukernel_fn = void (*)(int64_t q_len, int64_t nrows,
+// pitch x_pitch, image pitch x_image_stride), panel a packed block of KP dy
+// channels, position-major with no padding columns (the images' blocks one
+// after the other), so no FMA is spent on positions past the row end.  The
+// reduction runs image by image, row by row, q increasing: the same sums as
+// one call per image.
+using conv_clanes_outer_ukernel_fn = void (*)(int64_t q_len, int64_t nrows, int64_t images,
                                               const float* const* rows, int64_t x_pitch,
-                                              const float* panel, float* c, int64_t ldc);
+                                              int64_t x_image_stride, const float* panel, float* c,
+                                              int64_t ldc);
 
 // Packs a kp-channel dy panel position-major: panel[t * kp + j] = dy[j * ld + t]
 // for t < positions, j < channels (zero for channels <= j < kp; kp a
@@ -61,12 +65,14 @@ void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, i
 void conv2d_fwd_f32_clanes_14x32__avx512(int64_t steps, const float* w, const float* x,
                                          const int64_t* offsets, int64_t nt, int64_t kn,
                                          const float* bias, float* y, int64_t ldy);
-void conv2d_bwd_weight_f32_clanes_6x64__avx512(int64_t q_len, int64_t nrows,
+void conv2d_bwd_weight_f32_clanes_6x64__avx512(int64_t q_len, int64_t nrows, int64_t images,
                                                const float* const* rows, int64_t x_pitch,
-                                               const float* panel, float* c, int64_t ldc);
-void conv2d_bwd_weight_f32_clanes_12x32__avx512(int64_t q_len, int64_t nrows,
+                                               int64_t x_image_stride, const float* panel, float* c,
+                                               int64_t ldc);
+void conv2d_bwd_weight_f32_clanes_12x32__avx512(int64_t q_len, int64_t nrows, int64_t images,
                                                 const float* const* rows, int64_t x_pitch,
-                                                const float* panel, float* c, int64_t ldc);
+                                                int64_t x_image_stride, const float* panel,
+                                                float* c, int64_t ldc);
 #endif
 
 }  // namespace convcore

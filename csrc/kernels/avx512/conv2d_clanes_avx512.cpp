@@ -13,6 +13,8 @@
 // Weight gradient MTxKP: MT input taps (broadcast from the padded planes) x
 // KP dy channels (one position-major panel row of KP/16 zmm), MT*KP/16 = 24
 // accumulators; per position KP/16 loads + MT broadcasts for MT*KP/16 FMAs.
+// A call may run over several images, loading and storing its accumulators
+// once for all of them.
 //
 // Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma;
 // self-contained (intrinsics, raw pointers, anonymous namespace).
@@ -77,8 +79,9 @@ __attribute__((always_inline)) inline void fwd_tile(int64_t steps, const float* 
 }
 
 template <int MT, int NV>
-__attribute__((always_inline)) inline void outer_tile(int64_t q_len, int64_t nrows,
+__attribute__((always_inline)) inline void outer_tile(int64_t q_len, int64_t nrows, int64_t images,
                                                       const float* const* rows, int64_t x_pitch,
+                                                      int64_t x_image_stride,
                                                       const float* __restrict panel, float* c,
                                                       int64_t ldc) {
   __m512 acc[MT][NV];
@@ -86,26 +89,27 @@ __attribute__((always_inline)) inline void outer_tile(int64_t q_len, int64_t nro
   for (int i = 0; i < MT; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_loadu_ps(c + i * ldc + v * 16);
-  for (int64_t row = 0; row < nrows; ++row) {
-    // One base pointer and per-tap distances: MT separate pointers would
-    // not fit the general registers beside the loop state.
-    const float* x0 = rows[0] + row * x_pitch;
-    int64_t dist[MT];
+  for (int64_t img = 0; img < images; ++img)
+    for (int64_t row = 0; row < nrows; ++row) {
+      // One base pointer and per-tap distances: MT separate pointers would
+      // not fit the general registers beside the loop state.
+      const float* x0 = rows[0] + img * x_image_stride + row * x_pitch;
+      int64_t dist[MT];
 #pragma GCC unroll 16
-    for (int i = 0; i < MT; ++i) dist[i] = rows[i] - rows[0];
-    for (int64_t q = 0; q < q_len; ++q) {
-      __m512 d[NV];
+      for (int i = 0; i < MT; ++i) dist[i] = rows[i] - rows[0];
+      for (int64_t q = 0; q < q_len; ++q) {
+        __m512 d[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) d[v] = _mm512_loadu_ps(panel + v * 16);
+        for (int v = 0; v < NV; ++v) d[v] = _mm512_loadu_ps(panel + v * 16);
 #pragma GCC unroll 16
-      for (int i = 0; i < MT; ++i) {
-        const __m512 b = _mm512_set1_ps(x0[dist[i] + q]);
+        for (int i = 0; i < MT; ++i) {
+          const __m512 b = _mm512_set1_ps(x0[dist[i] + q]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(b, d[v], acc[i][v]);
+          for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(b, d[v], acc[i][v]);
+        }
+        panel += NV * 16;
       }
-      panel += NV * 16;
     }
-  }
 #pragma GCC unroll 16
   for (int i = 0; i < MT; ++i)
 #pragma GCC unroll 4
@@ -141,16 +145,18 @@ void conv2d_fwd_f32_clanes_14x32__avx512(int64_t steps, const float* w, const fl
   }
 }
 
-void conv2d_bwd_weight_f32_clanes_6x64__avx512(int64_t q_len, int64_t nrows,
+void conv2d_bwd_weight_f32_clanes_6x64__avx512(int64_t q_len, int64_t nrows, int64_t images,
                                                const float* const* rows, int64_t x_pitch,
-                                               const float* panel, float* c, int64_t ldc) {
-  outer_tile<6, 4>(q_len, nrows, rows, x_pitch, panel, c, ldc);
+                                               int64_t x_image_stride, const float* panel, float* c,
+                                               int64_t ldc) {
+  outer_tile<6, 4>(q_len, nrows, images, rows, x_pitch, x_image_stride, panel, c, ldc);
 }
 
-void conv2d_bwd_weight_f32_clanes_12x32__avx512(int64_t q_len, int64_t nrows,
+void conv2d_bwd_weight_f32_clanes_12x32__avx512(int64_t q_len, int64_t nrows, int64_t images,
                                                 const float* const* rows, int64_t x_pitch,
-                                                const float* panel, float* c, int64_t ldc) {
-  outer_tile<12, 2>(q_len, nrows, rows, x_pitch, panel, c, ldc);
+                                                int64_t x_image_stride, const float* panel,
+                                                float* c, int64_t ldc) {
+  outer_tile<12, 2>(q_len, nrows, images, rows, x_pitch, x_image_stride, panel, c, ldc);
 }
 
 void conv2d_bwd_weight_f32_pack_dy_clanes__avx512(const float* dy, int64_t ld, int64_t positions,

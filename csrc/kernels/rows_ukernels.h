@@ -25,11 +25,12 @@ struct RowSegment {
 // for k < kn, l < seg[j].lanes.  w is a packed panel (steps x KB, zero
 // columns past the last channel); bias may be null.  x may be read up to 7
 // floats past the last valid lane of a segment (the caller leaves slack).
-// Reduction in increasing p.
+// Reduction in increasing p.  relu: each stored value is relu_f32 of it
+// (ops/conv2d_drivers.h), applied in registers.
 using conv_rows_ukernel_fn = void (*)(int64_t p0, int64_t p1, const float* w,
                                       const int64_t* offsets, const float* x, const RowSegment* seg,
                                       int64_t nseg, float* y, int64_t ldk, int64_t kn,
-                                      const float* bias);
+                                      const float* bias, bool relu);
 
 // Weight-gradient tile: KB output channels x TB taps, reduced over `nseg`
 // segments of `images` images in lanes, then across lanes in a fixed order:
@@ -46,25 +47,25 @@ using conv_rows_wgrad_ukernel_fn = void (*)(int64_t images, const float* dy, int
 // tails): NS segments x KB channels.
 void conv2d_rows_ukernel_f32_24x1__avx512(int64_t, int64_t, const float*, const int64_t*,
                                           const float*, const RowSegment*, int64_t, float*, int64_t,
-                                          int64_t, const float*);
+                                          int64_t, const float*, bool);
 void conv2d_rows_ukernel_f32_12x2__avx512(int64_t, int64_t, const float*, const int64_t*,
                                           const float*, const RowSegment*, int64_t, float*, int64_t,
-                                          int64_t, const float*);
+                                          int64_t, const float*, bool);
 void conv2d_rows_ukernel_f32_8x3__avx512(int64_t, int64_t, const float*, const int64_t*,
                                          const float*, const RowSegment*, int64_t, float*, int64_t,
-                                         int64_t, const float*);
+                                         int64_t, const float*, bool);
 void conv2d_rows_ukernel_f32_6x4__avx512(int64_t, int64_t, const float*, const int64_t*,
                                          const float*, const RowSegment*, int64_t, float*, int64_t,
-                                         int64_t, const float*);
+                                         int64_t, const float*, bool);
 void conv2d_rows_ukernel_f32_4x6__avx512(int64_t, int64_t, const float*, const int64_t*,
                                          const float*, const RowSegment*, int64_t, float*, int64_t,
-                                         int64_t, const float*);
+                                         int64_t, const float*, bool);
 void conv2d_rows_ukernel_f32_3x8__avx512(int64_t, int64_t, const float*, const int64_t*,
                                          const float*, const RowSegment*, int64_t, float*, int64_t,
-                                         int64_t, const float*);
+                                         int64_t, const float*, bool);
 void conv2d_rows_ukernel_f32_2x12__avx512(int64_t, int64_t, const float*, const int64_t*,
                                           const float*, const RowSegment*, int64_t, float*, int64_t,
-                                          int64_t, const float*);
+                                          int64_t, const float*, bool);
 // Weight gradient: KB channels x TB taps (at most 27 accumulators).
 void conv2d_rows_wgrad_ukernel_f32_2x9__avx512(int64_t, const float*, int64_t, int64_t,
                                                const float*, int64_t, const int64_t*,

@@ -95,9 +95,7 @@ void run_rows(const RowsKernels& ks, const DirectConv& d, const float* w, bool t
         const float* bias = d.bias ? d.bias + k0 : nullptr;
         for (int64_t t = 0; t < tiles; ++t)
           uk.fn(step_lo[size_t(t)], step_hi[size_t(t)], wp, offsets.data(), xpad,
-                segs.data() + t * ns, std::min(ns, nseg - t * ns), y, PQ, kn, bias);
-        // The fused ReLU on the channel block just stored (kn x P x Q, in L2).
-        if (d.relu) relu_inplace(y, kn * PQ);
+                segs.data() + t * ns, std::min(ns, nseg - t * ns), y, PQ, kn, bias, d.relu);
       }
     });
   errors.rethrow();

@@ -27,7 +27,7 @@ namespace {
 template <int NS, int KB>
 void rows_tile(int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,
                const RowSegment* seg, int64_t nseg, float* y, int64_t ldk, int64_t kn,
-               const float* bias) {
+               const float* bias, bool relu) {
   __m256 acc[NS][KB];
   for (int k = 0; k < KB; ++k) {
     const __m256 b = _mm256_set1_ps(bias && k < kn ? bias[k] : 0.0f);
@@ -47,6 +47,17 @@ void rows_tile(int64_t p0, int64_t p1, const float* w, const int64_t* offsets, c
 #pragma GCC unroll 24
       for (int j = 0; j < NS; ++j) acc[j][k] = _mm256_fmadd_ps(wk, xv[j], acc[j][k]);
     }
+  }
+  // The fused ReLU in registers, bitwise relu_f32: an ordered v <= 0 (false
+  // for NaN, true for -0) selects +0.
+  if (relu) {
+    const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 24
+    for (int j = 0; j < NS; ++j)
+#pragma GCC unroll 12
+      for (int k = 0; k < KB; ++k)
+        acc[j][k] =
+            _mm256_mask_blend_ps(_mm256_cmp_ps_mask(acc[j][k], zero, _CMP_LE_OQ), acc[j][k], zero);
   }
   // Constant trip counts and no early exit, so acc stays in registers (a
   // loop bound of nseg or kn made GCC keep the array in memory, written back
@@ -112,11 +123,12 @@ void rows_wgrad(int64_t images, const float* dy, int64_t dy_img, int64_t ldk, co
 
 }  // namespace
 
-#define CONVCORE_ROWS(NS, KB)                                                                      \
-  void conv2d_rows_ukernel_f32_##NS##x##KB##__avx512(                                              \
-      int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,              \
-      const RowSegment* seg, int64_t nseg, float* y, int64_t ldk, int64_t kn, const float* bias) { \
-    rows_tile<NS, KB>(p0, p1, w, offsets, x, seg, nseg, y, ldk, kn, bias);                         \
+#define CONVCORE_ROWS(NS, KB)                                                                    \
+  void conv2d_rows_ukernel_f32_##NS##x##KB##__avx512(                                            \
+      int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,            \
+      const RowSegment* seg, int64_t nseg, float* y, int64_t ldk, int64_t kn, const float* bias, \
+      bool relu) {                                                                               \
+    rows_tile<NS, KB>(p0, p1, w, offsets, x, seg, nseg, y, ldk, kn, bias, relu);                 \
   }
 CONVCORE_ROWS(24, 1)
 CONVCORE_ROWS(12, 2)

@@ -94,17 +94,15 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
   {
     py::gil_scoped_release release;
     // The mask first; the data and weight gradients then read the masked
-    // dy.  The bias gradient comes with the weight gradient when both are
-    // asked for (summed from dy in the same pass where its kernel allows),
-    // else with the mask pass, else alone: the same sums with or without
-    // the fused ReLU.
-    if (relu_y)
-      convcore::conv2d_relu_backward_bias(g, const_cast<float*>(dy), relu_y, dwp ? nullptr : db);
+    // dy.  The bias gradient is summed by the weight-gradient kernel where
+    // it does so in its own pass over dy, else with the mask pass (one pass
+    // for both), else alone: the same sums with or without the fused ReLU.
+    const bool bias_in_weight = dwp && db && convcore::conv2d_weight_gradient_sums_bias(g);
+    float* db_apart = bias_in_weight ? nullptr : db;
+    if (relu_y) convcore::conv2d_relu_backward_bias(g, const_cast<float*>(dy), relu_y, db_apart);
     if (dx) convcore::conv2d_backward_data(g, dy, w, dx);
-    if (dwp)
-      convcore::conv2d_backward_weight(g, dy, x, dwp, db);
-    else if (db && !relu_y)
-      convcore::conv2d_backward_bias(g, dy, db);
+    if (dwp) convcore::conv2d_backward_weight(g, dy, x, dwp, bias_in_weight ? db : nullptr);
+    if (db_apart && !relu_y) convcore::conv2d_backward_bias(g, dy, db_apart);
   }
   return py::make_tuple(gi, gw, gb);
 }

@@ -367,6 +367,16 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
   if (db && !db_done) conv2d_backward_bias(g, dy, db);
 }
 
+bool conv2d_weight_gradient_sums_bias(const Conv2dGeometry& g) {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+  return g.N > 0 && select_impl(kBwdWeightImpls, g).run == run_bwd_weight_clanes &&
+         !kernel_disabled(kBiasInClanesWeight);
+#else
+  (void)g;
+  return false;
+#endif
+}
+
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
   run_first_applicable("conv2d_bwd_bias", kBwdBiasImpls, g, g.name(),
                        ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db, false,

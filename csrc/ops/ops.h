@@ -21,11 +21,15 @@ void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, con
                     float* y, bool relu = false);
 // dx (N x C x H x W) from dy (N x K x P x Q) and w.
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
-// dw (K x C/G x R x S) from dy and x, and db (may be null) as
-// conv2d_backward_bias gives it, summed in the same pass over dy where the
-// weight-gradient kernel allows.  Bitwise identical for any thread count.
+// dw (K x C/G x R x S) from dy and x.  Bitwise identical for any thread
+// count.  db (may be null): the bias gradient too, summed from dy in the same
+// pass where conv2d_weight_gradient_sums_bias(g), else by
+// conv2d_backward_bias after.
 void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const float* x, float* dw,
                             float* db = nullptr);
+// Whether the weight-gradient kernel selected for g sums the bias gradient
+// itself (the channels-in-lanes one, unless its bias entry is disabled).
+bool conv2d_weight_gradient_sums_bias(const Conv2dGeometry& g);
 // db (K) = sum of dy over N, P, Q.
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db);
 // The gradient through a ReLU whose output is y (N x K x P x Q): dy *= (y >

@@ -233,6 +233,73 @@ def test_unbatched_input():
 
 
 # ---------------------------------------------------------------------------
+# max_pool2d_backward(..., relu_input=): the pool's gradient through the ReLU
+# before it, bitwise the unfused multiply by the mask
+# ---------------------------------------------------------------------------
+
+_POOLS = [
+    ((3, 6, 24, 24), dict(kernel_size=2)),  # the 2x2/2 kernel, the tutorial's layer
+    ((2, 32, 14, 14), dict(kernel_size=2)),
+    ((2, 5, 9, 11), dict(kernel_size=2)),  # odd sizes: last row and column in no window
+    ((2, 4, 13, 12), dict(kernel_size=3, stride=2, padding=1)),  # overlapping windows
+    ((1, 3, 10, 10), dict(kernel_size=3, stride=1, dilation=2, ceil_mode=True)),
+    ((4, 70, 5, 5), dict(kernel_size=2, ceil_mode=True)),  # many small planes, several blocks
+]
+
+
+def _relu_then_pool_cases():
+    for shape, kw in _POOLS:
+        for kind in ("normal", "special"):
+            yield shape, kw, kind
+
+
+@pytest.mark.parametrize("shape,kw,kind", list(_relu_then_pool_cases()))
+def test_pool_backward_through_relu_is_the_unfused_mask(shape, kw, kind, isa):
+    pre = rand(shape, 1)
+    go_shape = convcore.max_pool2d(pre, **kw).shape
+    go = rand(go_shape, 2)
+    if kind == "special":
+        # Zeros of both signs, NaN and inf in the activations (ties and
+        # windows whose max is cut to 0), inf and NaN and -0 in the gradient.
+        flat = pre.reshape(-1)
+        flat[::7] = 0.0
+        flat[1::11] = -0.0
+        flat[2::13] = np.nan
+        flat[3::17] = -np.inf
+        flat[4::19] = np.inf
+        g = go.reshape(-1)
+        g[::5] = np.inf
+        g[1::9] = -np.inf
+        g[2::7] = np.nan
+        g[3::6] = -0.0
+    y = np.maximum(pre, np.float32(0))  # the ReLU's output, the pool's input
+    _, idx = convcore.max_pool2d(y, **kw, return_indices=True)
+    with isa_cap(isa):
+        plain = convcore.max_pool2d_backward(go, idx, y.shape)
+        fused = convcore.max_pool2d_backward(go, idx, y.shape, relu_input=y)
+    want = np.multiply(plain, y > 0)
+    case = f"{shape} {kw} {kind}"
+    assert_bitwise("max_pool2d_backward (relu_input vs unfused)", fused, want, case, "unfused")
+
+
+def test_pool_backward_through_relu_unbatched_and_errors():
+    y = np.maximum(rand((3, 8, 8), 1), np.float32(0))
+    out, idx = convcore.max_pool2d(y, 2, return_indices=True)
+    go = rand(out.shape, 2)
+    got = convcore.max_pool2d_backward(go, idx, y.shape, relu_input=y)
+    want = np.multiply(convcore.max_pool2d_backward(go, idx, y.shape), y > 0)
+    assert_bitwise("max_pool2d_backward (unbatched relu_input)", got, want, "", "unfused")
+    with pytest.raises(ValueError, match="relu_input: expected shape"):
+        convcore.max_pool2d_backward(go, idx, y.shape, relu_input=y[:, :4])
+    with pytest.raises(TypeError, match="relu_input: expected a float32"):
+        convcore.max_pool2d_backward(go, idx, y.shape, relu_input=y.astype(np.float64))
+    with pytest.raises(ValueError, match="relu_input: expected a C-contiguous"):
+        convcore._core.max_pool2d_backward(
+            go[None], idx[None], (1, 3, 8, 8), relu_input=y[None][:, :, ::-1]
+        )
+
+
+# ---------------------------------------------------------------------------
 # the layers: nn.Sequential fuses Conv2d + ReLU(inplace=True)
 # ---------------------------------------------------------------------------
 
@@ -295,6 +362,46 @@ def test_fusion_keeps_names_and_torch_loads_the_state(monkeypatch):
     np.testing.assert_allclose(model(x), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_pool_after_fused_pair_masks_and_is_bitwise_the_layers(monkeypatch):
+    # Conv2d, ReLU(inplace), MaxPool2d: the pool's backward applies the
+    # ReLU's mask and the conv takes the masked gradient as is.
+    seq = nn.Sequential(
+        nn.Conv2d(1, 6, 5, rng=0), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(6, 12, 3, rng=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+    )  # fmt: skip
+    x = rand((3, 1, 16, 16))
+    y = seq(x)
+    assert seq._fused == {1, 4}
+    seq.input_grad = True
+    calls = []
+    real = nn.max_pool2d_backward
+
+    def spy(*args, relu_input=None):
+        calls.append(relu_input is not None)
+        return real(*args, relu_input=relu_input)
+
+    monkeypatch.setattr(nn, "max_pool2d_backward", spy)
+    g = rand(y.shape, 2)
+    gi = seq.backward(g.copy())
+    assert calls == [True, True]
+    grads = [p.grad.copy() for p in seq.parameters()]
+    for p in seq.parameters():
+        p.grad = None
+    # The same layers one at a time.
+    for layer in seq.layers:
+        layer.input_grad = True
+    h = x
+    for layer in seq.layers:
+        h = layer(h)
+    assert_bitwise("Sequential.output (fused vs layers)", y, h, "", "layer by layer")
+    gg = g.copy()
+    for layer in reversed(seq.layers):
+        gg = layer.backward(gg)
+    assert_bitwise("Sequential.grad_input (fused vs layers)", gi, gg, "", "layer by layer")
+    for a, p in zip(grads, seq.parameters()):
+        assert_bitwise("Sequential.param grads (fused vs layers)", a, p.grad, "", "layer by layer")
+
+
 def test_only_inplace_relu_after_conv2d_is_fused():
     seq = nn.Sequential(
         nn.Conv2d(1, 4, 3, rng=0), nn.ReLU(), nn.Conv2d(4, 4, 3, rng=1), nn.ReLU(inplace=True)
@@ -316,6 +423,19 @@ def test_only_inplace_relu_after_conv2d_is_fused():
     for layer in reversed(seq.layers):
         gg = layer.backward(gg)
     assert_bitwise("Sequential.grad_input (fused vs layers)", gi, gg, "", "layer by layer")
+
+
+def test_pool_through_relu_on_the_gpu_backend_is_the_two_ops(monkeypatch):
+    ext = fake_cuda.install(monkeypatch)
+    y = np.maximum(rand((2, 4, 8, 8), 1), np.float32(0))
+    out, idx = convcore.max_pool2d(y, 2, return_indices=True)
+    go = rand(out.shape, 2)
+    want = convcore.max_pool2d_backward(go, idx, y.shape, relu_input=y)
+    dy, dgo = fake_cuda.FakeDeviceArray(y.copy()), fake_cuda.FakeDeviceArray(go.copy())
+    _, didx = convcore.max_pool2d(dy, 2, return_indices=True)
+    got = convcore.max_pool2d_backward(dgo, didx, y.shape, relu_input=dy)
+    assert ext.calls["relu_backward"] >= 1
+    assert_bitwise("max_pool2d_backward relu_input (gpu vs host)", got.numpy(), want, "", "host")
 
 
 def test_fused_ops_on_the_gpu_backend_are_the_two_ops(monkeypatch):

@@ -131,18 +131,27 @@ py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int
   return py::make_tuple(out, idx);
 }
 
+// relu_input: the pooled input when it is a ReLU's output (None: no ReLU);
+// the gradient then also passes back through that ReLU.
 py::array_t<float> max_pool2d_backward(const py::array& grad_output, const py::array& indices,
-                                       const std::vector<int64_t>& input_shape) {
+                                       const std::vector<int64_t>& input_shape,
+                                       const std::optional<py::array>& relu_input) {
   const float* dy = float_input(grad_output, "grad_output", 4);
   const int64_t* ip = index_input(indices, "indices", 4);
   const std::vector<int64_t> go(grad_output.shape(), grad_output.shape() + 4);
   const auto g = convcore::make_pool2d_backward_geometry(input_shape, go);
   require_shape(indices, "indices", go.data(), 4);
+  const float* relu_y = nullptr;
+  if (relu_input) {
+    relu_y = float_input(*relu_input, "relu_input", 4);
+    const int64_t in_shape[4] = {g.N, g.C, g.H, g.W};
+    require_shape(*relu_input, "relu_input", in_shape, 4);
+  }
   auto out = new_float({g.N, g.C, g.H, g.W});
   float* dx = out.mutable_data();
   {
     py::gil_scoped_release release;
-    convcore::maxpool2d_backward(g, dy, ip, dx);
+    convcore::maxpool2d_backward(g, dy, ip, dx, relu_y);
   }
   return out;
 }
@@ -407,7 +416,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"),
         py::arg("return_indices") = true);
   m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_output"), py::arg("indices"),
-        py::arg("input_shape"));
+        py::arg("input_shape"), py::arg("relu_input") = py::none());
   m.def("pad_forward", &pad_forward, py::arg("input"), py::arg("left"), py::arg("right"),
         py::arg("top"), py::arg("bottom"), py::arg("mode"), py::arg("value"));
   m.def("pad_backward", &pad_backward, py::arg("grad_output"), py::arg("input_shape"),

@@ -116,24 +116,6 @@ void run_bwd_weight_ref(const Conv2dGeometry& g, const ConvArgs& a) {
   for (int64_t k = 0; k < g.K; ++k) conv2d_bwd_weight_f32__ref(g, a.dy, a.x, k, k + 1, a.dw);
 }
 
-// dy *= (y > 0), numpy's multiply by the bool mask: dy where y > 0, else
-// dy * 0 (so -0 for a negative dy, NaN for inf or NaN, as numpy gives).
-// Written as a bit select of the two, which vectorises; gcc compiles the
-// plain multiply by 0/1 to a branch (x * 1 == x), mispredicted half the
-// time on real gradients: 5x slower than numpy.  noinline keeps __restrict.
-__attribute__((noinline)) void relu_mask_inplace(float* __restrict dy, const float* __restrict y,
-                                                 int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float d = dy[i], z = d * 0.0f;
-    uint32_t bd, bz;
-    std::memcpy(&bd, &d, sizeof bd);
-    std::memcpy(&bz, &z, sizeof bz);
-    const uint32_t keep = 0u - uint32_t(y[i] > 0.0f);
-    const uint32_t r = (bd & keep) | (bz & ~keep);
-    std::memcpy(dy + i, &r, sizeof r);
-  }
-}
-
 // Bias gradient: each output channel reduces over N, P, Q in one fixed order.
 // Through a ReLU (relu_y given), a channel's N planes of dy are first masked
 // in place -- dy * (y > 0), numpy's multiply by the bool mask, so NaN and

@@ -9,10 +9,11 @@
 //
 // Weight gradient: dy is packed once per image into position-major panels of
 // kp channels ([p][q][kp], no padding columns); mt-tap x kp-channel
-// outer-product tiles reduce over blocks of output rows (or whole images, two
-// per call) streaming the dy panel from L2.  Images are summed in the fixed BatchChunks split, so
-// the result is bitwise the same for any thread count.  The bias gradient, when asked, is summed by
-// the dy packing (per image, positions in order) into one more row of the same partials.
+// outer-product tiles reduce over blocks of output rows (or whole images,
+// two per call), streaming the dy panel from L2.  Images are summed in the
+// fixed BatchChunks split, so the result is bitwise the same for any thread
+// count.  The bias gradient, when asked, is summed by the dy packing (per
+// image, positions in order) into one more row of the same partials.
 #include <omp.h>
 
 #include <algorithm>

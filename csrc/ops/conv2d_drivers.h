@@ -16,6 +16,7 @@
 #include "kernels/rows_ukernels.h"
 #include "kernels/winograd_ukernels.h"
 #include "ops/parallel.h"
+#include "ops/relu.h"
 
 namespace convcore {
 
@@ -37,18 +38,6 @@ inline int conv_threads(const Conv2dGeometry& g) {
 }
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-// The fused ReLU epilogue, bitwise numpy.maximum(v, 0) and torch.relu: NaN
-// stays NaN (with its sign), -0 becomes +0.  Drivers apply it to the block a
-// task has just written, while it is still in L1/L2, never as a separate
-// pass over the whole output.
-// Written as one ordered compare (false for NaN) so that the loop below
-// vectorises: with `v > 0 || v != v` gcc kept it scalar, and the fused ReLU
-// cost 35 us of the 152 us tutorial first-layer forward at batch 100.
-inline float relu_f32(float v) { return v <= 0.0f ? 0.0f : v; }
-inline void relu_inplace(float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = relu_f32(y[i]);
-}
 
 // ---------------------------------------------------------------------------
 // Direct path: the input is copied once into padded planes (negative padding

@@ -12,6 +12,7 @@
 #include "ops/impl_list.h"
 #include "ops/ops.h"
 #include "ops/parallel.h"
+#include "ops/relu.h"
 
 namespace convcore {
 namespace {
@@ -77,7 +78,16 @@ struct PoolArgs {
   const float* dy;
   const int64_t* idx_in;
   float* dx;
+  // Backward through a ReLU before the pool: its output (the pool's input),
+  // or null.  dx is then multiplied by (relu_y > 0) block by block.
+  const float* relu_y = nullptr;
 };
+
+// Planes per block of the backward: the mask runs on a block's dx while
+// it is still in L1/L2.
+int64_t mask_block_planes(const Pool2dGeometry& g) {
+  return std::max<int64_t>(1, (32 * 1024) / std::max<int64_t>(1, g.H * g.W * 4));
+}
 using PoolImpl = Impl<Pool2dGeometry, PoolArgs>;
 
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
@@ -94,14 +104,19 @@ void run_fwd_2x2s2_avx512(const Pool2dGeometry& g, const PoolArgs& a) {
 void run_bwd_2x2s2_avx512(const Pool2dGeometry& g, const PoolArgs& a) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   TaskErrors errors;
+  const int64_t block = a.relu_y ? mask_block_planes(g) : g.planes();
   for_plane_ranges(g.planes(), pool_threads(g), [&](int64_t i0, int64_t i1) {
     errors.run([&] {
-      for (int64_t i = i0; i < i1; ++i) {
-        i += maxpool2d_bwd_f32_2x2s2__avx512(i1 - i, g.H, g.W, a.dy + i * PQ, a.idx_in + i * PQ,
-                                             a.dx + i * HW);
-        if (i >= i1) break;
-        check_indices(g, a.idx_in, i * PQ, PQ);
-        maxpool2d_bwd_f32__ref(PQ, HW, a.dy + i * PQ, a.idx_in + i * PQ, a.dx + i * HW);
+      for (int64_t b0 = i0; b0 < i1; b0 += block) {
+        const int64_t b1 = std::min(i1, b0 + block);
+        for (int64_t i = b0; i < b1; ++i) {
+          i += maxpool2d_bwd_f32_2x2s2__avx512(b1 - i, g.H, g.W, a.dy + i * PQ, a.idx_in + i * PQ,
+                                               a.dx + i * HW);
+          if (i >= b1) break;
+          check_indices(g, a.idx_in, i * PQ, PQ);
+          maxpool2d_bwd_f32__ref(PQ, HW, a.dy + i * PQ, a.idx_in + i * PQ, a.dx + i * HW);
+        }
+        if (a.relu_y) relu_mask_inplace(a.dx + b0 * HW, a.relu_y + b0 * HW, (b1 - b0) * HW);
       }
     });
   });
@@ -143,8 +158,10 @@ void run_bwd_ref(const Pool2dGeometry& g, const PoolArgs& a) {
   }
   if (bad.load() >= 0) check_indices(g, a.idx_in, bad.load(), 1);
   for_plane_ranges(planes, nt, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
+    for (int64_t i = i0; i < i1; ++i) {
       maxpool2d_bwd_f32__ref(PQ, HW, a.dy + i * PQ, a.idx_in + i * PQ, a.dx + i * HW);
+      if (a.relu_y) relu_mask_inplace(a.dx + i * HW, a.relu_y + i * HW, HW);
+    }
   });
 }
 
@@ -173,10 +190,11 @@ void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_
                        PoolArgs{x, y, idx, nullptr, nullptr, nullptr});
 }
 
-void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx) {
+void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx,
+                        const float* relu_y) {
   if (g.planes() == 0) return;
   run_first_applicable("maxpool2d_bwd", kBwdImpls, g, g.name(),
-                       PoolArgs{nullptr, nullptr, nullptr, dy, idx, dx});
+                       PoolArgs{nullptr, nullptr, nullptr, dy, idx, dx, relu_y});
 }
 
 std::vector<std::string> maxpool2d_fwd_impl_names() { return impl_names(kFwdImpls); }

@@ -42,7 +42,12 @@ void conv2d_relu_backward_bias(const Conv2dGeometry& g, float* dy, const float* 
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);
 // dx (N x C x H x W) from dy and idx (both N x C x P x Q).  Throws
 // ArgumentError naming `indices` if an index lies outside [0, H*W).
-void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx);
+// relu_y (may be null; N x C x H x W): the pool's input when it is a ReLU's
+// output; dx is then also passed back through that ReLU, dx *= (relu_y > 0)
+// block by block while it is in cache: bitwise the unfused multiply by the
+// bool mask.
+void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx,
+                        const float* relu_y = nullptr);
 
 void pad2d_forward(const Pad2dGeometry& g, const float* x, float* y, float value);
 void pad2d_backward(const Pad2dGeometry& g, const float* dy, float* dx);

@@ -293,7 +293,7 @@ def _pool_args(kernel_size, stride, padding, dilation) -> tuple[int, ...]:
     return (kh, kw, sh, sw, *pair(padding, "padding"), *pair(dilation, "dilation"))
 
 
-def max_pool2d_backward(grad_output, indices, input_shape):
+def max_pool2d_backward(grad_output, indices, input_shape, *, relu_input=None):
     """Gradient of :func:`max_pool2d` with respect to its input.
 
     Args:
@@ -301,26 +301,47 @@ def max_pool2d_backward(grad_output, indices, input_shape):
         indices: int64 array of the same shape, as returned by
             ``max_pool2d(..., return_indices=True)``.
         input_shape: shape of the pooled input, (N, C, H, W) (or (C, H, W)).
+        relu_input: the pooled input, when it is the output of a ReLU (a
+            :func:`conv2d_relu` or ``ReLU`` before the pool), or None.  The
+            gradient then also passes back through that ReLU: the result is
+            multiplied by ``relu_input > 0`` as each block of planes is
+            written, bitwise ``numpy.multiply(max_pool2d_backward(...),
+            relu_input > 0)`` without the second pass over memory.
 
     Returns:
         float32 array of ``input_shape``: each grad_output element added at its
         index (overlapping windows accumulate).
 
     Raises:
-        TypeError, ValueError: bad types or shapes, or an index outside [0, H*W).
+        TypeError, ValueError: bad types or shapes (relu_input's must be
+            input_shape), or an index outside [0, H*W).
     """
-    be = backend_of(grad_output, indices)
+    be = (
+        backend_of(grad_output, indices)
+        if relu_input is None
+        else (backend_of(grad_output, indices, relu_input))
+    )
     grad_output = be.float_input(grad_output, "grad_output")
     indices = be.index_input(indices, "indices", "grad_output")
     shape = shape_tuple(input_shape, "input_shape")
+    if relu_input is not None:
+        relu_input = be.float_input(relu_input, "relu_input", "grad_output")
+        if tuple(relu_input.shape) != shape:
+            raise ValueError(
+                f"relu_input: expected shape {shape} (input_shape), got {tuple(relu_input.shape)}"
+            )
     if len(shape) == 3:
         if grad_output.ndim != 3 or indices.ndim != 3:
             raise ValueError("grad_output, indices: expected 3-D arrays for a 3-D input_shape")
-        out = be.max_pool2d_backward(be.add_batch(grad_output), be.add_batch(indices), (1, *shape))
+        if relu_input is not None:
+            relu_input = be.add_batch(relu_input)
+        out = be.max_pool2d_backward(
+            be.add_batch(grad_output), be.add_batch(indices), (1, *shape), relu_input
+        )
         return be.unbatch(out)
     if len(shape) != 4:
         raise ValueError(f"input_shape: expected 3 or 4 sizes, got {len(shape)}")
-    return be.max_pool2d_backward(grad_output, indices, shape)
+    return be.max_pool2d_backward(grad_output, indices, shape, relu_input)
 
 
 def _pad_args(pad):

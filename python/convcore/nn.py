@@ -467,12 +467,16 @@ class MaxPool2d(Module):
         self._in_shape = x.shape
         return out
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, relu_input=None):
+        """Given ``relu_input`` (this pool's input, when it is a ReLU's
+        output), the gradient also passes back through that ReLU, in the same
+        pass (:func:`convcore.max_pool2d_backward`); :class:`Sequential`
+        does this for a fused Conv2d + ReLU followed by a MaxPool2d."""
         if self._idx is None:
             raise RuntimeError("MaxPool2d.backward: call forward first")
         if not self.input_grad:
             return None
-        return max_pool2d_backward(grad_output, self._idx, self._in_shape)
+        return max_pool2d_backward(grad_output, self._idx, self._in_shape, relu_input=relu_input)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -738,9 +742,12 @@ class Sequential(Module):
     A :class:`Conv2d` followed by ``ReLU(inplace=True)`` runs as one op: the
     ReLU in the convolution's store, and in backward the ReLU's mask applied
     in the pass that sums the bias gradient (:func:`convcore.conv2d_relu`,
-    :func:`convcore.conv2d_relu_backward`).  The results are bitwise those of
-    the two layers; the layers, their names and the state_dict stay as they
-    are, so a ``torch.nn.Sequential`` of the same layers loads it.
+    :func:`convcore.conv2d_relu_backward`), or, when a :class:`MaxPool2d`
+    follows the pair, in the pool's backward as it writes each block of its
+    gradient (``max_pool2d_backward(..., relu_input=)``).  The results are
+    bitwise those of the layers; the layers, their names and the state_dict
+    stay as they are, so a ``torch.nn.Sequential`` of the same layers loads
+    it.
     """
 
     def __init__(self, *layers: Module):
@@ -794,11 +801,21 @@ class Sequential(Module):
 
     def backward(self, grad_output):
         g = grad_output
-        i = len(self.layers) - 1
+        layers = self.layers
+        i = len(layers) - 1
         while i >= 0:
-            layer = self.layers[i]
-            if i in self._fused:
-                conv, i = self.layers[i - 1], i - 1
+            layer = layers[i]
+            if i - 1 in self._fused and type(layer) is MaxPool2d:
+                # Pool, fused ReLU, conv: the pool passes its gradient back
+                # through the ReLU (its input is the ReLU's output), so the
+                # conv gets it masked.
+                layer.input_grad = True
+                g = layer.backward(g, relu_input=layers[i - 1]._y)
+                conv, i = layers[i - 2], i - 2
+                conv.input_grad = True if i > 0 else self.input_grad
+                g = conv.backward(g)
+            elif i in self._fused:
+                conv, i = layers[i - 1], i - 1
                 conv.input_grad = True if i > 0 else self.input_grad
                 g = conv.backward(g, relu_output=layer._y)
             else:

@@ -187,8 +187,10 @@ class GpuBackend:
         # last argument) only tells the caller whether to keep them.
         return self.ext.max_pool2d_forward(*args[:-1])
 
-    def max_pool2d_backward(self, grad_output, indices, shape):
-        return self.ext.max_pool2d_backward(grad_output, indices, list(shape))
+    def max_pool2d_backward(self, grad_output, indices, shape, relu_input=None):
+        dx = self.ext.max_pool2d_backward(grad_output, indices, list(shape))
+        # Through a ReLU: the two ops it stands for (the mask in place).
+        return dx if relu_input is None else self.ext.relu_backward(dx, relu_input, True)
 
     def pad_forward(self, *args):
         return self.ext.pad_forward(*args)

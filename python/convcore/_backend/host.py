@@ -176,8 +176,10 @@ class HostBackend:
     def max_pool2d_forward(self, *args):
         return _core.max_pool2d_forward(*args)
 
-    def max_pool2d_backward(self, grad_output, indices, shape):
-        return _core.max_pool2d_backward(grad_output, indices, tuple(shape))
+    def max_pool2d_backward(self, grad_output, indices, shape, relu_input=None):
+        """The pool's input gradient; given ``relu_input`` (the pooled input,
+        a ReLU's output), also through that ReLU, block by block in cache."""
+        return _core.max_pool2d_backward(grad_output, indices, tuple(shape), relu_input)
 
     def pad_forward(self, *args):
         return _core.pad_forward(*args)

@@ -78,7 +78,14 @@ def test_small_layers_run_the_rows_kernels(name, batch):
     if convcore.build_info()["isa_active"] != "avx512":
         pytest.skip("AVX-512 not active (CPU or CONVCORE_MAX_ISA): the rows kernels do not apply")
     assert convcore.last_kernel("conv2d_fwd") == "conv2d_fwd_f32_rows_8w__avx512"
-    assert convcore.last_kernel("conv2d_bwd_data") == "conv2d_bwd_data_f32_rows_8w__avx512"
+    # Unpadded layers with rows that are not whole 8-lane segments (24 and
+    # 12 wide here) take the flat layout for their data gradient.
+    flat = tuple(kw["padding"]) == (0, 0)
+    assert convcore.last_kernel("conv2d_bwd_data") == (
+        "conv2d_bwd_data_f32_rows_flat_8w__avx512"
+        if flat
+        else "conv2d_bwd_data_f32_rows_8w__avx512"
+    )
     assert convcore.last_kernel("conv2d_bwd_weight") == "conv2d_bwd_weight_f32_rows_8w__avx512"
 
 
@@ -260,6 +267,47 @@ def test_channels_in_lanes_runs_under_avx512(name):
             on_family = "_clanes_" in kernel and kernel.endswith("__avx512")
             assert on_family == (op in _CLANES_OPS.get(name, _ALL3)), (op, kernel)
         check("conv2d", x, w, b, **kw)
+
+
+FLAT = "conv2d_bwd_data_f32_rows_flat_8w__avx512"
+
+
+@pytest.mark.parametrize(
+    "xs,ws,kw",
+    [
+        ((3, 6, 12, 12), (12, 6, 5, 5), {}),  # the tutorial's second layer: 12-wide rows
+        ((2, 1, 9, 13), (5, 1, 3, 3), {}),  # odd width, one output channel block
+        ((2, 3, 11, 10), (4, 3, 3, 2), dict(padding=(1, 0))),  # vertical padding only
+        ((1, 2, 8, 15), (3, 2, 2, 3), dict(dilation=(2, 2))),
+        ((1, 4, 6, 5), (8, 4, 6, 5), {}),  # kernel as large as the input
+    ],
+)
+def test_flat_rows_data_gradient_is_the_row_segments(xs, ws, kw):
+    # The flat layout changes which lanes compute which outputs, not the
+    # FMAs of any output: bitwise the row-segment kernel, and within the
+    # oracle's bounds.
+    if "avx512" not in available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    x, w = rand(xs, 1), rand(ws, 2)
+    go = rand(convcore.conv2d(x, w, **kw).shape, 3)
+    with isa_cap("avx512"):
+        flat = convcore.conv2d_backward(go, x, w, output_mask=(True, False, False), **kw)[0]
+        assert convcore.last_kernel("conv2d_bwd_data") == FLAT
+        with disabled(FLAT):
+            rows = convcore.conv2d_backward(go, x, w, output_mask=(True, False, False), **kw)[0]
+            assert convcore.last_kernel("conv2d_bwd_data") == "conv2d_bwd_data_f32_rows_8w__avx512"
+        check("conv2d", x, w, None, grad_output=go, output_mask=(True, False, False), **kw)
+    assert flat.tobytes() == rows.tobytes()
+
+
+def test_flat_rows_need_no_horizontal_padding():
+    if "avx512" not in available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    x, w = rand((2, 6, 12, 12), 1), rand((12, 6, 5, 5), 2)
+    go = rand((2, 12, 8, 10), 3)
+    with isa_cap("avx512"):
+        convcore.conv2d_backward(go, x, w, padding=(0, 1), output_mask=(True, False, False))
+        assert convcore.last_kernel("conv2d_bwd_data") == "conv2d_bwd_data_f32_rows_8w__avx512"
 
 
 BIAS_IN_WEIGHT = "conv2d_bwd_bias_f32_clanes_dy_panels__avx512"

@@ -158,6 +158,9 @@ void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
 void run_bwd_data_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
   backward_data_rows(kRowsAvx512, g, a.dy, a.w, a.dx);
 }
+void run_bwd_data_rows_flat_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_data_rows_flat(kRowsAvx512, g, a.dy, a.w, a.dx);
+}
 void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
   backward_weight_rows(kRowsWeightAvx512, g, a.dy, a.x, a.dw);
 }
@@ -248,6 +251,8 @@ const ConvImpl kFwdImpls[] = {
 
 const ConvImpl kBwdDataImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"conv2d_bwd_data_f32_rows_flat_8w__avx512", Isa::Avx512, rows_flat_data_applicable,
+     run_bwd_data_rows_flat_avx512},
     {"conv2d_bwd_data_f32_rows_8w__avx512", Isa::Avx512, rows_applicable, run_bwd_data_rows_avx512},
     {"conv2d_bwd_data_f32_winograd_f2x3_8x32__avx512", Isa::Avx512, winograd_fits,
      run_bwd_data_winograd},

@@ -240,6 +240,12 @@ void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x
                   const float* b, float* y, bool relu);
 void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
                         const float* w, float* dx);
+// The data gradient on flat rows (ops/conv2d_rows.cpp): rows_applicable, no
+// horizontal padding (so the full convolution's paddings both reach the
+// kernel's width) and outputs rows that are not whole segments.
+bool rows_flat_data_applicable(const Conv2dGeometry& g);
+void backward_data_rows_flat(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
+                             const float* w, float* dx);
 void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,
                           const float* x, float* dw);
 

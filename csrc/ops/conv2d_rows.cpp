@@ -31,6 +31,31 @@ std::vector<RowSegment> row_segments(int64_t P, int64_t Q, int64_t Wp) {
   return segs;
 }
 
+// Flat rows: where both horizontal paddings reach at least the kernel's
+// width, a row's right padding can be the next row's left padding, so the
+// padded planes are laid out with the output's row pitch Q (plus one zero
+// row for the last row's wrap).  Output o = h * Q + q then reads input
+// o + tap for every tap, and a segment is any 8 consecutive outputs of the
+// NCHW plane, across row ends: the 12-wide rows of the tutorial's data
+// gradient fill every lane instead of 8 + 4.  The FMAs of each output are
+// those of row_segments (the same taps in the same order; the skipped tap
+// rows are all zero padding in both), so results are the same.
+bool flat_fits(const DirectConv& d) {
+  const int64_t reach = d.dil_w * (d.S - 1);
+  const int64_t right = d.pp.Wp - d.pp.pad_left - d.pp.W;
+  return d.pp.sh == 1 && d.pp.sw == 1 && d.pp.pad_left >= reach && right >= reach &&
+         d.Q % kLanes != 0;
+}
+PaddedPlanes flat_planes(const PaddedPlanes& pp, int64_t Q) {
+  return {pp.H, pp.W, pp.pad_top, pp.pad_left, pp.Hp + 1, Q, 1, 1};
+}
+std::vector<RowSegment> flat_segments(int64_t P, int64_t Q) {
+  std::vector<RowSegment> segs;
+  for (int64_t o = 0; o < P * Q; o += kLanes)
+    segs.push_back({o, o, int32_t(std::min(kLanes, P * Q - o))});
+  return segs;
+}
+
 const RowsKernel& pick_rows_kernel(const RowsKernels& ks, int64_t Kout) {
   // Fewest padded channels, then the widest channel block (fewest input loads).
   const RowsKernel* best = &ks.tiles[0];
@@ -42,8 +67,10 @@ const RowsKernel& pick_rows_kernel(const RowsKernels& ks, int64_t Kout) {
   return *best;
 }
 
-void run_rows(const RowsKernels& ks, const DirectConv& d, const float* w, bool transposed_flip,
-              int nt) {
+void run_rows(const RowsKernels& ks, const DirectConv& problem, const float* w,
+              bool transposed_flip, bool flat, int nt) {
+  DirectConv d = problem;
+  if (flat) d.pp = flat_planes(problem.pp, problem.Q);
   const RowsKernel& uk = pick_rows_kernel(ks, d.Kout);
   const int64_t kb = uk.kb, ns = uk.ns;
   const int64_t RS = d.R * d.S, steps = d.Cin * RS, kblocks = (d.Kout + kb - 1) / kb;
@@ -64,7 +91,7 @@ void run_rows(const RowsKernels& ks, const DirectConv& d, const float* w, bool t
           wpack[size_t(((k / kb) * steps + step) * kb + k % kb)] = v;
         }
       }
-  const std::vector<RowSegment> segs = row_segments(d.P, d.Q, Wp);
+  const std::vector<RowSegment> segs = flat ? flat_segments(d.P, d.Q) : row_segments(d.P, d.Q, Wp);
   const int64_t nseg = int64_t(segs.size()), tiles = (nseg + ns - 1) / ns;
   // Kernel rows that reach input data (not padding) for each tile.
   const int64_t data_lo = std::max<int64_t>(d.pp.pad_top, 0),
@@ -72,7 +99,8 @@ void run_rows(const RowsKernels& ks, const DirectConv& d, const float* w, bool t
   std::vector<int64_t> step_lo(static_cast<size_t>(tiles)), step_hi(static_cast<size_t>(tiles));
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t h_lo = segs[size_t(t * ns)].y_at / d.Q;
-    const int64_t h_hi = segs[size_t(std::min(nseg, (t + 1) * ns) - 1)].y_at / d.Q;
+    const RowSegment& last = segs[size_t(std::min(nseg, (t + 1) * ns) - 1)];
+    const int64_t h_hi = (last.y_at + last.lanes - 1) / d.Q;
     int64_t r_lo = 0, r_hi = d.R - 1;
     while (r_lo < d.R && h_hi + r_lo * d.dil_h < data_lo) ++r_lo;
     while (r_hi >= 0 && h_lo + r_hi * d.dil_h >= data_hi) --r_hi;
@@ -112,12 +140,21 @@ bool rows_weight_applicable(const Conv2dGeometry& g) { return rows_applicable(g)
 
 void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
                   const float* b, float* y, bool relu) {
-  run_rows(ks, direct_forward_problem(g, x, b, y, relu), w, false, conv_threads(g));
+  run_rows(ks, direct_forward_problem(g, x, b, y, relu), w, false, false, conv_threads(g));
 }
 
 void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
                         const float* w, float* dx) {
-  run_rows(ks, direct_backward_data_problem(g, dy, dx), w, true, conv_threads(g));
+  run_rows(ks, direct_backward_data_problem(g, dy, dx), w, true, false, conv_threads(g));
+}
+
+bool rows_flat_data_applicable(const Conv2dGeometry& g) {
+  return rows_applicable(g) && flat_fits(direct_backward_data_problem(g, nullptr, nullptr));
+}
+
+void backward_data_rows_flat(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
+                             const float* w, float* dx) {
+  run_rows(ks, direct_backward_data_problem(g, dy, dx), w, true, true, conv_threads(g));
 }
 
 void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,

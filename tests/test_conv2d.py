@@ -71,8 +71,9 @@ _SMALL_LAYERS = [
 @pytest.mark.parametrize("name", _SMALL_LAYERS)
 def test_small_layers_run_the_rows_kernels(name, batch):
     """Under the default cap the small-channel model layers run the AVX-512
-    row-segment kernels where the CPU has AVX-512 (so the fast path cannot
-    silently stop being used), and match PyTorch."""
+    row-segment kernels (the 32-channel first layer's weight gradient the
+    channels-in-lanes one) where the CPU has AVX-512, so the fast path
+    cannot silently stop being used, and match PyTorch."""
     x, w, b, kw = conv_case(name, n=batch)
     check("conv2d", x, w, b, **kw)
     if convcore.build_info()["isa_active"] != "avx512":
@@ -86,7 +87,12 @@ def test_small_layers_run_the_rows_kernels(name, batch):
         if flat
         else "conv2d_bwd_data_f32_rows_8w__avx512"
     )
-    assert convcore.last_kernel("conv2d_bwd_weight") == "conv2d_bwd_weight_f32_rows_8w__avx512"
+    # The weight gradient of the 32-channel first layer runs channels in lanes.
+    assert convcore.last_kernel("conv2d_bwd_weight") == (
+        "conv2d_bwd_weight_f32_clanes_6x64_12x32__avx512"
+        if w.shape[0] == 32
+        else "conv2d_bwd_weight_f32_rows_8w__avx512"
+    )
 
 
 # Shapes at the edges of the rows kernels' applicable(): min(C, K) 8 and 9,

@@ -238,12 +238,12 @@ def test_unbatched_input():
 # ---------------------------------------------------------------------------
 
 _POOLS = [
-    ((3, 6, 24, 24), dict(kernel_size=2)),  # the 2x2/2 kernel, the tutorial's layer
+    ((3, 6, 24, 24), dict(kernel_size=2)),  # the 2x2/2 kernel, the tutorial's layer (2 blocks)
     ((2, 32, 14, 14), dict(kernel_size=2)),
     ((2, 5, 9, 11), dict(kernel_size=2)),  # odd sizes: last row and column in no window
     ((2, 4, 13, 12), dict(kernel_size=3, stride=2, padding=1)),  # overlapping windows
     ((1, 3, 10, 10), dict(kernel_size=3, stride=1, dilation=2, ceil_mode=True)),
-    ((4, 70, 5, 5), dict(kernel_size=2, ceil_mode=True)),  # many small planes, several blocks
+    ((4, 70, 5, 5), dict(kernel_size=2, ceil_mode=True)),  # many small planes, the reference
 ]
 
 

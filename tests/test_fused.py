@@ -363,6 +363,21 @@ def test_fusion_keeps_names_and_torch_loads_the_state(monkeypatch):
     np.testing.assert_allclose(model(x), ref, rtol=1e-4, atol=1e-5)
 
 
+def _assert_is_layer_by_layer(seq, x, y, g, gi):
+    """seq's fused output y and input gradient gi (for gradient g) against
+    its layers run one at a time."""
+    for layer in seq.layers:
+        layer.input_grad = True
+    h = x
+    for layer in seq.layers:
+        h = layer(h)
+    assert_bitwise("Sequential.output (fused vs layers)", y, h, "", "layer by layer")
+    gg = g.copy()
+    for layer in reversed(seq.layers):
+        gg = layer.backward(gg)
+    assert_bitwise("Sequential.grad_input (fused vs layers)", gi, gg, "", "layer by layer")
+
+
 def test_pool_after_fused_pair_masks_and_is_bitwise_the_layers(monkeypatch):
     # Conv2d, ReLU(inplace), MaxPool2d: the pool's backward applies the
     # ReLU's mask and the conv takes the masked gradient as is.
@@ -387,17 +402,7 @@ def test_pool_after_fused_pair_masks_and_is_bitwise_the_layers(monkeypatch):
     assert calls == [True, True]
     grads = [p.grad.copy() for p in seq.parameters()]
     seq.zero_grad()
-    # The same layers one at a time.
-    for layer in seq.layers:
-        layer.input_grad = True
-    h = x
-    for layer in seq.layers:
-        h = layer(h)
-    assert_bitwise("Sequential.output (fused vs layers)", y, h, "", "layer by layer")
-    gg = g.copy()
-    for layer in reversed(seq.layers):
-        gg = layer.backward(gg)
-    assert_bitwise("Sequential.grad_input (fused vs layers)", gi, gg, "", "layer by layer")
+    _assert_is_layer_by_layer(seq, x, y, g, gi)
     for a, p in zip(grads, seq.parameters()):
         assert_bitwise("Sequential.param grads (fused vs layers)", a, p.grad, "", "layer by layer")
 
@@ -412,17 +417,7 @@ def test_only_inplace_relu_after_conv2d_is_fused():
     g = rand(y.shape, 2)
     seq.input_grad = True
     gi = seq.backward(g.copy())
-    # The same layers one at a time.
-    for layer in seq.layers:
-        layer.input_grad = True
-    h = x
-    for layer in seq.layers:
-        h = layer(h)
-    assert_bitwise("Sequential.output (fused vs layers)", y, h, "", "layer by layer")
-    gg = g.copy()
-    for layer in reversed(seq.layers):
-        gg = layer.backward(gg)
-    assert_bitwise("Sequential.grad_input (fused vs layers)", gi, gg, "", "layer by layer")
+    _assert_is_layer_by_layer(seq, x, y, g, gi)
 
 
 def test_pool_through_relu_on_the_gpu_backend_is_the_two_ops(monkeypatch):

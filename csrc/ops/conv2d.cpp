@@ -46,10 +46,8 @@ struct ConvArgs {
   // (relu_y > 0) in place.
   const float* relu_y;
   float* dy_masked;
-  // Weight gradient with db set: an entry that sums the bias gradient in
-  // its own pass over dy (channels in lanes) sets *db_done; otherwise the
-  // bias list runs after it.
-  bool* db_done = nullptr;
+  // Weight gradient: db is set only for the entry that sums the bias
+  // gradient in its own pass over dy (conv2d_weight_gradient_sums_bias).
 };
 using ConvImpl = Impl<Conv2dGeometry, ConvArgs>;
 
@@ -231,12 +229,8 @@ void run_bwd_weight_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
                        : ClanesOuterKernel{conv2d_bwd_weight_f32_clanes_12x32__avx512, 12, 32,
                                            conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
                                            conv2d_pad_planes_f32_s1__avx512};
-  const bool fuse_bias = a.db && !kernel_disabled(kBiasInClanesWeight);
-  backward_weight_clanes(uk, g, a.dy, a.x, a.dw, fuse_bias ? a.db : nullptr);
-  if (fuse_bias) {
-    note_kernel("conv2d_bwd_bias", kBiasInClanesWeight, g.name());
-    *a.db_done = true;
-  }
+  backward_weight_clanes(uk, g, a.dy, a.x, a.dw, a.db);
+  if (a.db) note_kernel("conv2d_bwd_bias", kBiasInClanesWeight, g.name());
 }
 #endif
 
@@ -354,11 +348,12 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
     if (db) conv2d_backward_bias(g, dy, db);
     return;
   }
-  bool db_done = false;
+  // One decision for both: whether the selected kernel sums the bias.
+  const bool in_kernel = db && conv2d_weight_gradient_sums_bias(g);
   run_first_applicable("conv2d_bwd_weight", kBwdWeightImpls, g, g.name(),
-                       ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw, db, false, nullptr,
-                                nullptr, &db_done});
-  if (db && !db_done) conv2d_backward_bias(g, dy, db);
+                       ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw,
+                                in_kernel ? db : nullptr, false, nullptr, nullptr});
+  if (db && !in_kernel) conv2d_backward_bias(g, dy, db);
 }
 
 bool conv2d_weight_gradient_sums_bias(const Conv2dGeometry& g) {

@@ -79,13 +79,11 @@ def test_small_layers_run_the_rows_kernels(name, batch):
     if convcore.build_info()["isa_active"] != "avx512":
         pytest.skip("AVX-512 not active (CPU or CONVCORE_MAX_ISA): the rows kernels do not apply")
     assert convcore.last_kernel("conv2d_fwd") == "conv2d_fwd_f32_rows_8w__avx512"
-    # Unpadded layers with rows that are not whole 8-lane segments (24 and
-    # 12 wide here) take the flat layout for their data gradient.
-    flat = tuple(kw["padding"]) == (0, 0)
+    # The unpadded 5x5 layers, whose full convolution pads dy by 4 columns
+    # and rows, take the tap-column kernel for their data gradient.
+    unpadded = tuple(kw["padding"]) == (0, 0)
     assert convcore.last_kernel("conv2d_bwd_data") == (
-        "conv2d_bwd_data_f32_rows_flat_8w__avx512"
-        if flat
-        else "conv2d_bwd_data_f32_rows_8w__avx512"
+        TAPCOLS if unpadded else "conv2d_bwd_data_f32_rows_8w__avx512"
     )
     # The weight gradient of the 32-channel first layer runs channels in lanes.
     assert convcore.last_kernel("conv2d_bwd_weight") == (
@@ -296,7 +294,7 @@ def test_flat_rows_data_gradient_is_the_row_segments(xs, ws, kw):
         pytest.skip("this CPU has no AVX-512")
     x, w = rand(xs, 1), rand(ws, 2)
     go = rand(convcore.conv2d(x, w, **kw).shape, 3)
-    with isa_cap("avx512"):
+    with isa_cap("avx512"), disabled(TAPCOLS):
         flat = convcore.conv2d_backward(go, x, w, output_mask=(True, False, False), **kw)[0]
         assert convcore.last_kernel("conv2d_bwd_data") == FLAT
         with disabled(FLAT):
@@ -311,9 +309,89 @@ def test_flat_rows_need_no_horizontal_padding():
         pytest.skip("this CPU has no AVX-512")
     x, w = rand((2, 6, 12, 12), 1), rand((12, 6, 5, 5), 2)
     go = rand((2, 12, 8, 10), 3)
-    with isa_cap("avx512"):
+    with isa_cap("avx512"), disabled(TAPCOLS):
         convcore.conv2d_backward(go, x, w, padding=(0, 1), output_mask=(True, False, False))
         assert convcore.last_kernel("conv2d_bwd_data") == "conv2d_bwd_data_f32_rows_8w__avx512"
+
+
+# The data gradient on tap columns (ops/conv2d_rows.cpp): per dx row, one
+# unshifted accumulator per (channel, kernel column) over the dy rows that
+# exist, the shifts added after.
+TAPCOLS = "conv2d_bwd_data_f32_tapcols_8w__avx512"
+TAPCOLS_CASES = {
+    "tutorial_2nd": ((3, 6, 12, 12), (12, 6, 5, 5), {}),  # 30x1 tile, 8-wide dy rows
+    "tutorial_1st": ((2, 1, 28, 28), (6, 1, 5, 5), {}),  # one dx channel, 24-wide: 10x3
+    "pad2_same": ((2, 3, 16, 16), (16, 3, 5, 5), dict(padding=2)),  # 15x2, margins cut
+    "unpadded_3x3": ((2, 6, 14, 26), (16, 6, 3, 3), {}),  # 3 segments
+    "rect_pad": ((1, 8, 7, 20), (4, 8, 3, 5), dict(padding=(1, 2))),
+    "dilated": ((2, 5, 11, 17), (7, 5, 2, 3), dict(dilation=(2, 3))),
+    "kernel_is_input": ((1, 1, 5, 5), (1, 1, 5, 5), {}),  # 1x1 dy
+    "batch1_odd": ((1, 6, 13, 9), (3, 6, 5, 5), dict(padding=(0, 1))),  # 7-wide dy rows
+    "wide_pad": ((2, 6, 12, 12), (12, 6, 5, 5), dict(padding=2)),
+    "many_k": ((2, 2, 9, 30), (64, 2, 5, 7), {}),  # 64 dy channels, 24-wide rows
+}
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("name", TAPCOLS_CASES)
+def test_tap_columns_data_gradient(name, kind):
+    if "avx512" not in available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    xs, ws, kw = TAPCOLS_CASES[name]
+    x, w = rand(xs, 1, kind), rand(ws, 2, kind)
+    go = rand(convcore.conv2d(x, w, **kw).shape, 3, kind)
+    with isa_cap("avx512"):
+        convcore.conv2d_backward(go, x, w, output_mask=(True, False, False), **kw)
+        assert convcore.last_kernel("conv2d_bwd_data") == TAPCOLS
+        check("conv2d", x, w, None, grad_output=go, output_mask=(True, False, False), **kw)
+
+
+def test_tap_columns_multiply_no_padding():
+    # Every FMA reads dy data (the lanes past a row's end are masked to zero
+    # and never stored), so inf and NaN land where PyTorch puts them: the
+    # row kernels multiply padding zeros by the weights, 0 * inf = NaN.
+    if "avx512" not in available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    import torch
+
+    x, w, go = rand((2, 6, 12, 12), 1), rand((12, 6, 5, 5), 2), rand((2, 12, 8, 8), 3)
+    w[0, 0, 4, 4] = np.inf  # reaches the last 8 rows and columns of dx channel 0
+    w[3, 2, 0, 1] = -np.inf
+    go[0, 3, 0, 0] = np.nan
+    go[1, 5, 7, 7] = np.inf
+    with isa_cap("avx512"):
+        dx = convcore.conv2d_backward(go, x, w, output_mask=(True, False, False))[0]
+        assert convcore.last_kernel("conv2d_bwd_data") == TAPCOLS
+    ref = torch.nn.grad.conv2d_input(
+        x.shape, torch.from_numpy(w).double(), torch.from_numpy(go).double()
+    ).numpy()
+    assert np.isnan(ref).any() and np.isinf(ref).any()
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(ref))
+    np.testing.assert_array_equal(np.isposinf(dx), np.isposinf(ref))
+    np.testing.assert_array_equal(np.isneginf(dx), np.isneginf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(dx[fin], ref[fin], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "xs,ws,kw",
+    [
+        ((2, 8, 28, 28), (16, 8, 3, 3), dict(padding=1)),  # "same" 3x3: little padding to skip
+        ((2, 8, 12, 12), (8, 8, 3, 3), {}),  # half the tile empty against 0.69 on the rows
+        ((2, 1, 28, 28), (32, 1, 3, 3), dict(padding=1)),  # one dx channel, 3 columns
+        ((2, 16, 12, 12), (12, 16, 5, 5), {}),  # 16 dx channels: not a few-channel layer
+        ((2, 6, 12, 12), (12, 6, 5, 5), dict(stride=2)),
+        ((1, 3, 130, 130), (8, 3, 5, 5), {}),  # partial rows past 256 KiB a thread
+    ],
+)
+def test_tap_columns_not_taken(xs, ws, kw):
+    if "avx512" not in available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    x, w = rand(xs, 1), rand(ws, 2)
+    go = rand(convcore.conv2d(x, w, **kw).shape, 3)
+    with isa_cap("avx512"):
+        convcore.conv2d_backward(go, x, w, output_mask=(True, False, False), **kw)
+        assert convcore.last_kernel("conv2d_bwd_data") != TAPCOLS
 
 
 BIAS_IN_WEIGHT = "conv2d_bwd_bias_f32_clanes_dy_panels__avx512"

@@ -42,6 +42,27 @@ using conv_rows_wgrad_ukernel_fn = void (*)(int64_t images, const float* dy, int
                                             const int64_t* taps, const RowSegment* seg,
                                             int64_t nseg, int64_t kn, float* out, int64_t ldo);
 
+// Data-gradient tile on tap columns (stride 1): the dx of one row is the sum
+// over the kernel's columns s of dy rows shifted by s, so the kernel keeps one
+// unshifted accumulator per (channel, s) and adds the shifts afterwards
+// (conv_tapcols_combine_fn).  Every FMA is on dy data: no padding lanes, no
+// zero-padded dy rows.  For one dx row, NA accumulators (a = channel * S + s
+// of a channel block) x NS segments of 8 dy columns:
+//   out[a * ldo + 8 j + l] = sum over r < nr, k < K of
+//       w[(r * K + k) * NA + a] * dy[r * r_step + k * k_step + 8 j + l]
+// for a < na, 8 j + l < lanes; reduction r-major, then k.  dy lanes past
+// `lanes` are never read.
+using conv_tapcols_ukernel_fn = void (*)(int64_t nr, int64_t K, const float* dy, int64_t r_step,
+                                         int64_t k_step, const float* w, int64_t lanes, float* out,
+                                         int64_t ldo, int64_t na);
+// One dx plane (H x W) from its S partial planes of pitch `pitch`:
+//   dx[h * W + w] = sum over s < S, in increasing s, of
+//                   a[s * plane + h * pitch + w - s * dil]
+// Reads up to 15 floats past each row's last w and dil * (S - 1) before its
+// first (zeros wherever no dy column lands).
+using conv_tapcols_combine_fn = void (*)(const float* a, int64_t plane, int64_t pitch, int64_t S,
+                                         int64_t dil, int64_t H, int64_t W, float* dx);
+
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
 // Tiles of 24 accumulators (ymm, AVX-512VL for 32 registers and masked
 // tails): NS segments x KB channels.
@@ -66,6 +87,15 @@ void conv2d_rows_ukernel_f32_3x8__avx512(int64_t, int64_t, const float*, const i
 void conv2d_rows_ukernel_f32_2x12__avx512(int64_t, int64_t, const float*, const int64_t*,
                                           const float*, const RowSegment*, int64_t, float*, int64_t,
                                           int64_t, const float*, bool);
+// Tap-column data gradient: NA accumulators per segment x NS segments.
+void conv2d_tapcols_ukernel_f32_30x1__avx512(int64_t, int64_t, const float*, int64_t, int64_t,
+                                             const float*, int64_t, float*, int64_t, int64_t);
+void conv2d_tapcols_ukernel_f32_15x2__avx512(int64_t, int64_t, const float*, int64_t, int64_t,
+                                             const float*, int64_t, float*, int64_t, int64_t);
+void conv2d_tapcols_ukernel_f32_10x3__avx512(int64_t, int64_t, const float*, int64_t, int64_t,
+                                             const float*, int64_t, float*, int64_t, int64_t);
+void conv2d_tapcols_combine_f32__avx512(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                        int64_t, float*);
 // Weight gradient: KB channels x TB taps (at most 27 accumulators).
 void conv2d_rows_wgrad_ukernel_f32_2x9__avx512(int64_t, const float*, int64_t, int64_t,
                                                const float*, int64_t, const int64_t*,

@@ -150,6 +150,13 @@ const RowsWeightKernels kRowsWeightAvx512 = {{
     {conv2d_rows_wgrad_ukernel_f32_4x6__avx512, 4, 6},
     {conv2d_rows_wgrad_ukernel_f32_3x9__avx512, 3, 9},
 }};
+const TapcolsKernels kTapcolsAvx512 = {
+    {conv2d_tapcols_ukernel_f32_30x1__avx512, conv2d_tapcols_ukernel_f32_15x2__avx512,
+     conv2d_tapcols_ukernel_f32_10x3__avx512},
+    conv2d_tapcols_combine_f32__avx512};
+void run_bwd_data_tapcols_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
+  backward_data_tapcols(kTapcolsAvx512, g, a.dy, a.w, a.dx);
+}
 void run_fwd_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
   forward_rows(kRowsAvx512, g, a.x, a.w, a.b, a.y, a.relu);
 }
@@ -252,6 +259,8 @@ const ConvImpl kFwdImpls[] = {
 
 const ConvImpl kBwdDataImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"conv2d_bwd_data_f32_tapcols_8w__avx512", Isa::Avx512, tapcols_data_applicable,
+     run_bwd_data_tapcols_avx512},
     {"conv2d_bwd_data_f32_rows_flat_8w__avx512", Isa::Avx512, rows_flat_data_applicable,
      run_bwd_data_rows_flat_avx512},
     {"conv2d_bwd_data_f32_rows_8w__avx512", Isa::Avx512, rows_applicable, run_bwd_data_rows_avx512},

@@ -6,8 +6,11 @@
 // data gradient is a full convolution of dy with the flipped, transposed
 // weights); its reduction is ordered tap row first, so the steps whose input
 // rows are all padding (most of a full convolution's border) are skipped as
-// one contiguous range per tile.  The weight gradient keeps the fixed batch
-// split of BatchChunks: bitwise the same for any thread count.
+// one contiguous range per tile.  Where that full convolution is mostly
+// padding (the 5x5 layers), the data gradient runs on tap columns instead:
+// every FMA on dy data, the kernel's column shifts added after.  The weight
+// gradient keeps the fixed batch split of BatchChunks: bitwise the same for
+// any thread count.
 #include <omp.h>
 
 #include <algorithm>
@@ -129,7 +132,146 @@ void run_rows(const RowsKernels& ks, const DirectConv& problem, const float* w,
   errors.rethrow();
 }
 
+// Tap columns (kernels/rows_ukernels.h): per image, A[c][s][h][q] = sum over
+// r, k of w[k][c][r][s] * dy[k][h + pad_top - r * dil_h][q] for the r whose
+// dy row exists, then dx[c][h][w] = sum over s of A[c][s][h][w + pad_left -
+// s * dil_w].  A's rows are Q columns of data and a gap of ml = dil_w * (S -
+// 1) zeros (the next row's left margin), a plane starting with one more gap
+// and ending with 16 floats of slack; the shifted reads past a row's data
+// then add zeros.  The gaps are zeroed once per thread and never written.
+struct TapcolsLayout {
+  int64_t ml, pitch, plane;
+  explicit TapcolsLayout(const Conv2dGeometry& g)
+      : ml(g.dil_w * (g.S - 1)), pitch(g.Q + ml), plane(ml + g.H * pitch + 16) {}
+  int64_t floats(const Conv2dGeometry& g) const { return g.C * g.S * plane; }
+};
+
+// At most this much A per thread (it stays in L2 beside dy and dx).
+constexpr int64_t kTapcolsMaxFloats = 64 * 1024;
+
+// The tiles' shapes: NA accumulators per segment x NS segments, 30 in all
+// (TapcolsKernels::tiles holds their kernels in this order).
+struct TapcolsShape {
+  int64_t na, ns;
+};
+constexpr TapcolsShape kTapcolsShapes[3] = {{30, 1}, {15, 2}, {10, 3}};
+
+// The tile with the fewest accumulator slots (channel blocks x row tiles x
+// 30), and the share of them that hold a channel and a dy column.
+struct TapcolsChoice {
+  int index;
+  double used;
+};
+TapcolsChoice pick_tapcols(const Conv2dGeometry& g) {
+  const int64_t nseg = (g.Q + 7) / 8;
+  TapcolsChoice best{-1, 0.0};
+  for (int i = 0; i < 3; ++i) {
+    const TapcolsShape& t = kTapcolsShapes[i];
+    const int64_t cb = std::min(g.C, t.na / g.S);
+    if (cb < 1) continue;
+    const int64_t slots = (g.C + cb - 1) / cb * ((nseg + t.ns - 1) / t.ns) * t.na * t.ns * 8;
+    const double used = double(g.C * g.S * g.Q) / double(slots);
+    if (used > best.used) best = {i, used};
+  }
+  return best;
+}
+
+// Share of (output, tap) pairs of one dimension that land on data: of the
+// out x taps pairs, those whose input index o + pad - t * dil lies in [0, in).
+double data_share(int64_t out, int64_t taps, int64_t dil, int64_t pad, int64_t in) {
+  int64_t hits = 0;
+  for (int64_t t = 0; t < taps; ++t) {
+    const int64_t lo = std::max<int64_t>(0, t * dil - pad), hi = std::min(out, t * dil - pad + in);
+    hits += std::max<int64_t>(0, hi - lo);
+  }
+  return double(hits) / double(out * taps);
+}
+
 }  // namespace
+
+// The row kernels run the full convolution, so only the FMAs whose dy tap
+// lands on data count: data_share of dx rows x data_share of dx columns
+// (0.44 for the tutorial's 5x5 layer on 8x8 dy), and about half that for a
+// single dx channel, whose 24 x 1 tile issues a load per FMA.  Here every
+// FMA reads dy data, but only the tile slots holding a channel and a dy
+// column count (pick_tapcols).  Taken where its share is at least 0.9 of
+// theirs: measured (batch 100, 2 threads) 1.83x on 12 -> 6 channels 5x5
+// (8x8 dy), 1.33x on 6 -> 1 (24x24), 1.20x on 16 -> 3 5x5 padded 2, 1.12x
+// on 16 -> 6 3x3 unpadded; rejected, 8 -> 8 3x3 on 10x10 dy (share 0.50
+// against 0.69) ran 0.78x, and 3x3 layers padded 1 are even.
+bool tapcols_data_applicable(const Conv2dGeometry& g) {
+  if (!rows_applicable(g) || g.S > 30 || TapcolsLayout(g).floats(g) > kTapcolsMaxFloats)
+    return false;
+  double rows_share = data_share(g.H, g.R, g.dil_h, g.pad_top, g.P) *
+                      data_share(g.W, g.S, g.dil_w, g.pad_left, g.Q);
+  if (g.C == 1) rows_share *= 0.5;
+  return pick_tapcols(g).used >= 0.9 * rows_share;
+}
+
+void backward_data_tapcols(const TapcolsKernels& ks, const Conv2dGeometry& g, const float* dy,
+                           const float* w, float* dx) {
+  const TapcolsChoice pick = pick_tapcols(g);
+  const conv_tapcols_ukernel_fn uk = ks.tiles[pick.index];
+  const int64_t na = kTapcolsShapes[pick.index].na, ns = kTapcolsShapes[pick.index].ns;
+  const int64_t cb = std::min(g.C, na / g.S), cblocks = (g.C + cb - 1) / cb;
+  const int64_t RS = g.R * g.S, PQ = g.P * g.Q;
+  // Weights per channel block, steps (r, k), NA slots a = c * S + s.
+  std::vector<float> wpack(static_cast<size_t>(cblocks * g.R * g.K * na), 0.0f);
+  for (int64_t b = 0; b < cblocks; ++b)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t k = 0; k < g.K; ++k)
+        for (int64_t cl = 0; cl < cb && b * cb + cl < g.C; ++cl)
+          for (int64_t s = 0; s < g.S; ++s)
+            wpack[size_t(((b * g.R + r) * g.K + k) * na + cl * g.S + s)] =
+                w[(k * g.C + b * cb + cl) * RS + r * g.S + s];
+  // The kernel rows r whose dy row exists, per dx row h: p = h + pad_top -
+  // r * dil_h in [0, P), a contiguous range of r.
+  std::vector<int64_t> r_lo(static_cast<size_t>(g.H)), r_n(static_cast<size_t>(g.H));
+  for (int64_t h = 0; h < g.H; ++h) {
+    int64_t lo = g.R, hi = -1;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t p = h + g.pad_top - r * g.dil_h;
+      if (p >= 0 && p < g.P) lo = std::min(lo, r), hi = std::max(hi, r);
+    }
+    r_lo[size_t(h)] = hi >= 0 ? lo : 0;
+    r_n[size_t(h)] = hi >= 0 ? hi - lo + 1 : 0;
+  }
+  const TapcolsLayout lay(g);
+  const int64_t nseg = (g.Q + 7) / 8, HW = g.H * g.W;
+  const int nt = conv_threads(g);
+  TaskErrors errors;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    float* A = nullptr;
+    errors.run([&] {
+      A = thread_scratch(1).floats(lay.floats(g));
+      std::fill(A, A + lay.floats(g), 0.0f);
+    });
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n)
+      errors.run([&] {
+        if (!A) return;
+        const float* dyn = dy + n * g.K * PQ;
+        for (int64_t h = 0; h < g.H; ++h) {
+          const int64_t r0 = r_lo[size_t(h)], nr = r_n[size_t(h)];
+          const int64_t p0 = nr > 0 ? h + g.pad_top - r0 * g.dil_h : 0;  // no dy row: 0 steps
+          for (int64_t b = 0; b < cblocks; ++b) {
+            const int64_t nb = std::min(cb, g.C - b * cb) * g.S;
+            const float* wb = wpack.data() + ((b * g.R + r0) * g.K) * na;
+            float* out = A + b * cb * g.S * lay.plane + lay.ml + h * lay.pitch;
+            for (int64_t j = 0; j < nseg; j += ns)
+              uk(nr, g.K, dyn + p0 * g.Q + 8 * j, -g.dil_h * g.Q, PQ, wb,
+                 std::min(8 * ns, g.Q - 8 * j), out + 8 * j, lay.plane, nb);
+          }
+        }
+        float* dxn = dx + n * g.C * HW;
+        for (int64_t c = 0; c < g.C; ++c)
+          ks.combine(A + c * g.S * lay.plane + lay.ml + g.pad_left, lay.plane, lay.pitch, g.S,
+                     g.dil_w, g.H, g.W, dxn + c * HW);
+      });
+  }
+  errors.rethrow();
+}
 
 bool rows_applicable(const Conv2dGeometry& g) {
   return g.G == 1 && g.stride_h == 1 && g.stride_w == 1 && std::min(g.C, g.K) <= 8 &&

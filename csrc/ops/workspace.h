@@ -38,8 +38,9 @@ class ScratchBuffer {
 };
 
 // Slot 0: GEMM packing.  Slot 1: the padded input of the direct and
-// weight-gradient drivers, or the columns of the GEMM data gradient (before
-// col2im).  Slot 2: the weight-gradient driver's rearranged grad_output.
+// weight-gradient drivers, the columns of the GEMM data gradient (before
+// col2im), or the partial rows of the tap-column data gradient.  Slot 2:
+// the weight-gradient driver's rearranged grad_output.
 inline ScratchBuffer& thread_scratch(int slot) {
   thread_local ScratchBuffer buffers[3];
   return buffers[slot];

@@ -19,6 +19,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "kernels/rows_ukernels.h"
 
 namespace convcore {
@@ -121,6 +123,46 @@ void rows_wgrad(int64_t images, const float* dy, int64_t dy_img, int64_t ldk, co
   }
 }
 
+template <int NA, int NS>
+void tapcols_tile(int64_t nr, int64_t K, const float* dy, int64_t r_step, int64_t k_step,
+                  const float* w, int64_t lanes, float* out, int64_t ldo, int64_t na) {
+  __m256 acc[NS][NA];
+#pragma GCC unroll 32
+  for (int i = 0; i < NS * NA; ++i) acc[i / NA][i % NA] = _mm256_setzero_ps();
+  __mmask8 m[NS];
+  for (int j = 0; j < NS; ++j) {
+    const int64_t l = std::clamp<int64_t>(lanes - 8 * j, 0, 8);
+    m[j] = __mmask8((1u << l) - 1u);
+  }
+  // One flat loop over the (r, k) steps (see rows_wgrad: nested loops kept
+  // acc in memory).
+  const float* d = dy;
+  for (int64_t u = 0, k = 0; u < nr * K; ++u) {
+    __m256 dv[NS];
+#pragma GCC unroll 4
+    for (int j = 0; j < NS; ++j) dv[j] = _mm256_maskz_loadu_ps(m[j], d + 8 * j);
+#pragma GCC unroll 32
+    for (int a = 0; a < NA; ++a) {
+      const __m256 wa = _mm256_set1_ps(w[a]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NS; ++j) acc[j][a] = _mm256_fmadd_ps(wa, dv[j], acc[j][a]);
+    }
+    w += NA;
+    d += k_step;
+    if (++k == K) {
+      k = 0;
+      d += r_step - K * k_step;
+    }
+  }
+  // Constant trip counts (see rows_tile); absent accumulators store nothing.
+#pragma GCC unroll 32
+  for (int i = 0; i < NS * NA; ++i) {
+    const int j = i / NA, a = i % NA;
+    _mm256_mask_storeu_ps(out + (a < na ? a : 0) * ldo + 8 * j, a < na ? m[j] : __mmask8(0),
+                          acc[j][a]);
+  }
+}
+
 }  // namespace
 
 #define CONVCORE_ROWS(NS, KB)                                                                    \
@@ -152,5 +194,28 @@ CONVCORE_ROWS_WGRAD(3, 8)
 CONVCORE_ROWS_WGRAD(4, 6)
 CONVCORE_ROWS_WGRAD(3, 9)
 #undef CONVCORE_ROWS_WGRAD
+
+#define CONVCORE_TAPCOLS(NA, NS)                                                              \
+  void conv2d_tapcols_ukernel_f32_##NA##x##NS##__avx512(                                      \
+      int64_t nr, int64_t K, const float* dy, int64_t r_step, int64_t k_step, const float* w, \
+      int64_t lanes, float* out, int64_t ldo, int64_t na) {                                   \
+    tapcols_tile<NA, NS>(nr, K, dy, r_step, k_step, w, lanes, out, ldo, na);                  \
+  }
+CONVCORE_TAPCOLS(30, 1)
+CONVCORE_TAPCOLS(15, 2)
+CONVCORE_TAPCOLS(10, 3)
+#undef CONVCORE_TAPCOLS
+
+void conv2d_tapcols_combine_f32__avx512(const float* a, int64_t plane, int64_t pitch, int64_t S,
+                                        int64_t dil, int64_t H, int64_t W, float* dx) {
+  for (int64_t h = 0; h < H; ++h, a += pitch, dx += W)
+    for (int64_t w0 = 0; w0 < W; w0 += 16) {
+      __m512 v = _mm512_loadu_ps(a + w0);
+      for (int64_t s = 1; s < S; ++s)
+        v = _mm512_add_ps(v, _mm512_loadu_ps(a + s * (plane - dil) + w0));
+      const int64_t l = std::min<int64_t>(16, W - w0);
+      _mm512_mask_storeu_ps(dx + w0, __mmask16((1u << l) - 1u), v);
+    }
+}
 
 }  // namespace convcore

@@ -301,7 +301,7 @@ def test_pool_backward_through_relu_unbatched_and_errors():
 
 
 # ---------------------------------------------------------------------------
-# the layers: nn.Sequential fuses Conv2d + ReLU(inplace=True)
+# the layers: nn.Sequential fuses Conv2d or Linear + ReLU(inplace=True)
 # ---------------------------------------------------------------------------
 
 
@@ -328,8 +328,9 @@ def _train(name, fuse, steps=3, monkeypatch=None):
 @pytest.mark.parametrize("name", models.NAMES)
 def test_sequential_fusion_is_bitwise_the_layers(name, monkeypatch):
     fused_model, a = _train(name, True, monkeypatch=monkeypatch)
-    # wide-bn has no Conv2d + ReLU pair (its ReLUs are fused into the batch norms)
-    expect = {"tutorial": {1, 4}, "wide": {1, 3, 6, 8}}.get(name, set())
+    # Every ReLU follows a Conv2d or a Linear (wide-bn's convolutions fuse
+    # theirs into the batch norms; its Linear + ReLU is fused here).
+    expect = {"tutorial": {1, 4, 8, 10}, "wide": {1, 3, 6, 8, 12}, "wide-bn": {12}}[name]
     assert fused_model._fused == expect
     plain_model, b = _train(name, False, monkeypatch=monkeypatch)
     assert plain_model._fused == set()

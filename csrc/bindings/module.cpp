@@ -20,6 +20,7 @@
 #include "common/geometry.h"
 #include "common/runtime.h"
 #include "ops/ops.h"
+#include "ops/relu.h"
 
 #if defined(CONVCORE_WITH_CUDA)
 #include "bindings/cuda_bindings.h"
@@ -103,6 +104,76 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
     if (dx) convcore::conv2d_backward_data(g, dy, w, dx);
     if (dwp) convcore::conv2d_backward_weight(g, dy, x, dwp, bias_in_weight ? db : nullptr);
     if (db_apart && !relu_y) convcore::conv2d_backward_bias(g, dy, db_apart);
+  }
+  return py::make_tuple(gi, gw, gb);
+}
+
+// linear: input (..., in_features) with at least one dimension, weight
+// (out_features, in_features); the result has input's leading dimensions.
+convcore::LinearGeometry linear_geometry(const py::array& input, const py::array& weight) {
+  float_input(input, "input");
+  float_input(weight, "weight", 2);
+  return convcore::make_linear_geometry(convcore::bindings::shape_of(input),
+                                        convcore::bindings::shape_of(weight));
+}
+
+// input's shape with its last dimension replaced by n.
+std::vector<py::ssize_t> linear_shape(const py::array& input, int64_t n) {
+  std::vector<py::ssize_t> shape(input.shape(), input.shape() + input.ndim());
+  shape.back() = n;
+  return shape;
+}
+
+py::array_t<float> linear_forward(const py::array& input, const py::array& weight,
+                                  const std::optional<py::array>& bias, bool relu) {
+  const auto g = linear_geometry(input, weight);
+  const float* b = nullptr;
+  if (bias) {
+    b = float_input(*bias, "bias", 1);
+    const int64_t n[1] = {g.N};
+    require_shape(*bias, "bias", n, 1);
+  }
+  auto out = new_float(linear_shape(input, g.N));
+  const float* x = static_cast<const float*>(input.data());
+  const float* w = static_cast<const float*>(weight.data());
+  float* y = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::linear_forward(g, x, w, b, y, relu);
+  }
+  return out;
+}
+
+py::tuple linear_backward(const py::array& grad_output, const py::array& input,
+                          const py::array& weight, bool need_input, bool need_weight,
+                          bool need_bias, const std::optional<py::array>& relu_output) {
+  const auto g = linear_geometry(input, weight);
+  const float* dy = float_input(grad_output, "grad_output");
+  const std::vector<py::ssize_t> out_dims = linear_shape(input, g.N);
+  const std::vector<int64_t> out_shape(out_dims.begin(), out_dims.end());
+  const int nd = int(out_shape.size());
+  require_shape(grad_output, "grad_output", out_shape.data(), nd);
+  const float* relu_y = nullptr;
+  if (relu_output) {
+    relu_y = float_input(*relu_output, "relu_output");
+    require_shape(*relu_output, "relu_output", out_shape.data(), nd);
+    if (!grad_output.writeable())
+      throw ArgumentError(
+          "grad_output: the array is read-only, but the ReLU mask is applied to it in place");
+  }
+  const float* x = static_cast<const float*>(input.data());
+  const float* w = static_cast<const float*>(weight.data());
+  float *dx, *dwp, *db;
+  py::object gi = optional_float(
+      need_input, std::vector<py::ssize_t>(input.shape(), input.shape() + input.ndim()), &dx);
+  py::object gw = optional_float(need_weight, {g.N, g.K}, &dwp);
+  py::object gb = optional_float(need_bias, {g.N}, &db);
+  {
+    py::gil_scoped_release release;
+    if (relu_y) convcore::relu_mask_inplace(const_cast<float*>(dy), relu_y, g.M * g.N);
+    if (dx) convcore::linear_backward_data(g, dy, w, dx);
+    if (dwp) convcore::linear_backward_weight(g, dy, x, dwp);
+    if (db) convcore::linear_backward_bias(g, dy, db);
   }
   return py::make_tuple(gi, gw, gb);
 }
@@ -411,6 +482,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dilation_h"),
         py::arg("dilation_w"), py::arg("groups"), py::arg("need_input"), py::arg("need_weight"),
         py::arg("need_bias"), py::arg("relu_output") = py::none());
+  m.def("linear_forward", &linear_forward, py::arg("input"), py::arg("weight"), py::arg("bias"),
+        py::arg("relu") = false);
+  m.def("linear_backward", &linear_backward, py::arg("grad_output"), py::arg("input"),
+        py::arg("weight"), py::arg("need_input"), py::arg("need_weight"), py::arg("need_bias"),
+        py::arg("relu_output") = py::none());
   m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("input"), py::arg("kernel_h"),
         py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"),

@@ -187,6 +187,32 @@ void same_padding(int64_t kernel, int64_t dilation, int64_t stride, const char* 
   *after = total - *before;
 }
 
+std::string LinearGeometry::name() const {
+  std::ostringstream os;
+  os << "linear_m" << M << "_k" << K << "_n" << N;
+  return os.str();
+}
+
+LinearGeometry make_linear_geometry(const std::vector<int64_t>& in,
+                                    const std::vector<int64_t>& wt) {
+  if (in.empty())
+    throw ArgumentError("input: expected an array of shape (..., in_features), got a 0-D array");
+  if (wt.size() != 2)
+    throw ArgumentError("weight: expected a 2-D array (out_features, in_features), got " +
+                        std::to_string(wt.size()) + "-D");
+  LinearGeometry g;
+  g.K = in.back();
+  g.N = wt[0];
+  if (wt[1] != g.K)
+    throw ArgumentError("weight: expected shape (out_features, " + std::to_string(g.K) +
+                        ") to match input's last dimension, got " + shape_string(wt));
+  g.M = checked_numel(in.data(), int(in.size()) - 1, "input");
+  checked_numel(in.data(), int(in.size()), "input");
+  checked_numel(wt.data(), 2, "weight");
+  checked_mul(g.M, g.N, "output");
+  return g;
+}
+
 std::string Pool2dGeometry::name() const {
   std::ostringstream os;
   os << "pool_n" << N << "_c" << C << "_h" << H << "_w" << W << "_r" << pair_str(kernel_h, kernel_w)

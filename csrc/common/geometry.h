@@ -117,6 +117,21 @@ struct BatchNorm2dGeometry {
 // message names `input` and its shape.
 BatchNorm2dGeometry make_batchnorm2d_geometry(const int64_t input_shape[4], bool training);
 
+// A fully connected layer, y = x w^T + b: x (M x K) with M the product of
+// the input's leading dimensions, w (N x K), y (M x N).
+struct LinearGeometry {
+  int64_t M = 0, K = 0, N = 0;
+
+  double macs() const { return double(M) * double(K) * double(N); }
+  // Compact problem name: linear_m100_k192_n120.
+  std::string name() const;
+};
+
+// Validates linear(input, weight): input (..., in_features) with at least one
+// dimension, weight (out_features, in_features).  Messages name the argument.
+LinearGeometry make_linear_geometry(const std::vector<int64_t>& input_shape,
+                                    const std::vector<int64_t>& weight_shape);
+
 enum class PadMode { Constant, Reflect, Replicate, Circular };
 
 // Parses 'constant' | 'reflect' | 'replicate' | 'circular'.

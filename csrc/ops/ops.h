@@ -38,6 +38,18 @@ void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db);
 // unfused multiply by the bool mask followed by conv2d_backward_bias.
 void conv2d_relu_backward_bias(const Conv2dGeometry& g, float* dy, const float* y, float* db);
 
+// Fully connected layer, row-major: y (M x N) = x (M x K) w^T + b, w (N x K),
+// b (N) may be null; with relu, max(., 0) on each stored value (relu_f32).
+void linear_forward(const LinearGeometry& g, const float* x, const float* w, const float* b,
+                    float* y, bool relu = false);
+// dx (M x K) = dy (M x N) w.
+void linear_backward_data(const LinearGeometry& g, const float* dy, const float* w, float* dx);
+// dw (N x K) = dy^T x.
+void linear_backward_weight(const LinearGeometry& g, const float* dy, const float* x, float* dw);
+// db (N) = the column sums of dy (M x N), each over the rows in order.  Every
+// linear op is bitwise the same for any thread count.
+void linear_backward_bias(const LinearGeometry& g, const float* dy, float* db);
+
 // y and idx (N x C x P x Q) from x; idx may be null (values only, less traffic).
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);
 // dx (N x C x H x W) from dy and idx (both N x C x P x Q).  Throws

@@ -4,8 +4,9 @@ numpy's OpenBLAS runs its own worker threads, which spin for a while after
 each call; convcore's OpenMP team spins too.  On a two-core machine the two
 pools then take turns on the cores: one training step of the tutorial model
 measured 117 ms with both at two threads, 4.9 ms with OpenBLAS at one thread
-(its matrices here are small: the Linear layers of a 100-image batch).  So
-the training programs set OpenBLAS to one thread at their start
+(its matrices here were small: the Linear layers of a 100-image batch, which
+now run on convcore's own GEMM).  So the training programs set OpenBLAS to
+one thread at their start, for whatever numpy matmuls the process still does
 (``convcore.tune_process``), through threadpoolctl when it is installed,
 otherwise through OpenBLAS's own C function found with ctypes.  Other BLAS
 libraries (Accelerate, MKL) are left alone.

@@ -66,8 +66,9 @@ __all__ = [
 
 _F32 = np.float32
 
-#: Whether :class:`Sequential` runs a Conv2d followed by ``ReLU(inplace=True)``
-#: as one fused op (bitwise the same results; a switch for A/B timing).
+#: Whether :class:`Sequential` runs a Conv2d or Linear followed by
+#: ``ReLU(inplace=True)`` as one fused op (bitwise the same results; a switch
+#: for A/B timing).
 _FUSE_CONV_RELU = True
 
 
@@ -644,10 +645,10 @@ class Flatten(Module):
 class Linear(Module):
     """y = x @ weight.T + bias, as ``torch.nn.Linear`` (weight is (out, in)).
 
-    Computed with numpy's matmul (BLAS sgemm), float32 throughout (a
-    training program limits numpy's BLAS threads, see
-    :func:`convcore.tune_process`).  On the GPU it runs as a 1x1 convolution
-    on convcore's convolution kernels.
+    Computed on convcore's packed GEMM (float32, each output summed over
+    the input features in order; bitwise the same for any thread count).
+    On the GPU it runs as a 1x1 convolution on convcore's convolution
+    kernels.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None):
@@ -659,22 +660,28 @@ class Linear(Module):
         self.bias = self._param("bias", rng.uniform(-bound, bound, out_features)) if bias else None
         self._x = None
 
-    def forward(self, x):
+    def forward(self, x, *, relu: bool = False):
+        """``x @ weight.T + bias``; with ``relu``, ``max(., 0)`` applied as
+        each block of the result is written (what :class:`Sequential` does
+        for a Linear followed by ``ReLU(inplace=True)``)."""
         if getattr(x, "dtype", None) != _F32:
             what = getattr(x, "dtype", type(x).__name__)
             raise TypeError(f"Linear: expected a float32 array as input, got {what}")
         self._x = x
         b = self.bias.data if self.bias is not None else None
-        return backend_of(x, self.weight.data).linear(x, self.weight.data, b)
+        return backend_of(x, self.weight.data).linear(x, self.weight.data, b, relu)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, relu_output=None):
+        """Given ``relu_output`` (what ``forward(x, relu=True)`` returned),
+        the gradient first passes back through that ReLU, ``grad_output``
+        masked in place."""
         x = self._x
         if x is None:
             raise RuntimeError("Linear.backward: call forward first")
         w, b = self.weight, self.bias
         need_b = b is not None and b.requires_grad
         gi, gw, gb = backend_of(grad_output, x).linear_backward(
-            grad_output, x, w.data, self.input_grad, w.requires_grad, need_b
+            grad_output, x, w.data, self.input_grad, w.requires_grad, need_b, relu_output
         )
         if gw is not None:
             _accumulate(w, gw)
@@ -744,7 +751,9 @@ class Sequential(Module):
     in the pass that sums the bias gradient (:func:`convcore.conv2d_relu`,
     :func:`convcore.conv2d_relu_backward`), or, when a :class:`MaxPool2d`
     follows the pair, in the pool's backward as it writes each block of its
-    gradient (``max_pool2d_backward(..., relu_input=)``).  The results are
+    gradient (``max_pool2d_backward(..., relu_input=)``).  A :class:`Linear`
+    followed by ``ReLU(inplace=True)`` runs the same way: the ReLU as the
+    GEMM's blocks are written, its mask before the gradients.  The results are
     bitwise those of the layers; the layers, their names and the state_dict
     stay as they are, so a ``torch.nn.Sequential`` of the same layers loads
     it.
@@ -774,12 +783,12 @@ class Sequential(Module):
         return iter(self.layers)
 
     def _fusable(self, i: int) -> bool:
-        """Whether layers i and i + 1 are a Conv2d and an in-place ReLU."""
+        """Whether layers i and i + 1 are a Conv2d or Linear and an in-place ReLU."""
         layers = self.layers
         return (
             _FUSE_CONV_RELU
             and i + 1 < len(layers)
-            and type(layers[i]) is Conv2d
+            and type(layers[i]) in (Conv2d, Linear)
             and type(layers[i + 1]) is ReLU
             and layers[i + 1].inplace
         )

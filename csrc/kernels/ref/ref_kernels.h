@@ -24,6 +24,15 @@ void conv2d_bwd_weight_f32__ref(const Conv2dGeometry& g, const float* dy, const 
 // db[k] for one output channel k: the sum of dy[n][k][:] over the batch, in double.
 float conv2d_bwd_bias_f32__ref(int64_t N, int64_t K, int64_t PQ, const float* dy, int64_t k);
 
+// Fully connected layer (row-major): y rows m0..m1-1 of x w^T + b (b may be
+// null); dx rows m0..m1-1 of dy w; dw rows j0..j1-1 of dy^T x.
+void linear_fwd_f32__ref(const LinearGeometry& g, const float* x, const float* w, const float* b,
+                         int64_t m0, int64_t m1, float* y);
+void linear_bwd_data_f32__ref(const LinearGeometry& g, const float* dy, const float* w, int64_t m0,
+                              int64_t m1, float* dx);
+void linear_bwd_weight_f32__ref(const LinearGeometry& g, const float* dy, const float* x,
+                                int64_t j0, int64_t j1, float* dw);
+
 // One plane: y (P x Q) and flat indices h*W + w (P x Q) of each window's max
 // (idx may be null: values only).
 void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);

@@ -219,7 +219,7 @@ class GpuBackend:
     def add_(self, dst, src) -> None:
         self.ext.add_(dst, src)
 
-    def linear(self, x, weight, bias):
+    def linear(self, x, weight, bias, relu: bool = False):
         out_features, in_features = weight.shape
         y = self.ext.conv2d_forward(
             _as_1x1(x, in_features, "input"),
@@ -227,12 +227,23 @@ class GpuBackend:
             bias,
             *_LINEAR_ARGS,
         )
+        if relu:
+            y = self.ext.relu_forward(y, True)
         return y.reshape((*x.shape[:-1], out_features))
 
     def linear_backward(
-        self, grad_output, x, weight, need_input: bool, need_weight: bool, need_bias: bool
+        self,
+        grad_output,
+        x,
+        weight,
+        need_input: bool,
+        need_weight: bool,
+        need_bias: bool,
+        relu_output=None,
     ):
         out_features, in_features = weight.shape
+        if relu_output is not None:
+            grad_output = self.ext.relu_backward(grad_output, relu_output, True)
         gi, gw, gb = self.ext.conv2d_backward(
             _as_1x1(grad_output, out_features, "grad_output"),
             _as_1x1(x, in_features, "input"),

@@ -221,25 +221,33 @@ class HostBackend:
             _writable(dst, "dst")
         np.add(dst, src, out=dst)
 
-    def linear(self, x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
-        y = np.matmul(x, weight.T)
-        if bias is not None:
-            y += bias
-        return y
+    def linear(self, x: np.ndarray, weight: np.ndarray, bias, relu: bool = False) -> np.ndarray:
+        """x (..., in) @ weight.T + bias on convcore's GEMM (ops/linear.cpp);
+        with ``relu``, max(., 0) in the same pass."""
+        return _core.linear_forward(np.ascontiguousarray(x), weight, bias, relu)
 
     def linear_backward(
-        self, grad_output, x, weight, need_input: bool, need_weight: bool, need_bias: bool
+        self,
+        grad_output,
+        x,
+        weight,
+        need_input: bool,
+        need_weight: bool,
+        need_bias: bool,
+        relu_output=None,
     ):
-        out_features, in_features = weight.shape
-        gi = gw = gb = None
-        if need_weight:
-            x2 = x.reshape(-1, in_features)
-            gw = np.matmul(grad_output.reshape(-1, out_features).T, x2)
-        if need_bias:
-            gb = grad_output.reshape(-1, out_features).sum(axis=0)
-        if need_input:
-            gi = np.matmul(grad_output, weight)
-        return gi, gw, gb
+        """(grad input, grad weight, grad bias), each None unless asked for.
+        Given ``relu_output`` (what ``linear(..., relu=True)`` returned),
+        ``grad_output`` is first multiplied by ``relu_output > 0`` in place."""
+        return _core.linear_backward(
+            np.ascontiguousarray(grad_output),
+            np.ascontiguousarray(x),
+            weight,
+            bool(need_input),
+            bool(need_weight),
+            bool(need_bias),
+            relu_output,
+        )
 
     def cross_entropy(self, logits: np.ndarray, target: np.ndarray, scale):
         """(d loss / d logits scaled by ``scale``, the sum of the row losses,

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+import convcore
 from convcore import models, nn, optim
 
 try:
@@ -394,6 +395,29 @@ def test_cross_entropy_label_smoothing_matches_torch(eps, reduction, n, c):
     np.testing.assert_allclose(g, tl.grad.numpy(), rtol=4 * 2.0**-23, atol=1e-7)
     assert g.dtype == np.float32
     np.testing.assert_array_equal(loss_fn.predictions(), logits.argmax(1))
+
+
+def test_cross_entropy_predictions_are_numpys_argmax_and_errors_are_named():
+    # The compiled loss (kernels/ref/loss_ref.cpp): the first maximum, the
+    # first NaN; a NaN row gives a NaN loss, the other rows stay exact.
+    logits = np.array(
+        [[1.0, 3.0, 3.0], [np.nan, 5.0, np.nan], [2.0, np.nan, 9.0], [-np.inf, -1.0, -1.0]],
+        np.float32,
+    )
+    y = np.array([1, 0, 2, 2])
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    assert np.isnan(loss_fn(logits, y))
+    np.testing.assert_array_equal(loss_fn.predictions(), np.argmax(logits, axis=1))
+    g = loss_fn.backward()
+    assert np.isnan(g[1:3]).all() and np.isfinite(g[[0, 3]]).all()
+    with pytest.raises(ValueError, match=r"target: labels must be in \[0, 3\), got 3 at index 1"):
+        convcore._core.cross_entropy(logits, np.array([0, 3, 1, 1]), 1.0)
+    with pytest.raises(TypeError, match="target: expected an int64 array"):
+        convcore._core.cross_entropy(logits, y.astype(np.int32), 1.0)
+    with pytest.raises(ValueError, match=r"target: expected shape \(4,\)"):
+        convcore._core.cross_entropy(logits, y[:2], 1.0)
+    with pytest.raises(ValueError, match="logits: expected at least one class"):
+        convcore._core.cross_entropy(np.zeros((2, 0), np.float32), y[:2], 1.0)
 
 
 @pytest.mark.parametrize("eps", [-0.1, 1.5, float("nan")])

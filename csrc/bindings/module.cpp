@@ -178,6 +178,35 @@ py::tuple linear_backward(const py::array& grad_output, const py::array& input,
   return py::make_tuple(gi, gw, gb);
 }
 
+// (grad (N, C), the sum of the N row losses in row order as a Python float,
+// the N predicted classes as int64): the CUDA binding's contract, on the host.
+py::tuple cross_entropy(const py::array& logits, const py::array& target, float scale) {
+  const float* z = float_input(logits, "logits", 2);
+  const int64_t N = logits.shape(0), C = logits.shape(1);
+  if (C < 1)
+    throw ArgumentError("logits: expected at least one class, got shape " +
+                        convcore::shape_string(convcore::bindings::shape_of(logits)));
+  const int64_t* t = index_input(target, "target", 1);
+  const int64_t n[1] = {N};
+  require_shape(target, "target", n, 1);
+  for (int64_t i = 0; i < N; ++i)
+    if (t[i] < 0 || t[i] >= C)
+      throw ArgumentError("target: labels must be in [0, " + std::to_string(C) + "), got " +
+                          std::to_string(t[i]) + " at index " + std::to_string(i));
+  auto grad = new_float({N, C});
+  py::array_t<int64_t> pred(N);
+  std::vector<double> row_loss(size_t(N), 0.0);
+  float* g = grad.mutable_data();
+  int64_t* p = pred.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::cross_entropy(N, C, z, t, scale, g, row_loss.data(), p);
+  }
+  double total = 0.0;
+  for (double l : row_loss) total += l;
+  return py::make_tuple(grad, total, pred);
+}
+
 py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                              int64_t ph, int64_t pw, int64_t dil_h, int64_t dil_w, bool ceil_mode,
                              bool return_indices) {
@@ -487,6 +516,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("linear_backward", &linear_backward, py::arg("grad_output"), py::arg("input"),
         py::arg("weight"), py::arg("need_input"), py::arg("need_weight"), py::arg("need_bias"),
         py::arg("relu_output") = py::none());
+  m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target"), py::arg("scale"));
   m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("input"), py::arg("kernel_h"),
         py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("ceil_mode"),

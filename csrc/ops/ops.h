@@ -50,6 +50,11 @@ void linear_backward_weight(const LinearGeometry& g, const float* dy, const floa
 // linear op is bitwise the same for any thread count.
 void linear_backward_bias(const LinearGeometry& g, const float* dy, float* db);
 
+// Softmax cross-entropy of N rows of C >= 1 logits against labels in [0, C)
+// (kernels/ref/ref_kernels.h): grad (N x C), row_loss (N, double), pred (N).
+void cross_entropy(int64_t N, int64_t C, const float* logits, const int64_t* target, float scale,
+                   float* grad, double* row_loss, int64_t* pred);
+
 // y and idx (N x C x P x Q) from x; idx may be null (values only, less traffic).
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);
 // dx (N x C x H x W) from dy and idx (both N x C x P x Q).  Throws

@@ -33,6 +33,14 @@ void linear_bwd_data_f32__ref(const LinearGeometry& g, const float* dy, const fl
 void linear_bwd_weight_f32__ref(const LinearGeometry& g, const float* dy, const float* x,
                                 int64_t j0, int64_t j1, float* dw);
 
+// Softmax cross-entropy of one row z (C >= 1 logits) against class t, as
+// nn.CrossEntropyLoss and the CUDA kernel compute it: m = max z, e = exp(z -
+// m), s = sum e (float, in order), row_loss = log(s) - (z[t] - m) in double,
+// grad = (e / s - onehot(t)) * scale; pred = numpy's argmax (the first
+// maximum, the first NaN).  t outside [0, C): NaN loss and gradient.
+void cross_entropy_row_f32__ref(int64_t C, const float* z, int64_t t, float scale, float* grad,
+                                double* row_loss, int64_t* pred);
+
 // One plane: y (P x Q) and flat indices h*W + w (P x Q) of each window's max
 // (idx may be null: values only).
 void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx);

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
+import convcore
 import numpy as np
 import pytest
-import convcore
 from convcore import models, nn, optim
 
 try:

@@ -395,33 +395,44 @@ def test_tap_columns_not_taken(xs, ws, kw):
 
 
 BIAS_IN_WEIGHT = "conv2d_bwd_bias_f32_clanes_dy_panels__avx512"
-
-
-@pytest.mark.parametrize(
-    "name", ["clanes_k96_w29", "clanes_groups2", "clanes_batch17", "clanes_c17_k90"]
+BIAS_IN_ROWS = "conv2d_bwd_bias_f32_rows_chunks__avx512"
+# (x shape, w shape, kwargs, the bias entry inside the weight gradient)
+BIAS_CASES = {
+    name: (CASES[name][0], CASES[name][1], CASES[name][3], BIAS_IN_WEIGHT)
+    for name in ("clanes_k96_w29", "clanes_groups2", "clanes_batch17", "clanes_c17_k90")
+}
+BIAS_CASES.update(
+    rows_tutorial_2nd=((5, 6, 12, 12), (12, 6, 5, 5), {}, BIAS_IN_ROWS),
+    rows_batch19_one_channel=((19, 1, 28, 28), (6, 1, 5, 5), {}, BIAS_IN_ROWS),  # 8 chunks
+    rows_k7_pad4=((2, 1, 4, 5), (7, 1, 3, 3), dict(padding=4), BIAS_IN_ROWS),
+    rows_k13_dil2=((2, 2, 11, 13), (13, 2, 3, 3), dict(padding=2, dilation=2), BIAS_IN_ROWS),
 )
+
+
+@pytest.mark.parametrize("name", BIAS_CASES)
 @pytest.mark.parametrize(
     "mask", [(False, True, True), (True, True, True), (False, False, True), (False, True, False)]
 )
 def test_bias_gradient_summed_with_the_weight_gradient(name, mask):
     # The channels-in-lanes weight gradient sums the bias from the dy panels
-    # it packs.  It must do so exactly when both are asked for, stay within
+    # it packs, the row-segment one from each chunk's dy after its kernel
+    # calls.  Each must do so exactly when both are asked for, stay within
     # the oracle's bound, and agree with the separate pass (disabled by name).
     if "avx512" not in available_isas():
         pytest.skip("this CPU has no AVX-512")
-    assert BIAS_IN_WEIGHT in convcore.implementations("conv2d_bwd_bias")
-    xs, ws, bias, kw = CASES[name]
+    xs, ws, kw, entry = BIAS_CASES[name]
+    assert entry in convcore.implementations("conv2d_bwd_bias")
     x, w, b = rand(xs, 1), rand(ws, 2), rand((ws[0],), 3)
     with isa_cap("avx512"):
         check("conv2d", x, w, b, output_mask=mask, **kw)
-        fused = convcore.last_kernel("conv2d_bwd_bias") == BIAS_IN_WEIGHT
+        fused = convcore.last_kernel("conv2d_bwd_bias") == entry
         assert fused == (mask[1] and mask[2]), convcore.last_kernel("conv2d_bwd_bias")
-        with disabled(BIAS_IN_WEIGHT):
+        with disabled(entry):
             check("conv2d", x, w, b, output_mask=mask, **kw)
-            assert convcore.last_kernel("conv2d_bwd_bias") != BIAS_IN_WEIGHT
+            assert convcore.last_kernel("conv2d_bwd_bias") != entry
         go = rand((xs[0], ws[0], *convcore.conv2d(x, w, **kw).shape[2:]), 4)
         _, gw, gb = convcore.conv2d_backward(go, x, w, output_mask=(False, True, True), **kw)
-        with disabled(BIAS_IN_WEIGHT):
+        with disabled(entry):
             _, gw2, gb2 = convcore.conv2d_backward(go, x, w, output_mask=(False, True, True), **kw)
     # The weight gradient is untouched by the fusion; the two bias sums only
     # differ in order: within the bound of N*P*Q terms of each other.

@@ -257,8 +257,9 @@ struct TapcolsKernels {
 bool tapcols_data_applicable(const Conv2dGeometry& g);
 void backward_data_tapcols(const TapcolsKernels& ks, const Conv2dGeometry& g, const float* dy,
                            const float* w, float* dx);
+// db (may be null): the bias gradient too, summed per chunk from the same dy.
 void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,
-                          const float* x, float* dw);
+                          const float* x, float* dw, float* db);
 
 // Winograd F(2x2, 3x3) family (ops/conv2d_winograd.cpp,
 // kernels/winograd_ukernels.h): forward and data gradient of 3x3, stride-1,

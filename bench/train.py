@@ -5,7 +5,9 @@ convcore (convcore.models / nn / optim) and in PyTorch (torch.nn, built
 here), batch 100, Adam lr 1e-3, the same thread count, on the same batches.
 Each (framework, model) runs in its own worker process so that its peak RSS
 (``ru_maxrss``) is its own; the parent interleaves them, alternating chunks
-of steps (A B, B A, ...), and reports the median time per step, extrapolated
+of steps (A B, B A, ...); before each chunk it waits for the other worker's
+threads to stop spinning, and each chunk's first step runs untimed (see
+--chunk-warmup).  It reports the median time per step, extrapolated
 to an epoch (600 steps = 60,000 images), the ratio, and each worker's peak
 RSS.  An FMA check at the start and end flags a contended run.
 
@@ -267,7 +269,15 @@ def worker(
         if not cmd:
             continue
         if cmd[0] == "run":
-            k = int(cmd[1])
+            k, cold = int(cmd[1]), int(cmd[2]) if len(cmd) > 2 else 0
+            # The chunk's first steps, untimed: after the other framework's
+            # chunk the caches and this process's sleeping threads are cold,
+            # which a real epoch (steps back to back) meets once, not every
+            # few dozen steps.  Their time is reported apart.
+            t = time.perf_counter()
+            for _ in range(cold):
+                step(*batches.next())
+            cold_s = time.perf_counter() - t
             c0 = _cpu_s()
             t = time.perf_counter()
             losses = [step(*batches.next()) for _ in range(k)]
@@ -277,6 +287,7 @@ def worker(
                 {
                     "seconds": dt,
                     "steps": k,
+                    "cold_seconds": cold_s,
                     "cpu_s": _cpu_s() - c0,
                     "loss_mean": statistics.fmean(losses),
                 },
@@ -332,6 +343,31 @@ class Worker:
         except (OSError, ValueError, IndexError):
             return 0.0
 
+    def running_threads(self) -> int:
+        """Threads of the worker in state R (running or runnable) now."""
+        n = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.proc.pid}/task")
+        except OSError:
+            return 0
+        for tid in tasks:
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/stat") as f:
+                    n += f.read().rpartition(")")[2].split()[0] == "R"
+            except (OSError, IndexError):
+                pass
+        return n
+
+    def settle(self, timeout: float = 0.25) -> float:
+        """Wait until none of the worker's threads runs: an OpenMP team
+        spins for a few milliseconds after its last parallel region (both
+        libgomp's here), and on two cores that spin takes a core from the
+        other framework's next chunk.  Returns the seconds waited."""
+        t0 = time.perf_counter()
+        while self.running_threads() and time.perf_counter() - t0 < timeout:
+            time.sleep(0.0005)
+        return time.perf_counter() - t0
+
     def _expect(self, kind: str) -> dict:
         for line in self.proc.stdout:
             if line.startswith(PREFIX):
@@ -349,8 +385,8 @@ class Worker:
     def ready(self) -> dict:
         return self._expect("ready")
 
-    def run(self, k: int) -> dict:
-        self.proc.stdin.write(f"run {k}\n")
+    def run(self, k: int, cold: int = 0) -> dict:
+        self.proc.stdin.write(f"run {k} {cold}\n")
         self.proc.stdin.flush()
         return self._expect("done")
 
@@ -386,6 +422,8 @@ def bench_model(model: str, steps: int, chunks: int, args) -> dict:
         per_step = {fw: [] for fw in FRAMEWORKS}
         others = {fw: [] for fw in FRAMEWORKS}
         idle_cpu = {fw: [] for fw in FRAMEWORKS}  # the *other* worker's CPU while fw ran
+        settled = {fw: [] for fw in FRAMEWORKS}  # seconds waited for the other to stop spinning
+        cold_ms = {fw: [] for fw in FRAMEWORKS}  # each chunk's untimed first step(s), ms each
         losses = {fw: [] for fw in FRAMEWORKS}
         t_start = time.perf_counter()
         done_steps = 0
@@ -399,9 +437,11 @@ def bench_model(model: str, steps: int, chunks: int, args) -> dict:
             for fw in order:
                 w = workers[fw]
                 idle = workers[FRAMEWORKS[1 - FRAMEWORKS.index(fw)]]
+                settled[fw].append(idle.settle())
                 load = _common.CpuLoad(extra_own=ours)  # excludes both workers' CPU time
                 idle0 = idle.cpu_now()
-                out = w.run(k)
+                out = w.run(k, args.chunk_warmup)
+                cold_ms[fw].append(out["cold_seconds"] / max(args.chunk_warmup, 1) * 1e3)
                 others[fw].append(load.others())
                 idle_cpu[fw].append((idle.cpu_now() - idle0) / out["seconds"])
                 per_step[fw].append(out["seconds"] / k)
@@ -454,6 +494,8 @@ def bench_model(model: str, steps: int, chunks: int, args) -> dict:
             "loss_last_chunk": losses[fw][-1],
             "others_load": statistics.fmean(loads) if loads else None,
             "idle_worker_load": statistics.fmean(idle_cpu[fw]),
+            "settle_ms": statistics.fmean(settled[fw]) * 1e3,
+            "cold_step_ms": statistics.median(cold_ms[fw]) if args.chunk_warmup else None,
             "info": ready[fw]["info"],
             "openmp_runtime": ready[fw]["openmp_runtime"],
         }
@@ -572,6 +614,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     ap.add_argument(
+        "--chunk-warmup",
+        type=int,
+        default=1,
+        help="untimed steps at the start of every chunk, after the other framework's "
+        "(default 1; their median time is reported as cold_step_ms)",
+    )
+    ap.add_argument(
         "--data",
         nargs="?",
         const=str(DATA_DIR),
@@ -602,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": _common.git_describe(),
         "chunks": args.chunks,
         "warmup": args.warmup,
+        "chunk_warmup": args.chunk_warmup,
     }
     meta["fma_before"] = _common.fma_check(args.threads, quick=args.quick)
     run_load = _common.CpuLoad()
@@ -646,6 +696,13 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
         )
+        if c["cold_step_ms"] is not None:
+            notes.append(
+                f"{r['model']}: each chunk began once the other worker's threads slept "
+                f"(waited {c['settle_ms']:.1f} / {t['settle_ms']:.1f} ms on average) and "
+                f"with untimed steps (median cold step: convcore {c['cold_step_ms']:.1f} ms, "
+                f"torch {t['cold_step_ms']:.1f} ms)"
+            )
         if not r["params_match"]:
             notes.append(
                 f"{r['model']}: PARAMETER COUNTS DIFFER: convcore {c['n_params']}, "

@@ -127,6 +127,8 @@ def test_errors():
         gy.flags.writeable = False
         _core.linear_backward(gy, x, w, True, True, True, relu_output=rand((4, 3), 5))
     with pytest.raises(ValueError, match=r"relu_output: expected shape \(4, 3\)"):
+        _core.linear_backward(rand((4, 3), 4), x, w, True, True, True, relu_output=rand((4, 2), 5))
+    with pytest.raises(ValueError, match=r"relu_output: expected a 2-D array, got 1-D"):
         _core.linear_backward(rand((4, 3), 4), x, w, True, True, True, relu_output=rand((4,), 5))
     # nn.Linear takes any layout, as numpy's matmul did: strided inputs are copied.
     layer = nn.Linear(6, 3)

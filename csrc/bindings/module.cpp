@@ -66,9 +66,23 @@ py::array_t<float> conv2d_forward(const py::array& input, const py::array& weigh
   return out;
 }
 
-// relu_output: the output of the ReLU that followed the convolution (None:
-// no ReLU).  Given it, grad_output is multiplied by (relu_output > 0) in
-// place first (it must be writable), fused with the bias gradient.
+// The output of the ReLU that followed a layer (None: no ReLU): float32 of
+// grad_output's shape (`shape`, nd dimensions), and grad_output, which the
+// mask (relu_output > 0) is applied to in place, writable.  Null for None.
+const float* relu_output_input(const py::array& grad_output,
+                               const std::optional<py::array>& relu_output, const int64_t* shape,
+                               int nd) {
+  if (!relu_output) return nullptr;
+  const float* y = float_input(*relu_output, "relu_output", nd);
+  require_shape(*relu_output, "relu_output", shape, nd);
+  if (!grad_output.writeable())
+    throw ArgumentError(
+        "grad_output: the array is read-only, but the ReLU mask is applied to it in place");
+  return y;
+}
+
+// relu_output: see relu_output_input; the mask is fused with the bias
+// gradient.
 py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
                           const py::array& weight, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                           int64_t pl, int64_t pr, int64_t dil_h, int64_t dil_w, int64_t groups,
@@ -78,14 +92,7 @@ py::tuple conv2d_backward(const py::array& grad_output, const py::array& input,
   const float* dy = float_input(grad_output, "grad_output", 4);
   const int64_t out_shape[4] = {g.N, g.K, g.P, g.Q};
   require_shape(grad_output, "grad_output", out_shape, 4);
-  const float* relu_y = nullptr;
-  if (relu_output) {
-    relu_y = float_input(*relu_output, "relu_output", 4);
-    require_shape(*relu_output, "relu_output", out_shape, 4);
-    if (!grad_output.writeable())
-      throw ArgumentError(
-          "grad_output: the array is read-only, but the ReLU mask is applied to it in place");
-  }
+  const float* relu_y = relu_output_input(grad_output, relu_output, out_shape, 4);
   const float* x = static_cast<const float*>(input.data());
   const float* w = static_cast<const float*>(weight.data());
   float *dx, *dwp, *db;
@@ -153,14 +160,7 @@ py::tuple linear_backward(const py::array& grad_output, const py::array& input,
   const std::vector<int64_t> out_shape(out_dims.begin(), out_dims.end());
   const int nd = int(out_shape.size());
   require_shape(grad_output, "grad_output", out_shape.data(), nd);
-  const float* relu_y = nullptr;
-  if (relu_output) {
-    relu_y = float_input(*relu_output, "relu_output");
-    require_shape(*relu_output, "relu_output", out_shape.data(), nd);
-    if (!grad_output.writeable())
-      throw ArgumentError(
-          "grad_output: the array is read-only, but the ReLU mask is applied to it in place");
-  }
+  const float* relu_y = relu_output_input(grad_output, relu_output, out_shape.data(), nd);
   const float* x = static_cast<const float*>(input.data());
   const float* w = static_cast<const float*>(weight.data());
   float *dx, *dwp, *db;

@@ -147,31 +147,20 @@ const LinearImpl kBwdWeightImpls[] = {
 void linear_forward(const LinearGeometry& g, const float* x, const float* w, const float* b,
                     float* y, bool relu) {
   if (g.M == 0 || g.N == 0) return;
-  LinearArgs a{};
-  a.x = x;
-  a.w = w;
-  a.b = b;
-  a.y = y;
-  a.relu = relu;
-  run_first_applicable("linear_fwd", kFwdImpls, g, g.name(), a);
+  run_first_applicable("linear_fwd", kFwdImpls, g, g.name(),
+                       LinearArgs{x, w, b, nullptr, y, nullptr, nullptr, relu});
 }
 
 void linear_backward_data(const LinearGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.M == 0 || g.K == 0) return;
-  LinearArgs a{};
-  a.dy = dy;
-  a.w = w;
-  a.dx = dx;
-  run_first_applicable("linear_bwd_data", kBwdDataImpls, g, g.name(), a);
+  run_first_applicable("linear_bwd_data", kBwdDataImpls, g, g.name(),
+                       LinearArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr, false});
 }
 
 void linear_backward_weight(const LinearGeometry& g, const float* dy, const float* x, float* dw) {
   if (g.N == 0) return;
-  LinearArgs a{};
-  a.dy = dy;
-  a.x = x;
-  a.dw = dw;
-  run_first_applicable("linear_bwd_weight", kBwdWeightImpls, g, g.name(), a);
+  run_first_applicable("linear_bwd_weight", kBwdWeightImpls, g, g.name(),
+                       LinearArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw, false});
 }
 
 void linear_backward_bias(const LinearGeometry& g, const float* dy, float* db) {

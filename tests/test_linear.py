@@ -130,10 +130,16 @@ def test_errors():
         _core.linear_backward(rand((4, 3), 4), x, w, True, True, True, relu_output=rand((4, 2), 5))
     with pytest.raises(ValueError, match=r"relu_output: expected a 2-D array, got 1-D"):
         _core.linear_backward(rand((4, 3), 4), x, w, True, True, True, relu_output=rand((4,), 5))
-    # nn.Linear takes any layout, as numpy's matmul did: strided inputs are copied.
+    # nn.Linear takes any layout, as numpy's matmul did: strided inputs and
+    # weights are copied.
     layer = nn.Linear(6, 3)
     xs = rand((4, 12), 1)[:, ::2]
-    np.testing.assert_allclose(layer(xs), layer(np.ascontiguousarray(xs)), rtol=0, atol=0)
+    want = layer(np.ascontiguousarray(xs))
+    np.testing.assert_array_equal(layer(xs), want)
+    layer.weight.data = np.asfortranarray(layer.weight.data)
+    np.testing.assert_array_equal(layer(xs), want)
+    gi = layer.backward(rand((4, 3), 2))
+    assert gi.shape == xs.shape
 
 
 def test_implementations_are_listed():

@@ -224,7 +224,10 @@ class HostBackend:
     def linear(self, x: np.ndarray, weight: np.ndarray, bias, relu: bool = False) -> np.ndarray:
         """x (..., in) @ weight.T + bias on convcore's GEMM (ops/linear.cpp);
         with ``relu``, max(., 0) in the same pass."""
-        return _core.linear_forward(np.ascontiguousarray(x), weight, bias, relu)
+        # Any layout, as numpy's matmul took before: strided arrays are copied.
+        return _core.linear_forward(
+            np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, relu
+        )
 
     def linear_backward(
         self,
@@ -242,7 +245,7 @@ class HostBackend:
         return _core.linear_backward(
             np.ascontiguousarray(grad_output),
             np.ascontiguousarray(x),
-            weight,
+            np.ascontiguousarray(weight),
             bool(need_input),
             bool(need_weight),
             bool(need_bias),

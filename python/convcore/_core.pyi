@@ -49,6 +49,17 @@ def conv2d_backward(
     need_bias: bool,
     relu_output: F32 | None = None,
 ) -> tuple[F32 | None, F32 | None, F32 | None]: ...
+def linear_forward(input: F32, weight: F32, bias: F32 | None, relu: bool = False) -> F32: ...
+def linear_backward(
+    grad_output: F32,
+    input: F32,
+    weight: F32,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+    relu_output: F32 | None = None,
+) -> tuple[F32 | None, F32 | None, F32 | None]: ...
+def cross_entropy(logits: F32, target: I64, scale: float) -> tuple[F32, float, I64]: ...
 def max_pool2d_forward(
     input: F32,
     kernel_h: int,

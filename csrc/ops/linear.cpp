@@ -1,5 +1,5 @@
 // Fully connected layer (y = x w^T + b) and its gradients on the packed GEMM
-// (ops/gemm.h), and the softmax cross-entropy that usually follows it.  Threads take fixed blocks
+// (ops/gemm.h).  Threads take fixed blocks
 // of the result's columns (or rows, for a narrow result) and each block runs the whole reduction in
 // one order, so the result is bitwise the same for any thread count.  The bias and the fused ReLU
 // are applied to each block right after its GEMM, in cache.
@@ -168,15 +168,6 @@ void linear_backward_bias(const LinearGeometry& g, const float* dy, float* db) {
   std::fill(db, db + g.N, 0.0f);
   for (int64_t i = 0; i < g.M; ++i)
     for (int64_t j = 0; j < g.N; ++j) db[j] += dy[i * g.N + j];
-}
-
-void cross_entropy(int64_t N, int64_t C, const float* logits, const int64_t* target, float scale,
-                   float* grad, double* row_loss, int64_t* pred) {
-  // N rows of a few classes: microseconds, one thread.
-  if (N > 0) note_kernel("cross_entropy", "cross_entropy_f32__ref", "");
-  for (int64_t i = 0; i < N; ++i)
-    cross_entropy_row_f32__ref(C, logits + i * C, target[i], scale, grad + i * C, row_loss + i,
-                               pred + i);
 }
 
 std::vector<std::string> linear_fwd_impl_names() { return impl_names(kFwdImpls); }

@@ -312,8 +312,9 @@ const ConvImpl kBwdWeightImpls[] = {
 
 const ConvImpl kBwdBiasImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
-    // Runs only from run_bwd_weight_clanes (see kBiasInClanesWeight); were it
-    // ever selected alone, the portable kernel would serve.
+    // These two run only inside the weight gradients that sum the bias
+    // (kBiasInClanesWeight, kBiasInRowsWeight); were one ever selected
+    // alone, the portable kernel would serve.
     {kBiasInClanesWeight, Isa::Avx512, inside_weight_gradient,
      run_bwd_bias<conv2d_bwd_bias_f32__portable>},
     {kBiasInRowsWeight, Isa::Avx512, inside_weight_gradient,

@@ -247,9 +247,10 @@ bool rows_flat_data_applicable(const Conv2dGeometry& g);
 void backward_data_rows_flat(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
                              const float* w, float* dx);
 // The data gradient on tap columns (ops/conv2d_rows.cpp): rows_applicable,
-// dy padded by at least two columns on each side in the full convolution,
-// S <= 30, a per-thread buffer of partial rows of at most 256 KiB and a
-// tile at least half full.  tiles: the 30x1, 15x2 and 10x3 kernels.
+// S <= 30, a per-thread buffer of partial rows of at most 256 KiB, and a
+// share of useful FMAs at least 0.9 of the row kernels' (which also spend
+// FMAs on the full convolution's padding).  tiles: the 30x1, 15x2 and 10x3
+// kernels.
 struct TapcolsKernels {
   conv_tapcols_ukernel_fn tiles[3];
   conv_tapcols_combine_fn combine;

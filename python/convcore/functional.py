@@ -316,11 +316,7 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, relu_input=None):
         TypeError, ValueError: bad types or shapes (relu_input's must be
             input_shape), or an index outside [0, H*W).
     """
-    be = (
-        backend_of(grad_output, indices)
-        if relu_input is None
-        else (backend_of(grad_output, indices, relu_input))
-    )
+    be = backend_of(grad_output, indices, relu_input)
     grad_output = be.float_input(grad_output, "grad_output")
     indices = be.index_input(indices, "indices", "grad_output")
     shape = shape_tuple(input_shape, "input_shape")

@@ -815,18 +815,18 @@ class Sequential(Module):
         while i >= 0:
             layer = layers[i]
             if i - 1 in self._fused and type(layer) is MaxPool2d:
-                # Pool, fused ReLU, conv: the pool passes its gradient back
-                # through the ReLU (its input is the ReLU's output), so the
-                # conv gets it masked.
+                # Pool, fused ReLU, conv (or linear): the pool passes its
+                # gradient back through the ReLU (its input is the ReLU's
+                # output), so the layer before gets it masked.
                 layer.input_grad = True
                 g = layer.backward(g, relu_input=layers[i - 1]._y)
-                conv, i = layers[i - 2], i - 2
-                conv.input_grad = True if i > 0 else self.input_grad
-                g = conv.backward(g)
+                before, i = layers[i - 2], i - 2
+                before.input_grad = True if i > 0 else self.input_grad
+                g = before.backward(g)
             elif i in self._fused:
-                conv, i = layers[i - 1], i - 1
-                conv.input_grad = True if i > 0 else self.input_grad
-                g = conv.backward(g, relu_output=layer._y)
+                before, i = layers[i - 1], i - 1
+                before.input_grad = True if i > 0 else self.input_grad
+                g = before.backward(g, relu_output=layer._y)
             else:
                 layer.input_grad = True if i > 0 else self.input_grad
                 g = layer.backward(g)

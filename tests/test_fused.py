@@ -379,28 +379,109 @@ def _assert_is_layer_by_layer(seq, x, y, g, gi):
     assert_bitwise("Sequential.grad_input (fused vs layers)", gi, gg, "", "layer by layer")
 
 
-def test_pool_after_fused_pair_masks_and_is_bitwise_the_layers(monkeypatch):
-    # Conv2d, ReLU(inplace), MaxPool2d: the pool's backward applies the
-    # ReLU's mask and the conv takes the masked gradient as is.
+# Conv2d, ReLU(inplace), MaxPool2d run as one op in Sequential: (input shape,
+# Conv2d arguments, MaxPool2d arguments, whether the row kernels run the
+# convolution so each image is pooled from a per-thread buffer).
+_TRIPLES = {
+    "tutorial_1": ((3, 1, 28, 28), dict(in_channels=1, out_channels=6, kernel_size=5), {}, True),
+    "tutorial_2": ((3, 6, 12, 12), dict(in_channels=6, out_channels=12, kernel_size=5), {}, True),
+    "wide_1": ((2, 1, 28, 28), dict(in_channels=1, out_channels=32, kernel_size=3, padding=1),
+               {}, True),
+    "wide_2_winograd": ((2, 32, 14, 14),
+                        dict(in_channels=32, out_channels=32, kernel_size=3, padding=1), {}, False),
+    "odd_pool_3x3_s2_p1_ceil": ((2, 3, 11, 13),
+                                dict(in_channels=3, out_channels=5, kernel_size=3, padding=1),
+                                dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), True),
+    "overlapping_2x2_s1": ((2, 2, 9, 8), dict(in_channels=2, out_channels=4, kernel_size=3),
+                           dict(kernel_size=2, stride=1), True),
+    "odd_output_rows": ((1, 2, 11, 12), dict(in_channels=2, out_channels=3, kernel_size=2), {},
+                        True),
+    "strided_conv": ((2, 4, 13, 13),
+                     dict(in_channels=4, out_channels=16, kernel_size=3, stride=2), {}, False),
+    "no_bias": ((2, 3, 10, 10), dict(in_channels=3, out_channels=7, kernel_size=3, bias=False),
+                {}, True),
+    "reflect_padding": ((2, 2, 9, 9), dict(in_channels=2, out_channels=4, kernel_size=3,
+                                           padding=1, padding_mode="reflect"), {}, True),
+    "batch_1_pool_as_large_as_output": ((1, 1, 6, 6),
+                                        dict(in_channels=1, out_channels=2, kernel_size=3),
+                                        dict(kernel_size=4), True),
+}  # fmt: skip
+
+
+def _triple_reference(conv, pool_kw, x, g):
+    """The three ops on the functional API: int64 indices, the full-size
+    ReLU output as the mask, conv2d_backward of the masked gradient."""
+    w, b = conv.weight.data, None if conv.bias is None else conv.bias.data
+    xin = x if conv._explicit_pad is None else convcore.pad(x, conv._explicit_pad, "reflect")
+    kw = dict(stride=conv.stride, padding=conv._conv_padding())
+    c = convcore.conv2d_relu(xin, w, b, **kw)
+    out, idx = convcore.max_pool2d(c, **pool_kw, return_indices=True)
+    gc = convcore.max_pool2d_backward(g, idx, c.shape, relu_input=c)
+    gi, gw, gb = convcore.conv2d_backward(gc, xin, w, **kw)
+    if conv._explicit_pad is not None:
+        gi = convcore.pad_backward(gi, x.shape, conv._explicit_pad, "reflect")
+    return out, gi, gw, gb
+
+
+@pytest.mark.parametrize("kind", ["normal", "special"])
+@pytest.mark.parametrize("name", _TRIPLES)
+def test_conv_relu_pool_is_one_op_bitwise_the_three(name, kind, isa):
+    shape, conv_kw, pool_kw, rows = _TRIPLES[name]
+    pool_kw = pool_kw or dict(kernel_size=2)
+    conv = nn.Conv2d(**conv_kw, rng=0)
+    seq = nn.Sequential(conv, nn.ReLU(inplace=True), nn.MaxPool2d(**pool_kw))
+    seq.input_grad = True
+    x = rand(shape, 1, "special" if kind == "special" else "normal")
+    if kind == "special":
+        conv.weight.data[0, 0, 0, 0] = np.inf  # inf * 0 and inf - inf in the sums
+    y = seq(x)
+    assert seq._pooled == {2} and seq._fused == {1}
+    fused = convcore.last_kernel("conv2d_relu_maxpool2d_fwd")
+    expect_rows = rows and isa == "avx512"
+    assert fused.endswith("_rows_8w__avx512" if expect_rows else "_unfused"), fused
+    g = rand(y.shape, 2, "special" if kind == "special" else "normal")
+    gi = seq.backward(g.copy())
+    out, rgi, rgw, rgb = _triple_reference(conv, pool_kw, x, g)
+    case = f"{name} {kind}"
+    assert_bitwise("conv+relu+pool.output (Sequential vs ops)", y, out, case, "three ops")
+    assert_bitwise("conv+relu+pool.grad_input (Sequential vs ops)", gi, rgi, case, "three ops")
+    assert_bitwise("conv+relu+pool.grad_weight", conv.weight.grad, rgw, case, "three ops")
+    if conv.bias is not None:
+        assert_bitwise("conv+relu+pool.grad_bias", conv.bias.grad, rgb, case, "three ops")
+
+
+def test_conv_relu_pool_unfused_when_the_row_kernel_is_disabled():
+    """Disabling the row-segment forward makes the fused op run the
+    convolution the forward list picks instead, then the pool: the same bits."""
+    x = rand((2, 1, 28, 28), 1)
+    conv = nn.Conv2d(1, 6, 5, rng=0)
+    seq = nn.Sequential(conv, nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    y = seq(x)
+    saved = convcore.disabled_implementations()
+    try:
+        convcore.set_disabled_implementations(["conv2d_fwd_f32_rows_8w__avx512"])
+        y2 = seq(x)
+        assert convcore.last_kernel("conv2d_relu_maxpool2d_fwd").endswith("_unfused")
+        assert not convcore.last_kernel("conv2d_fwd").startswith("conv2d_fwd_f32_rows")
+    finally:
+        convcore.set_disabled_implementations(saved)
+    # Another convolution kernel: within the oracle's bounds, not the same bits.
+    np.testing.assert_allclose(y2, y, rtol=1e-5, atol=1e-5)
+
+
+def test_pool_after_fused_pair_masks_and_is_bitwise_the_layers():
+    # Conv2d, ReLU(inplace), MaxPool2d run as one op; layer by layer (each
+    # layer's own forward and backward) gives the same bits.
     seq = nn.Sequential(
         nn.Conv2d(1, 6, 5, rng=0), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(6, 12, 3, rng=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
     )  # fmt: skip
     x = rand((3, 1, 16, 16))
     y = seq(x)
-    assert seq._fused == {1, 4}
+    assert seq._fused == {1, 4} and seq._pooled == {2, 5}
     seq.input_grad = True
-    calls = []
-    real = nn.max_pool2d_backward
-
-    def spy(*args, relu_input=None):
-        calls.append(relu_input is not None)
-        return real(*args, relu_input=relu_input)
-
-    monkeypatch.setattr(nn, "max_pool2d_backward", spy)
     g = rand(y.shape, 2)
     gi = seq.backward(g.copy())
-    assert calls == [True, True]
     grads = [p.grad.copy() for p in seq.parameters()]
     seq.zero_grad()
     _assert_is_layer_by_layer(seq, x, y, g, gi)

@@ -11,6 +11,7 @@ from convcore import problems
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import (
+    assert_bitwise,
     available_isas,
     check,
     check_max_pool2d_backward_indices,
@@ -375,3 +376,122 @@ def test_window_wholly_in_padding():
     assert np.all(y == -np.inf) and np.all(idx == 1)
     with pytest.raises(ValueError, match="indices"):
         convcore.max_pool2d_backward(np.ones_like(y), idx, x.shape)
+
+
+# ---------------------------------------------------------------------------
+# The training path's workspace: each window's maximum as one byte, its tap
+# (max_pool2d_offsets_forward / _backward, what nn.MaxPool2d keeps), bitwise
+# the int64 path, with the ReLU's mask taken from the pool's output
+# ---------------------------------------------------------------------------
+
+_OFFSET_CASES = [
+    n
+    for n, (shape, kw) in CASES.items()
+    if len(shape) == 4 and kw.get("dilation", 1) == 1 and shape[0] > 0
+] + ["batch_0"]
+
+
+def _pool_args(kw):
+    k = kw["kernel_size"]
+    kh, kw_ = (k, k) if isinstance(k, int) else tuple(k)
+    s = kw.get("stride", (kh, kw_))
+    sh, sw = (s, s) if isinstance(s, int) else (tuple(s) if len(s) else (kh, kw_))
+    p = kw.get("padding", 0)
+    ph, pw = (p, p) if isinstance(p, int) else tuple(p)
+    return kh, kw_, sh, sw, ph, pw, bool(kw.get("ceil_mode", False))
+
+
+def _taps_to_indices(off, args, W):
+    kh, kw, sh, sw, ph, pw, _ = args
+    P, Q = off.shape[2:]
+    h = (np.arange(P) * sh - ph)[:, None] + off.astype(np.int64) // kw
+    w = (np.arange(Q) * sw - pw)[None, :] + off.astype(np.int64) % kw
+    return h * W + w
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", _OFFSET_CASES)
+def test_offsets_are_the_int64_path(name, kind, isa):
+    shape, kw = CASES[name]
+    args = _pool_args(kw)
+    pre = rand(shape, 5, kind)
+    y = np.maximum(pre, np.float32(0)) if kind != "special" else pre
+    want, idx = convcore.max_pool2d(y, **kw, return_indices=True)
+    got, off = convcore._core.max_pool2d_offsets_forward(y, *args)
+    assert off.dtype == np.uint8 and off.shape == want.shape
+    assert_bitwise("max_pool2d offsets.output", got, want, name, "int64 path")
+    assert np.array_equal(_taps_to_indices(off, args, shape[3]), idx), name
+    go = rand(want.shape, 6, "special" if kind == "special" else "normal")
+    plain = convcore.max_pool2d_backward(go, idx, shape)
+    assert_bitwise(
+        "max_pool2d offsets.grad_input",
+        convcore._core.max_pool2d_offsets_backward(go, off, list(shape), *args),
+        plain,
+        name,
+        "int64 path",
+    )
+    # Through the ReLU before the pool: the mask from the pool's output is
+    # bitwise the mask from the full-size ReLU output.
+    r = np.maximum(pre, np.float32(0))
+    rout, ridx = convcore.max_pool2d(r, **kw, return_indices=True)
+    _, roff = convcore._core.max_pool2d_offsets_forward(r, *args)
+    assert_bitwise(
+        "max_pool2d offsets.grad_input through ReLU",
+        convcore._core.max_pool2d_offsets_backward(go, roff, list(shape), *args, rout),
+        convcore.max_pool2d_backward(go, ridx, shape, relu_input=r),
+        name,
+        "int64 path with relu_input",
+    )
+
+
+def test_offsets_model_layers_run_the_fast_kernels():
+    active = convcore.build_info()["isa_active"]
+    fast = "__avx512" if active == "avx512" else "__ref"
+    for name in problems.ALL_POOL:
+        x, kw = pool_case(name, kind="relu")
+        args = _pool_args(kw)
+        y, off = convcore._core.max_pool2d_offsets_forward(x, *args)
+        assert convcore.last_kernel("maxpool2d_fwd_offsets").endswith(fast), name
+        convcore._core.max_pool2d_offsets_backward(y, off, list(x.shape), *args, y)
+        assert convcore.last_kernel("maxpool2d_bwd_offsets").endswith(fast), name
+
+
+@pytest.mark.parametrize(
+    "shape,args,bad",
+    [
+        ((2, 3, 8, 8), (2, 2, 2, 2, 0, 0, False), 4),  # tap past a 2x2 window (fast kernel)
+        ((2, 3, 8, 8), (2, 2, 2, 2, 0, 0, False), 255),
+        ((2, 3, 7, 9), (3, 3, 2, 2, 1, 1, True), 9),  # past a 3x3 window (reference)
+        ((2, 3, 7, 9), (3, 3, 2, 2, 1, 1, True), 0),  # tap 0 of window (0, 0): the padding
+    ],
+)
+def test_offsets_bad_tap_is_an_error_naming_offsets(shape, args, bad, isa):
+    x = rand(shape, 1)
+    y, off = convcore._core.max_pool2d_offsets_forward(x, *args)
+    off = off.copy()
+    off[1, 2, 0, 0] = bad
+    with pytest.raises(ValueError, match="offsets: plane 5 holds a window tap outside"):
+        convcore._core.max_pool2d_offsets_backward(y, off, list(shape), *args)
+
+
+def test_offsets_argument_errors():
+    x = rand((2, 3, 8, 8), 1)
+    args = (2, 2, 2, 2, 0, 0, False)
+    y, off = convcore._core.max_pool2d_offsets_forward(x, *args)
+    back = convcore._core.max_pool2d_offsets_backward
+    with pytest.raises(ValueError, match=r"kernel_size: window offsets hold at most 256 taps"):
+        convcore._core.max_pool2d_offsets_forward(
+            rand((1, 1, 20, 20), 1), 17, 16, 1, 1, 0, 0, False
+        )
+    with pytest.raises(TypeError, match="offsets: expected a uint8 array"):
+        back(y, off.astype(np.int64), [2, 3, 8, 8], *args)
+    with pytest.raises(ValueError, match=r"offsets: expected shape \(2, 3, 4, 4\)"):
+        back(y, off[:, :2].copy(), [2, 3, 8, 8], *args)
+    with pytest.raises(ValueError, match="offsets: expected a C-contiguous"):
+        back(y, np.asfortranarray(off), [2, 3, 8, 8], *args)
+    with pytest.raises(ValueError, match=r"grad_output: expected shape \(2, 3, 4, 4\)"):
+        back(y[:, :, :3].copy(), off, [2, 3, 8, 8], *args)
+    with pytest.raises(ValueError, match=r"output: expected shape \(2, 3, 4, 4\)"):
+        back(y, off, [2, 3, 8, 8], *args, y[:1].copy())
+    with pytest.raises(ValueError, match="input_shape: expected"):
+        back(y, off, [3, 8, 8], *args)

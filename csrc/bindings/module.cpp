@@ -256,6 +256,102 @@ py::array_t<float> max_pool2d_backward(const py::array& grad_output, const py::a
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// The training path's pool: each window's maximum kept as one byte, its tap
+// (ops.h, maxpool2d_forward_offsets), dilation 1.
+// ---------------------------------------------------------------------------
+
+convcore::Pool2dGeometry offsets_pool_geometry(const int64_t in[4], int64_t kh, int64_t kw,
+                                               int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                               bool ceil_mode) {
+  const auto g = convcore::make_pool2d_geometry(in, kh, kw, sh, sw, ph, pw, 1, 1, ceil_mode);
+  if (!convcore::maxpool2d_offsets_fit(g))
+    throw ArgumentError("kernel_size: window offsets hold at most 256 taps a window, got (" +
+                        std::to_string(kh) + " x " + std::to_string(kw) +
+                        "); use max_pool2d_forward's int64 indices");
+  return g;
+}
+
+py::array_t<uint8_t> new_offsets(const convcore::Pool2dGeometry& g) {
+  return py::array_t<uint8_t>(std::vector<py::ssize_t>{g.N, g.C, g.P, g.Q});
+}
+
+py::tuple max_pool2d_offsets_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh,
+                                     int64_t sw, int64_t ph, int64_t pw, bool ceil_mode) {
+  const float* x = float_input(input, "input", 4);
+  const auto in = convcore::bindings::shape_of(input);
+  const auto g = offsets_pool_geometry(in.data(), kh, kw, sh, sw, ph, pw, ceil_mode);
+  auto out = new_float({g.N, g.C, g.P, g.Q});
+  auto off = new_offsets(g);
+  float* y = out.mutable_data();
+  uint8_t* o = off.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::maxpool2d_forward_offsets(g, x, y, o);
+  }
+  return py::make_tuple(out, off);
+}
+
+// output: the forward's output when the pooled input was a ReLU's output
+// (None: no ReLU); the gradient then also passes back through that ReLU.
+py::array_t<float> max_pool2d_offsets_backward(const py::array& grad_output,
+                                               const py::array& offsets,
+                                               const std::vector<int64_t>& input_shape, int64_t kh,
+                                               int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                                               int64_t pw, bool ceil_mode,
+                                               const std::optional<py::array>& output) {
+  const float* dy = float_input(grad_output, "grad_output", 4);
+  if (input_shape.size() != 4)
+    throw ArgumentError("input_shape: expected (N, C, H, W), got " +
+                        std::to_string(input_shape.size()) + " sizes");
+  const auto g = offsets_pool_geometry(input_shape.data(), kh, kw, sh, sw, ph, pw, ceil_mode);
+  const int64_t out_shape[4] = {g.N, g.C, g.P, g.Q};
+  require_shape(grad_output, "grad_output", out_shape, 4);
+  if (!offsets.dtype().equal(py::dtype::of<uint8_t>()))
+    throw py::type_error(
+        "offsets: expected a uint8 array (max_pool2d_offsets_forward's), got dtype " +
+        py::str(offsets.dtype()).cast<std::string>());
+  convcore::bindings::check_ndim(offsets, "offsets", 4);
+  require_shape(offsets, "offsets", out_shape, 4);
+  const uint8_t* o = static_cast<const uint8_t*>(offsets.data());
+  const float* y = nullptr;
+  if (output) {
+    y = float_input(*output, "output", 4);
+    require_shape(*output, "output", out_shape, 4);
+  }
+  auto out = new_float({g.N, g.C, g.H, g.W});
+  float* dx = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::maxpool2d_backward_offsets(g, dy, o, dx, y);
+  }
+  return out;
+}
+
+// max_pool2d_offsets_forward(max(conv2d_forward(...) , 0), ...) in one call.
+py::tuple conv2d_relu_max_pool2d_forward(const py::array& input, const py::array& weight,
+                                         const std::optional<py::array>& bias, int64_t sh,
+                                         int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                                         int64_t dil_h, int64_t dil_w, int64_t groups, int64_t kh,
+                                         int64_t kw, int64_t psh, int64_t psw, int64_t pph,
+                                         int64_t ppw, bool ceil_mode) {
+  const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dil_h, dil_w, groups);
+  const float* b = bias ? bias_input(*bias, g.K) : nullptr;
+  const int64_t conv_out[4] = {g.N, g.K, g.P, g.Q};
+  const auto pg = offsets_pool_geometry(conv_out, kh, kw, psh, psw, pph, ppw, ceil_mode);
+  auto out = new_float({pg.N, pg.C, pg.P, pg.Q});
+  auto off = new_offsets(pg);
+  const float* x = static_cast<const float*>(input.data());
+  const float* w = static_cast<const float*>(weight.data());
+  float* y = out.mutable_data();
+  uint8_t* o = off.mutable_data();
+  {
+    py::gil_scoped_release release;
+    convcore::conv2d_relu_maxpool2d_forward(g, pg, x, w, b, y, o);
+  }
+  return py::make_tuple(out, off);
+}
+
 py::array_t<float> pad_forward(const py::array& input, int64_t l, int64_t r, int64_t t, int64_t b,
                                const std::string& mode, float value) {
   const float* x = float_input(input, "input");
@@ -523,6 +619,19 @@ PYBIND11_MODULE(_core, m) {
         py::arg("return_indices") = true);
   m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_output"), py::arg("indices"),
         py::arg("input_shape"), py::arg("relu_input") = py::none());
+  m.def("max_pool2d_offsets_forward", &max_pool2d_offsets_forward, py::arg("input"),
+        py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"),
+        py::arg("pad_h"), py::arg("pad_w"), py::arg("ceil_mode"));
+  m.def("max_pool2d_offsets_backward", &max_pool2d_offsets_backward, py::arg("grad_output"),
+        py::arg("offsets"), py::arg("input_shape"), py::arg("kernel_h"), py::arg("kernel_w"),
+        py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+        py::arg("ceil_mode"), py::arg("output") = py::none());
+  m.def("conv2d_relu_max_pool2d_forward", &conv2d_relu_max_pool2d_forward, py::arg("input"),
+        py::arg("weight"), py::arg("bias"), py::arg("stride_h"), py::arg("stride_w"),
+        py::arg("pad_top"), py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"),
+        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"), py::arg("kernel_h"),
+        py::arg("kernel_w"), py::arg("pool_stride_h"), py::arg("pool_stride_w"),
+        py::arg("pool_pad_h"), py::arg("pool_pad_w"), py::arg("ceil_mode"));
   m.def("pad_forward", &pad_forward, py::arg("input"), py::arg("left"), py::arg("right"),
         py::arg("top"), py::arg("bottom"), py::arg("mode"), py::arg("value"));
   m.def("pad_backward", &pad_backward, py::arg("grad_output"), py::arg("input_shape"),

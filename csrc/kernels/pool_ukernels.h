@@ -26,6 +26,19 @@ void maxpool2d_fwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const
 // the caller handles it with the general scatter.
 int64_t maxpool2d_bwd_f32_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* dy,
                                         const int64_t* idx, float* dx);
+// The same pair with each window's maximum kept as one byte, its tap 0..3
+// (top-left, top-right, bottom-left, bottom-right): the training path's
+// compact workspace, an eighth of the int64 stream.  off may be null in the
+// forward.  The backward takes y, the forward's output, or null: when the
+// pooled input was a ReLU's output, the gradient also passes back through
+// that ReLU, each window's value times 0 where y is not > 0 (y is the
+// ReLU's output at the maximum).  A tap above 3 stops it as an index outside
+// its window stops the int64 kernel.
+void maxpool2d_fwd_f32_offsets_2x2s2__avx512(int64_t planes, int64_t H, int64_t W, const float* x,
+                                             float* y, uint8_t* off);
+int64_t maxpool2d_bwd_f32_offsets_2x2s2__avx512(int64_t planes, int64_t H, int64_t W,
+                                                const float* dy, const uint8_t* off, const float* y,
+                                                float* dx);
 #endif
 
 }  // namespace convcore

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "common/cpu.h"
@@ -338,6 +339,59 @@ void run_bwd_data_winograd(const Conv2dGeometry& g, const ConvArgs& a) {
 }
 #endif
 
+// ---------------------------------------------------------------------------
+// Conv2d + ReLU + MaxPool2d forward (the training path's fused triple): the
+// pool keeps its maxima as window offsets (ops.h).  Where the forward list
+// selects the row-segment kernel, each image is pooled from a per-thread
+// buffer right after it is computed and the full-size activation is never
+// written; else the selected convolution writes it and the pool reads it.
+// Either way bitwise the three ops.
+// ---------------------------------------------------------------------------
+
+struct ConvPoolProblem {
+  Conv2dGeometry conv;
+  Pool2dGeometry pool;
+};
+struct ConvPoolArgs {
+  const float* x;
+  const float* w;
+  const float* b;
+  float* y;
+  uint8_t* off;
+};
+using ConvPoolImpl = Impl<ConvPoolProblem, ConvPoolArgs>;
+
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+bool rows_selected(const ConvPoolProblem& p) {
+  return select_impl(kFwdImpls, p.conv).run == run_fwd_rows_avx512;
+}
+void run_fwd_rows_pool_avx512(const ConvPoolProblem& p, const ConvPoolArgs& a) {
+  note_kernel("conv2d_fwd", select_impl(kFwdImpls, p.conv).name, p.conv.name());
+  const PoolPlanesFn pool = maxpool2d_forward_offsets_planes(p.pool);
+  const int64_t K = p.conv.K, img = K * p.pool.P * p.pool.Q;
+  forward_rows_per_image(
+      kRowsAvx512, p.conv, a.x, a.w, a.b, true,
+      [&](int64_t n, const float* out) { pool(K, out, a.y + n * img, a.off + n * img); });
+}
+#endif
+
+void run_fwd_pool_unfused(const ConvPoolProblem& p, const ConvPoolArgs& a) {
+  const Conv2dGeometry& g = p.conv;
+  std::unique_ptr<float[]> out(new float[size_t(g.N * g.K * g.P * g.Q)]);
+  conv2d_forward(g, a.x, a.w, a.b, out.get(), true);
+  maxpool2d_forward_offsets(p.pool, out.get(), a.y, a.off);
+}
+
+const ConvPoolImpl kFwdPoolImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"conv2d_relu_maxpool2d_fwd_f32_rows_8w__avx512", Isa::Avx512, rows_selected,
+     run_fwd_rows_pool_avx512},
+#endif
+    // The two ops in turn: what every other convolution runs (and the
+    // reference that ends the list).
+    {"conv2d_relu_maxpool2d_fwd_f32_unfused", Isa::Scalar, always, run_fwd_pool_unfused},
+};
+
 }  // namespace
 
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
@@ -350,6 +404,14 @@ void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, con
   a.y = y;
   a.relu = relu;
   run_first_applicable("conv2d_fwd", kFwdImpls, g, g.name(), a);
+}
+
+void conv2d_relu_maxpool2d_forward(const Conv2dGeometry& g, const Pool2dGeometry& pool,
+                                   const float* x, const float* w, const float* b, float* y,
+                                   uint8_t* off) {
+  if (g.N == 0) return;
+  run_first_applicable("conv2d_relu_maxpool2d_fwd", kFwdPoolImpls, ConvPoolProblem{g, pool},
+                       g.name() + " then " + pool.name(), ConvPoolArgs{x, w, b, y, off});
 }
 
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
@@ -402,5 +464,8 @@ std::vector<std::string> conv2d_fwd_impl_names() { return impl_names(kFwdImpls);
 std::vector<std::string> conv2d_bwd_data_impl_names() { return impl_names(kBwdDataImpls); }
 std::vector<std::string> conv2d_bwd_weight_impl_names() { return impl_names(kBwdWeightImpls); }
 std::vector<std::string> conv2d_bwd_bias_impl_names() { return impl_names(kBwdBiasImpls); }
+std::vector<std::string> conv2d_relu_maxpool2d_fwd_impl_names() {
+  return impl_names(kFwdPoolImpls);
+}
 
 }  // namespace convcore

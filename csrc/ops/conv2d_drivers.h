@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "common/geometry.h"
@@ -238,6 +239,12 @@ bool rows_applicable(const Conv2dGeometry& g);
 bool rows_weight_applicable(const Conv2dGeometry& g);
 void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
                   const float* b, float* y, bool relu);
+// The forward with each image's output (K x P x Q, bias and ReLU applied)
+// in a per-thread buffer instead of y: image(n, buffer) runs on it while it
+// is in L1/L2 (the fused Conv2d + ReLU + MaxPool2d).  Bitwise forward_rows.
+using ConvImageFn = std::function<void(int64_t n, const float* out)>;
+void forward_rows_per_image(const RowsKernels& ks, const Conv2dGeometry& g, const float* x,
+                            const float* w, const float* b, bool relu, const ConvImageFn& image);
 void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,
                         const float* w, float* dx);
 // The data gradient on flat rows (ops/conv2d_rows.cpp): rows_applicable, no

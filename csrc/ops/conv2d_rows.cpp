@@ -75,8 +75,10 @@ const RowsKernel& pick_rows_kernel(const RowsKernels& ks, int64_t Kout) {
   return *best;
 }
 
+// image (may be null): instead of storing to problem.out, each image's
+// output goes to a per-thread buffer and image(n, buffer) runs on it.
 void run_rows(const RowsKernels& ks, const DirectConv& problem, const float* w,
-              bool transposed_flip, bool flat, int nt) {
+              bool transposed_flip, bool flat, int nt, const ConvImageFn* image = nullptr) {
   DirectConv d = problem;
   if (flat) d.pp = flat_planes(problem.pp, problem.Q);
   const RowsKernel& uk = pick_rows_kernel(ks, d.Kout);
@@ -124,15 +126,17 @@ void run_rows(const RowsKernels& ks, const DirectConv& problem, const float* w,
       float* xpad = thread_scratch(1).floats(d.Cin * plane + kLanes);
       pad_planes(d.pp, d.Cin, d.in + n * in_img, xpad);
       std::fill(xpad + d.Cin * plane, xpad + d.Cin * plane + kLanes, 0.0f);
+      float* out = image ? thread_scratch(3).floats(out_img) : d.out + n * out_img;
       for (int64_t b = 0; b < kblocks; ++b) {
         const int64_t k0 = b * kb, kn = std::min(kb, d.Kout - k0);
-        float* y = d.out + n * out_img + k0 * PQ;
+        float* y = out + k0 * PQ;
         const float* wp = wpack.data() + b * steps * kb;
         const float* bias = d.bias ? d.bias + k0 : nullptr;
         for (int64_t t = 0; t < tiles; ++t)
           uk.fn(step_lo[size_t(t)], step_hi[size_t(t)], wp, offsets.data(), xpad,
                 segs.data() + t * ns, std::min(ns, nseg - t * ns), y, PQ, kn, bias, d.relu);
       }
+      if (image) (*image)(n, out);
     });
   errors.rethrow();
 }
@@ -288,6 +292,12 @@ bool rows_weight_applicable(const Conv2dGeometry& g) { return rows_applicable(g)
 void forward_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* x, const float* w,
                   const float* b, float* y, bool relu) {
   run_rows(ks, direct_forward_problem(g, x, b, y, relu), w, false, false, conv_threads(g));
+}
+
+void forward_rows_per_image(const RowsKernels& ks, const Conv2dGeometry& g, const float* x,
+                            const float* w, const float* b, bool relu, const ConvImageFn& image) {
+  run_rows(ks, direct_forward_problem(g, x, b, nullptr, relu), w, false, false, conv_threads(g),
+           &image);
 }
 
 void backward_data_rows(const RowsKernels& ks, const Conv2dGeometry& g, const float* dy,

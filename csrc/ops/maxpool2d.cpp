@@ -182,6 +182,104 @@ const PoolImpl kBwdImpls[] = {
     {"maxpool2d_bwd_f32__ref", Isa::Scalar, always, run_bwd_ref},
 };
 
+// ---------------------------------------------------------------------------
+// The training path's compact form: each window's maximum kept as one byte,
+// its tap (ref_kernels.h), and the backward through the ReLU before the
+// pool taken from the pool's own output.
+// ---------------------------------------------------------------------------
+
+struct OffsetsArgs {
+  const float* x;
+  float* y;
+  uint8_t* off;
+  const float* dy;
+  const uint8_t* off_in;
+  const float* y_in;  // the forward's output, through a ReLU; else null
+  float* dx;
+  int threads;  // 0: pool_threads
+};
+using OffsetsImpl = Impl<Pool2dGeometry, OffsetsArgs>;
+
+int offsets_threads(const Pool2dGeometry& g, const OffsetsArgs& a) {
+  return a.threads > 0 ? a.threads : pool_threads(g);
+}
+
+[[noreturn]] void bad_offset(const Pool2dGeometry& g, int64_t plane) {
+  throw ArgumentError("offsets: plane " + std::to_string(plane) +
+                      " holds a window tap outside the kernel (" + std::to_string(g.kernel_h) +
+                      " x " + std::to_string(g.kernel_w) + ") or the input (" +
+                      std::to_string(g.H) + " x " + std::to_string(g.W) +
+                      "); pass what max_pool2d_offsets_forward returned for this geometry");
+}
+
+void run_bwd_offsets_plane_ref(const Pool2dGeometry& g, const OffsetsArgs& a, int64_t i) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  if (!maxpool2d_bwd_f32_offsets__ref(g, a.dy + i * PQ, a.off_in + i * PQ,
+                                      a.y_in ? a.y_in + i * PQ : nullptr, a.dx + i * HW))
+    bad_offset(g, i);
+}
+
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+void run_fwd_offsets_2x2s2_avx512(const Pool2dGeometry& g, const OffsetsArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
+    maxpool2d_fwd_f32_offsets_2x2s2__avx512(i1 - i0, g.H, g.W, a.x + i0 * HW, a.y + i0 * PQ,
+                                            a.off ? a.off + i0 * PQ : nullptr);
+  });
+}
+
+void run_bwd_offsets_2x2s2_avx512(const Pool2dGeometry& g, const OffsetsArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  TaskErrors errors;
+  for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
+    errors.run([&] {
+      for (int64_t i = i0; i < i1; ++i) {
+        i += maxpool2d_bwd_f32_offsets_2x2s2__avx512(
+            i1 - i, g.H, g.W, a.dy + i * PQ, a.off_in + i * PQ, a.y_in ? a.y_in + i * PQ : nullptr,
+            a.dx + i * HW);
+        if (i < i1) run_bwd_offsets_plane_ref(g, a, i);  // a tap above 3: names it
+      }
+    });
+  });
+  errors.rethrow();
+}
+#endif
+
+void run_fwd_offsets_ref(const Pool2dGeometry& g, const OffsetsArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      maxpool2d_fwd_f32_offsets__ref(g, a.x + i * HW, a.y + i * PQ,
+                                     a.off ? a.off + i * PQ : nullptr);
+  });
+}
+
+void run_bwd_offsets_ref(const Pool2dGeometry& g, const OffsetsArgs& a) {
+  TaskErrors errors;
+  for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
+    errors.run([&] {
+      for (int64_t i = i0; i < i1; ++i) run_bwd_offsets_plane_ref(g, a, i);
+    });
+  });
+  errors.rethrow();
+}
+
+const OffsetsImpl kFwdOffsetsImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"maxpool2d_fwd_f32_offsets_2x2s2__avx512", Isa::Avx512, is_2x2s2,
+     run_fwd_offsets_2x2s2_avx512},
+#endif
+    {"maxpool2d_fwd_f32_offsets__ref", Isa::Scalar, always, run_fwd_offsets_ref},
+};
+
+const OffsetsImpl kBwdOffsetsImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"maxpool2d_bwd_f32_offsets_2x2s2__avx512", Isa::Avx512, is_2x2s2,
+     run_bwd_offsets_2x2s2_avx512},
+#endif
+    {"maxpool2d_bwd_f32_offsets__ref", Isa::Scalar, always, run_bwd_offsets_ref},
+};
+
 }  // namespace
 
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx) {
@@ -197,7 +295,37 @@ void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t*
                        PoolArgs{nullptr, nullptr, nullptr, dy, idx, dx, relu_y});
 }
 
+bool maxpool2d_offsets_fit(const Pool2dGeometry& g) {
+  return g.dil_h == 1 && g.dil_w == 1 && g.kernel_h * g.kernel_w <= 256;
+}
+
+void maxpool2d_forward_offsets(const Pool2dGeometry& g, const float* x, float* y, uint8_t* off) {
+  if (g.planes() == 0) return;
+  run_first_applicable("maxpool2d_fwd_offsets", kFwdOffsetsImpls, g, g.name(),
+                       OffsetsArgs{x, y, off, nullptr, nullptr, nullptr, nullptr, 0});
+}
+
+PoolPlanesFn maxpool2d_forward_offsets_planes(const Pool2dGeometry& g) {
+  const OffsetsImpl& impl = select_impl(kFwdOffsetsImpls, g);
+  note_kernel("maxpool2d_fwd_offsets", impl.name, g.name());
+  return [&impl, g](int64_t planes, const float* x, float* y, uint8_t* off) {
+    Pool2dGeometry part = g;
+    part.N = 1;
+    part.C = planes;
+    impl.run(part, OffsetsArgs{x, y, off, nullptr, nullptr, nullptr, nullptr, 1});
+  };
+}
+
+void maxpool2d_backward_offsets(const Pool2dGeometry& g, const float* dy, const uint8_t* off,
+                                float* dx, const float* y) {
+  if (g.planes() == 0) return;
+  run_first_applicable("maxpool2d_bwd_offsets", kBwdOffsetsImpls, g, g.name(),
+                       OffsetsArgs{nullptr, nullptr, nullptr, dy, off, y, dx, 0});
+}
+
 std::vector<std::string> maxpool2d_fwd_impl_names() { return impl_names(kFwdImpls); }
 std::vector<std::string> maxpool2d_bwd_impl_names() { return impl_names(kBwdImpls); }
+std::vector<std::string> maxpool2d_fwd_offsets_impl_names() { return impl_names(kFwdOffsetsImpls); }
+std::vector<std::string> maxpool2d_bwd_offsets_impl_names() { return impl_names(kBwdOffsetsImpls); }
 
 }  // namespace convcore

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,15 @@ namespace convcore {
 // has just written: bitwise conv2d then ReLU (NaN stays NaN, -0 becomes +0).
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
                     float* y, bool relu = false);
+// y and off (N x K x P' x Q') = maxpool2d_forward_offsets(pool,
+// max(conv2d(x, w) + b, 0)), pool's input being the convolution's output
+// (N x K x P x Q): the Conv2d + ReLU + MaxPool2d of a training step, bitwise
+// the three ops.  Where the row-segment kernel runs the convolution, each
+// image is pooled as soon as it is computed, from a per-thread buffer, and
+// the full-size activation is never written.
+void conv2d_relu_maxpool2d_forward(const Conv2dGeometry& g, const Pool2dGeometry& pool,
+                                   const float* x, const float* w, const float* b, float* y,
+                                   uint8_t* off);
 // dx (N x C x H x W) from dy (N x K x P x Q) and w.
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
 // dw (K x C/G x R x S) from dy and x.  Bitwise identical for any thread
@@ -65,6 +75,26 @@ void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_
 // bool mask.
 void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx,
                         const float* relu_y = nullptr);
+
+// The training path's compact form of the pool (dilation 1, at most 256
+// taps a window: maxpool2d_offsets_fit): each window's maximum kept as one
+// byte, its tap i * kernel_w + j from the window's top-left corner, instead
+// of an int64 index -- the same maxima, scan order and NaN rule.
+bool maxpool2d_offsets_fit(const Pool2dGeometry& g);
+void maxpool2d_forward_offsets(const Pool2dGeometry& g, const float* x, float* y, uint8_t* off);
+// The entry maxpool2d_forward_offsets would run on g, recorded once, as a
+// function that runs it on the calling thread over `planes` planes of g's
+// size (a fused caller's per-image epilogue).
+using PoolPlanesFn = std::function<void(int64_t planes, const float* x, float* y, uint8_t* off)>;
+PoolPlanesFn maxpool2d_forward_offsets_planes(const Pool2dGeometry& g);
+// dx (N x C x H x W) from dy and off (N x C x P x Q), g the forward's full
+// geometry.  y (may be null): the forward's output, when the pooled input
+// was a ReLU's output; dx then also passes back through that ReLU -- the
+// mask at each maximum is y > 0 there -- bitwise maxpool2d_backward with
+// relu_y.  Throws ArgumentError naming `offsets` for a tap outside the
+// kernel or the input.
+void maxpool2d_backward_offsets(const Pool2dGeometry& g, const float* dy, const uint8_t* off,
+                                float* dx, const float* y = nullptr);
 
 void pad2d_forward(const Pad2dGeometry& g, const float* x, float* y, float value);
 void pad2d_backward(const Pad2dGeometry& g, const float* dy, float* dx);

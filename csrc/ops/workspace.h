@@ -40,9 +40,10 @@ class ScratchBuffer {
 // Slot 0: GEMM packing.  Slot 1: the padded input of the direct and
 // weight-gradient drivers, the columns of the GEMM data gradient (before
 // col2im), or the partial rows of the tap-column data gradient.  Slot 2:
-// the weight-gradient driver's rearranged grad_output.
+// the weight-gradient driver's rearranged grad_output.  Slot 3: one image's
+// output of a forward with a per-image epilogue (the fused conv + pool).
 inline ScratchBuffer& thread_scratch(int slot) {
-  thread_local ScratchBuffer buffers[3];
+  thread_local ScratchBuffer buffers[4];
   return buffers[slot];
 }
 

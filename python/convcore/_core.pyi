@@ -2,7 +2,8 @@
 
 The public API is convcore.functional (argument normalisation, docs); these
 are its low-level entry points with every size resolved to ints.  Arrays are
-C-contiguous numpy arrays: float32 data, int64 indices.  Invalid arguments
+C-contiguous numpy arrays: float32 data, int64 indices (uint8 window
+offsets in the training path's pool).  Invalid arguments
 raise ValueError (or TypeError for a wrong dtype) naming the argument.
 """
 
@@ -15,6 +16,7 @@ import numpy.typing as npt
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
 
 def conv2d_forward(
     input: F32,
@@ -76,6 +78,50 @@ def max_pool2d_forward(
 def max_pool2d_backward(
     grad_output: F32, indices: I64, input_shape: Sequence[int], relu_input: F32 | None = None
 ) -> F32: ...
+def max_pool2d_offsets_forward(
+    input: F32,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    ceil_mode: bool,
+) -> tuple[F32, U8]: ...
+def max_pool2d_offsets_backward(
+    grad_output: F32,
+    offsets: U8,
+    input_shape: Sequence[int],
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    ceil_mode: bool,
+    output: F32 | None = None,
+) -> F32: ...
+def conv2d_relu_max_pool2d_forward(
+    input: F32,
+    weight: F32,
+    bias: F32 | None,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_bottom: int,
+    pad_left: int,
+    pad_right: int,
+    dilation_h: int,
+    dilation_w: int,
+    groups: int,
+    kernel_h: int,
+    kernel_w: int,
+    pool_stride_h: int,
+    pool_stride_w: int,
+    pool_pad_h: int,
+    pool_pad_w: int,
+    ceil_mode: bool,
+) -> tuple[F32, U8]: ...
 def pad_forward(
     input: F32, left: int, right: int, top: int, bottom: int, mode: str, value: float
 ) -> F32: ...

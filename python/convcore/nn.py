@@ -37,6 +37,8 @@ import numpy as np
 from ._backend import HOST, backend_of, device_backend, resolve_device
 from ._parameter import Parameter, ParameterPack
 from .functional import (
+    _conv_args,
+    _pool_args,
     batch_norm,
     batch_norm_backward,
     conv2d,
@@ -408,6 +410,34 @@ class Conv2d(Module):
             x, self.weight.data, b, self.stride, self._conv_padding(), self.dilation, self.groups
         )
 
+    def _forward_relu_pool(self, x, pool: MaxPool2d, pool_args):
+        """``pool(relu(self(x)))`` as one op (the backend's
+        ``conv2d_relu_max_pool2d_train_forward``) for :class:`Sequential`;
+        the full-size activation is not kept, so backward goes through
+        ``pool.backward(g, relu=True)`` and then this layer's ``backward(g)``.
+        Bitwise the three layers."""
+        if self._explicit_pad is not None:
+            self._in_shape = x.shape
+            x = pad(x, self._explicit_pad, self.padding_mode)
+        self._x = x
+        w = self.weight.data
+        b = self.bias.data if self.bias is not None else None
+        be = backend_of(x, w, b)
+        x = be.float_input(x, "input")
+        w = be.float_input(w, "weight", "input")
+        args = _conv_args(x, w, self.stride, self._conv_padding(), self.dilation, self.groups)
+        sh, sw, pt, pb, pl, pr, dh, dw = args[:8]
+        conv_shape = (
+            x.shape[0],
+            w.shape[0],
+            (x.shape[2] + pt + pb - dh * (w.shape[2] - 1) - 1) // sh + 1,
+            (x.shape[3] + pl + pr - dw * (w.shape[3] - 1) - 1) // sw + 1,
+        )
+        out, ws = be.conv2d_relu_max_pool2d_train_forward(x, w, b, *args, *pool_args)
+        pool._in_shape = conv_shape
+        pool._keep(pool_args, out, ws)
+        return out
+
     def backward(self, grad_output, *, relu_output=None):
         """Given ``relu_output`` (what ``forward(x, relu=True)`` returned),
         the gradient passes the ReLU first: ``grad_output`` is then masked in
@@ -446,37 +476,83 @@ class Conv2d(Module):
 
 
 class MaxPool2d(Module):
-    """Max pooling, as ``torch.nn.MaxPool2d`` (indices are kept for backward)."""
+    """Max pooling, as ``torch.nn.MaxPool2d``.
+
+    Forward keeps what backward needs: for a window of at most 256 taps
+    without dilation (every usual pool) a workspace in the backend's own
+    form -- on the host one byte per window, its maximum's tap, an eighth of
+    PyTorch's int64 indices -- else the int64 indices of
+    :func:`convcore.max_pool2d`.
+    """
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode: bool = False):
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
-        self._idx = None
+        self._idx = None  # int64 indices (functional path)
+        self._ws = None  # the training path's workspace
+        self._y = None
+
+    def _train_args(self, x):
+        """(kh, kw, sh, sw, ph, pw, ceil_mode) when the training path's
+        workspace holds this pool on ``x`` (4-D, dilation 1, at most 256
+        taps a window), else None."""
+        kh, kw, sh, sw, ph, pw, dh, dw = _pool_args(
+            self.kernel_size, self.stride, self.padding, self.dilation
+        )
+        if getattr(x, "ndim", None) != 4 or (dh, dw) != (1, 1) or kh * kw > 256:
+            return None
+        return kh, kw, sh, sw, ph, pw, bool(self.ceil_mode)
 
     def forward(self, x):
-        out, self._idx = max_pool2d(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.ceil_mode,
-            return_indices=True,
-        )
-        self._in_shape = x.shape
+        args = self._train_args(x)
+        self._in_shape = tuple(x.shape)
+        if args is None:
+            out, self._idx = max_pool2d(
+                x,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.ceil_mode,
+                return_indices=True,
+            )
+            self._ws = self._y = None
+            return out
+        be = backend_of(x)
+        x = be.float_input(x, "input")
+        out, ws = be.max_pool2d_train_forward(x, *args)
+        self._keep(args, out, ws)
         return out
 
-    def backward(self, grad_output, *, relu_input=None):
-        """Given ``relu_input`` (this pool's input, when it is a ReLU's
-        output), the gradient also passes back through that ReLU, in the same
-        pass (:func:`convcore.max_pool2d_backward`); :class:`Sequential`
-        does this for a fused Conv2d + ReLU followed by a MaxPool2d."""
-        if self._idx is None:
+    def _keep(self, args, out, ws) -> None:
+        """What the training path's backward reads: its arguments, the
+        output (the ReLU mask, when the pooled input was a ReLU's output)
+        and the workspace."""
+        self._args, self._y, self._ws, self._idx = args, out, ws, None
+
+    def backward(self, grad_output, *, relu_input=None, relu: bool = False):
+        """The gradient of the pool's input.  Through a ReLU before the pool
+        as well (in the same pass) when ``relu_input`` (the pool's input, a
+        ReLU's output) is given, or with ``relu=True`` when that input was not
+        kept (the fused Conv2d + ReLU + MaxPool2d of :class:`Sequential`):
+        the mask at each window's maximum is then this pool's own output > 0,
+        which is that ReLU's output there."""
+        if self._idx is None and self._ws is None:
             raise RuntimeError("MaxPool2d.backward: call forward first")
         if not self.input_grad:
             return None
+        through_relu = relu or relu_input is not None
+        if self._ws is not None:
+            be = backend_of(grad_output, self._ws)
+            g = be.float_input(grad_output, "grad_output")
+            out = self._y if through_relu else None
+            return be.max_pool2d_train_backward(g, self._ws, self._in_shape, *self._args, out)
+        if relu and relu_input is None:
+            raise RuntimeError(
+                "MaxPool2d.backward: relu=True needs relu_input for a pool kept as int64 indices"
+            )
         return max_pool2d_backward(grad_output, self._idx, self._in_shape, relu_input=relu_input)
 
     def extra_repr(self) -> str:
@@ -751,7 +827,12 @@ class Sequential(Module):
     in the pass that sums the bias gradient (:func:`convcore.conv2d_relu`,
     :func:`convcore.conv2d_relu_backward`), or, when a :class:`MaxPool2d`
     follows the pair, in the pool's backward as it writes each block of its
-    gradient (``max_pool2d_backward(..., relu_input=)``).  A :class:`Linear`
+    gradient (``max_pool2d_backward(..., relu_input=)``).  A Conv2d, an
+    in-place ReLU and a MaxPool2d (without dilation) run as one op in
+    forward: where the convolution runs on the row-segment kernels, each
+    image is pooled as soon as it is computed, and the full-size activation
+    is never written; the pool's backward then takes the ReLU's mask from its
+    own output, which is the ReLU's output at each maximum.  A :class:`Linear`
     followed by ``ReLU(inplace=True)`` runs the same way: the ReLU as the
     GEMM's blocks are written, its mask before the gradients.  The results are
     bitwise those of the layers; the layers, their names and the state_dict
@@ -763,6 +844,7 @@ class Sequential(Module):
         super().__init__()
         self.layers = list(layers)
         self._fused: set[int] = set()  # indices of the ReLUs the last forward fused
+        self._pooled: set[int] = set()  # indices of the pools fused with a Conv2d + ReLU
 
     def children(self):
         return [(str(i), m) for i, m in enumerate(self.layers)]
@@ -793,11 +875,34 @@ class Sequential(Module):
             and layers[i + 1].inplace
         )
 
+    def _pool_args(self, i: int, x):
+        """The pool's training arguments when layers i to i + 2 are a Conv2d,
+        an in-place ReLU and a MaxPool2d that keeps a workspace, else None."""
+        layers = self.layers
+        if (
+            i + 2 < len(layers)
+            and type(layers[i]) is Conv2d
+            and type(layers[i + 2]) is MaxPool2d
+            and self._fusable(i)
+            and getattr(x, "ndim", None) == 4
+        ):
+            # The pool's input is the convolution's output: 4-D like x.
+            return layers[i + 2]._train_args(x)
+        return None
+
     def forward(self, x):
         layers, fused = self.layers, set()
+        self._pooled = set()
         i = 0
         while i < len(layers):
-            if self._fusable(i):
+            pool_args = self._pool_args(i, x)
+            if pool_args is not None:
+                x = layers[i]._forward_relu_pool(x, layers[i + 2], pool_args)
+                layers[i + 1]._y = None  # not kept: the pool's mask stands for it
+                fused.add(i + 1)
+                self._pooled.add(i + 2)
+                i += 3
+            elif self._fusable(i):
                 x = layers[i].forward(x, relu=True)
                 layers[i + 1]._y = x
                 fused.add(i + 1)
@@ -814,7 +919,15 @@ class Sequential(Module):
         i = len(layers) - 1
         while i >= 0:
             layer = layers[i]
-            if i - 1 in self._fused and type(layer) is MaxPool2d:
+            if i in self._pooled:
+                # The fused Conv2d + ReLU + MaxPool2d: the pool's backward
+                # takes the ReLU's mask from its own output.
+                layer.input_grad = True
+                g = layer.backward(g, relu=True)
+                before, i = layers[i - 2], i - 2
+                before.input_grad = True if i > 0 else self.input_grad
+                g = before.backward(g)
+            elif i - 1 in self._fused and type(layer) is MaxPool2d:
                 # Pool, fused ReLU, conv (or linear): the pool passes its
                 # gradient back through the ReLU (its input is the ReLU's
                 # output), so the layer before gets it masked.

@@ -6,13 +6,18 @@
 
 namespace convcore {
 
-void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx) {
+namespace {
+
+// The scan of every window of one plane; store(o, value, h, w) gets output
+// o's maximum and its position.
+template <class Store>
+void scan_windows(const Pool2dGeometry& g, const float* x, Store store) {
   for (int64_t p = 0; p < g.P; ++p) {
     const int64_t h0 = p * g.stride_h - g.pad_h;
     for (int64_t q = 0; q < g.Q; ++q) {
       const int64_t w0 = q * g.stride_w - g.pad_w;
       float best = -std::numeric_limits<float>::infinity();
-      int64_t best_i = -1;
+      int64_t best_h = -1, best_w = -1;
       // Only the taps that land in the input: a window may be far larger
       // than the input (a kernel of 2^40 with ceil_mode is valid), and
       // visiting every tap would never end.  Same taps, same scan order.
@@ -28,27 +33,74 @@ void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, i
           // Scan order, strict '>': the first maximum wins a tie, and a NaN
           // always takes over, so NaN propagates (with the last NaN's index).
           // The first valid element seeds both value and index.
-          if (best_i < 0 || v > best || std::isnan(v)) {
+          if (best_h < 0 || v > best || std::isnan(v)) {
             best = v;
-            best_i = h * g.W + w;
+            best_h = h;
+            best_w = w;
           }
         }
       }
-      if (best_i < 0) {
+      if (best_h < 0) {
         // No element of the window lies in the input (possible only with
         // dilation): PyTorch reports -inf at the window's first in-range step.
-        best_i = (h0 + i0 * g.dil_h) * g.W + (w0 + j0 * g.dil_w);
+        best_h = h0 + i0 * g.dil_h;
+        best_w = w0 + j0 * g.dil_w;
       }
-      y[p * g.Q + q] = best;
-      if (idx) idx[p * g.Q + q] = best_i;
+      store(p * g.Q + q, best, best_h, best_w);
     }
   }
+}
+
+}  // namespace
+
+void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx) {
+  scan_windows(g, x, [&](int64_t o, float v, int64_t h, int64_t w) {
+    y[o] = v;
+    if (idx) idx[o] = h * g.W + w;
+  });
+}
+
+void maxpool2d_fwd_f32_offsets__ref(const Pool2dGeometry& g, const float* x, float* y,
+                                    uint8_t* off) {
+  scan_windows(g, x, [&](int64_t o, float v, int64_t h, int64_t w) {
+    y[o] = v;
+    if (off) {
+      const int64_t p = o / g.Q, q = o % g.Q;
+      off[o] =
+          uint8_t((h - (p * g.stride_h - g.pad_h)) * g.kernel_w + (w - (q * g.stride_w - g.pad_w)));
+    }
+  });
 }
 
 void maxpool2d_bwd_f32__ref(int64_t out_size, int64_t in_size, const float* dy, const int64_t* idx,
                             float* dx) {
   for (int64_t i = 0; i < in_size; ++i) dx[i] = 0.0f;
   for (int64_t o = 0; o < out_size; ++o) dx[idx[o]] += dy[o];
+}
+
+bool maxpool2d_bwd_f32_offsets__ref(const Pool2dGeometry& g, const float* dy, const uint8_t* off,
+                                    const float* y, float* dx) {
+  const int64_t PQ = g.P * g.Q;
+  // Positions first: a tap outside the kernel or the input is reported
+  // before anything is written.
+  for (int64_t o = 0; o < PQ; ++o) {
+    const int64_t h = (o / g.Q) * g.stride_h - g.pad_h + off[o] / g.kernel_w;
+    const int64_t w = (o % g.Q) * g.stride_w - g.pad_w + off[o] % g.kernel_w;
+    if (off[o] >= g.kernel_h * g.kernel_w || h < 0 || h >= g.H || w < 0 || w >= g.W) return false;
+  }
+  for (int64_t i = 0; i < g.H * g.W; ++i) dx[i] = 0.0f;
+  auto at = [&](int64_t o) {
+    return ((o / g.Q) * g.stride_h - g.pad_h + off[o] / g.kernel_w) * g.W + (o % g.Q) * g.stride_w -
+           g.pad_w + off[o] % g.kernel_w;
+  };
+  for (int64_t o = 0; o < PQ; ++o) dx[at(o)] += dy[o];
+  // Through the ReLU: the sum at each maximum times 0 where its value (y)
+  // is not > 0.  Windows that share a maximum share its value, and v * 0 *
+  // 0 is v * 0, so this is the mask applied once per position.
+  if (y)
+    for (int64_t o = 0; o < PQ; ++o)
+      if (!(y[o] > 0.0f)) dx[at(o)] *= 0.0f;
+  return true;
 }
 
 }  // namespace convcore

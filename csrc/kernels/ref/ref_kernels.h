@@ -47,6 +47,19 @@ void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, i
 // One plane: dx (H x W) = scatter-add of dy (P x Q) through idx; dx is zeroed first.
 void maxpool2d_bwd_f32__ref(int64_t out_size, int64_t in_size, const float* dy, const int64_t* idx,
                             float* dx);
+// The training path's compact form, dilation 1 and kernel_h * kernel_w <=
+// 256: each window's maximum as one byte, its tap i * kernel_w + j from the
+// window's top-left corner (off may be null: values only).
+void maxpool2d_fwd_f32_offsets__ref(const Pool2dGeometry& g, const float* x, float* y,
+                                    uint8_t* off);
+// One plane: dx (H x W) = scatter-add of dy through the taps off; with y
+// (the forward's output; may be null: no ReLU), the pooled input was a
+// ReLU's output and the sum at each maximum is multiplied by 0 where y is
+// not > 0 -- bitwise the int64 scatter followed by the mask of that ReLU's
+// output.  False, with nothing written, if a tap is outside the kernel or
+// the input.
+bool maxpool2d_bwd_f32_offsets__ref(const Pool2dGeometry& g, const float* dy, const uint8_t* off,
+                                    const float* y, float* dx);
 
 // Source index along one dimension for output position o, or -1 (constant fill).
 int64_t pad_source_index(int64_t o, int64_t size, int64_t pad_before, int64_t pad_after,

@@ -63,6 +63,10 @@ OPS = (
     "pad_backward",
     "batch_norm_forward",
     "batch_norm_backward",
+    # the layers' training path (workspaces in the backend's own form)
+    "max_pool2d_train_forward",
+    "max_pool2d_train_backward",
+    "conv2d_relu_max_pool2d_train_forward",
     # the rest of a training step
     "relu",
     "relu_backward",

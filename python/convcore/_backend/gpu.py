@@ -192,6 +192,25 @@ class GpuBackend:
         # Through a ReLU: the two ops it stands for (the mask in place).
         return dx if relu_input is None else self.ext.relu_backward(dx, relu_input, True)
 
+    # -- the layers' training path: the ops it stands for, with int64 indices
+    def max_pool2d_train_forward(self, x, kh, kw, sh, sw, ph, pw, ceil_mode):
+        return self.ext.max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, 1, 1, ceil_mode)
+
+    def max_pool2d_train_backward(
+        self, grad_output, workspace, shape, kh, kw, sh, sw, ph, pw, ceil_mode, output=None
+    ):
+        # Through the ReLU: grad_output masked by output > 0 (a copy), then
+        # scattered.  Where windows overlap, a masked sum can differ from the
+        # host's in the sign of a zero.
+        if output is not None:
+            grad_output = self.ext.relu_backward(grad_output, output, False)
+        return self.ext.max_pool2d_backward(grad_output, workspace, list(shape))
+
+    def conv2d_relu_max_pool2d_train_forward(self, *args):
+        # The conv2d_forward arguments (input to groups), then the pool's.
+        y = self.conv2d_relu_forward(*args[:12])
+        return self.max_pool2d_train_forward(y, *args[12:])
+
     def pad_forward(self, *args):
         return self.ext.pad_forward(*args)
 

@@ -181,6 +181,32 @@ class HostBackend:
         a ReLU's output), also through that ReLU, block by block in cache."""
         return _core.max_pool2d_backward(grad_output, indices, tuple(shape), relu_input)
 
+    # -- the layers' training path -------------------------------------------
+    def max_pool2d_train_forward(self, x, kh, kw, sh, sw, ph, pw, ceil_mode):
+        """(output, workspace) of a max pool with dilation 1 and at most 256
+        taps a window: the workspace holds each window's maximum as one
+        byte, its tap (uint8, an eighth of PyTorch's int64 indices)."""
+        return _core.max_pool2d_offsets_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode)
+
+    def max_pool2d_train_backward(
+        self, grad_output, workspace, shape, kh, kw, sh, sw, ph, pw, ceil_mode, output=None
+    ):
+        """The pool's input gradient from its workspace; given ``output``
+        (what the forward returned), the pooled input was a ReLU's output
+        and the gradient also passes back through that ReLU, the mask at
+        each maximum being ``output > 0``: bitwise ``max_pool2d_backward``
+        with ``relu_input``, without reading the full-size input."""
+        return _core.max_pool2d_offsets_backward(
+            grad_output, workspace, list(shape), kh, kw, sh, sw, ph, pw, ceil_mode, output
+        )
+
+    def conv2d_relu_max_pool2d_train_forward(self, *args):
+        """``max_pool2d_train_forward(conv2d_relu_forward(conv args), pool
+        args)`` in one call: where the row-segment kernel runs the
+        convolution, each image is pooled as soon as it is computed and the
+        full-size activation is never written (ops/conv2d.cpp)."""
+        return _core.conv2d_relu_max_pool2d_forward(*args)
+
     def pad_forward(self, *args):
         return _core.pad_forward(*args)
 

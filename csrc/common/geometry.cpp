@@ -284,6 +284,8 @@ Pool2dGeometry make_pool2d_geometry(const int64_t in[4], int64_t kernel_h, int64
   return g;
 }
 
+std::string Pad2dGeometry::name() const { return pad_mode_name(mode); }
+
 PadMode parse_pad_mode(const std::string& mode) {
   if (mode == "constant") return PadMode::Constant;
   if (mode == "reflect") return PadMode::Reflect;

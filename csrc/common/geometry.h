@@ -144,6 +144,8 @@ struct Pad2dGeometry {
   int64_t pad_left = 0, pad_right = 0, pad_top = 0, pad_bottom = 0;  // may be negative (crop)
   PadMode mode = PadMode::Constant;
   int64_t OH = 0, OW = 0;
+
+  std::string name() const;  // the mode's name
 };
 
 // Validates padding of the last two dimensions (H, W) of an array whose

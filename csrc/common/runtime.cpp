@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <string_view>
 
 #include "common/geometry.h"
 
@@ -25,8 +26,10 @@ bool verbose() {
 }
 
 std::mutex g_log_mutex;
-std::map<std::string, std::string>& last_kernels() {
-  static std::map<std::string, std::string> m;
+// op -> the name of the implementation it ran last: names are static (the
+// implementation tables' literals), so recording one allocates nothing.
+std::map<std::string, const char*, std::less<>>& last_kernels() {
+  static std::map<std::string, const char*, std::less<>> m;
   return m;
 }
 
@@ -59,12 +62,19 @@ int threads_for(double work, double min_work_per_thread) {
 void note_kernel(const char* op, const char* impl, const std::string& problem) {
   {
     std::lock_guard<std::mutex> lock(g_log_mutex);
-    last_kernels()[op] = impl;
+    auto& m = last_kernels();
+    const auto it = m.find(std::string_view(op));
+    if (it != m.end())
+      it->second = impl;
+    else
+      m.emplace(op, impl);
   }
   if (verbose())
     std::fprintf(stderr, "convcore: %s %s -> %s (max_threads=%d)\n", op, problem.c_str(), impl,
                  get_num_threads());
 }
+
+bool kernel_log_enabled() { return verbose(); }
 
 std::string last_kernel(const std::string& op) {
   std::lock_guard<std::mutex> lock(g_log_mutex);

@@ -18,8 +18,17 @@ void set_num_threads(int n);  // n >= 1, else ArgumentError
 int threads_for(double work, double min_work_per_thread);
 
 // Records that `impl` ran for `op` on `problem`; prints a line to stderr
-// when CONVCORE_VERBOSE is set.
+// when CONVCORE_VERBOSE is set.  `impl` must live as long as the process (an
+// implementation table's name or another literal): it is kept, not copied.
 void note_kernel(const char* op, const char* impl, const std::string& problem);
+// Whether CONVCORE_VERBOSE asked for the kernel log.
+bool kernel_log_enabled();
+// note_kernel with the problem's name() formatted only for the log: a name
+// is an ostringstream, about a microsecond on every call of every op.
+template <class Problem>
+void note_kernel_for(const char* op, const char* impl, const Problem& p) {
+  note_kernel(op, impl, kernel_log_enabled() ? p.name() : std::string());
+}
 // Name of the implementation `op` ran last ("" if none yet).
 std::string last_kernel(const std::string& op);
 

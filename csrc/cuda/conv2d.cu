@@ -458,13 +458,13 @@ int64_t bias_blocks(int64_t K) { return std::min<int64_t>(K, detail::kMaxBlocks)
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
                     float* y) {
   if (g.N == 0) return;
-  note_kernel("conv2d_fwd", "conv2d_fwd_f32_igemm64x64__cuda", g.name());
+  note_kernel_for("conv2d_fwd", "conv2d_fwd_f32_igemm64x64__cuda", g);
   launch_igemm(FwdOp{conv_args(g), x, w, b, y}, "conv2d_fwd_f32_igemm64x64__cuda");
 }
 
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.N == 0) return;
-  note_kernel("conv2d_bwd_data", "conv2d_bwd_data_f32_igemm64x64__cuda", g.name());
+  note_kernel_for("conv2d_bwd_data", "conv2d_bwd_data_f32_igemm64x64__cuda", g);
   launch_igemm(DataOp{conv_args(g), dy, w, dx}, "conv2d_bwd_data_f32_igemm64x64__cuda");
 }
 
@@ -475,7 +475,7 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
     fill_zero(dw, size_t(wnumel) * sizeof(float));
     return;
   }
-  note_kernel("conv2d_bwd_weight", "conv2d_bwd_weight_f32_igemm64x64__cuda", g.name());
+  note_kernel_for("conv2d_bwd_weight", "conv2d_bwd_weight_f32_igemm64x64__cuda", g);
   const WeightPlan plan = weight_plan(a);
   if (plan.splits == 1) {
     launch_igemm(WeightOp{a, dy, x, dw, 1, plan.chunk}, "conv2d_bwd_weight_f32_igemm64x64__cuda");
@@ -492,7 +492,7 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
   if (g.K == 0) return;
-  note_kernel("conv2d_bwd_bias", "conv2d_bwd_bias_f32__cuda", g.name());
+  note_kernel_for("conv2d_bwd_bias", "conv2d_bwd_bias_f32__cuda", g);
   conv2d_bwd_bias_f32__cuda<<<unsigned(bias_blocks(g.K)), kBiasThreads, 0, cudaStreamLegacy>>>(
       conv_args(g), dy, db);
   detail::check_launch("conv2d_bwd_bias_f32__cuda");

@@ -153,7 +153,7 @@ unsigned pool_bwd_blocks(int64_t planes) { return detail::blocks_for(planes, kWa
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx) {
   const int64_t total = g.N * g.C * g.P * g.Q;
   if (total == 0) return;
-  note_kernel("maxpool2d_fwd", "maxpool2d_fwd_f32__cuda", g.name());
+  note_kernel_for("maxpool2d_fwd", "maxpool2d_fwd_f32__cuda", g);
   const PoolArgs a{g.N * g.C,  g.H,        g.W,     g.P,     g.Q,     g.kernel_h, g.kernel_w,
                    g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w};
   maxpool2d_fwd_f32__cuda<<<detail::blocks_for(total), detail::kThreads, 0, cudaStreamLegacy>>>(
@@ -165,7 +165,7 @@ void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t*
   const int64_t planes = g.N * g.C, HW = g.H * g.W, PQ = g.P * g.Q;
   if (planes == 0) return;
   fill_zero(dx, size_t(planes * HW) * sizeof(float));
-  note_kernel("maxpool2d_bwd", "maxpool2d_bwd_f32_warp__cuda", g.name());
+  note_kernel_for("maxpool2d_bwd", "maxpool2d_bwd_f32_warp__cuda", g);
   detail::Scratch flag(sizeof(unsigned long long));
   detail::check(
       cudaMemsetAsync(flag.data(), kNoBadIndexByte, sizeof(unsigned long long), cudaStreamLegacy),

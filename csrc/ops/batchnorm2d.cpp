@@ -248,7 +248,7 @@ void batchnorm2d_forward(const BatchNorm2dGeometry& g, const float* x, const flo
                          double momentum, double eps, bool relu, float* y, float* save_mean,
                          float* save_invstd) {
   if (g.C == 0) return;
-  run_first_applicable("batchnorm2d_fwd", kFwdImpls, g, g.name(),
+  run_first_applicable("batchnorm2d_fwd", kFwdImpls, g,
                        BnFwdArgs{x, weight, bias, running_mean, running_var, training, momentum,
                                  eps, relu, y, save_mean, save_invstd});
 }
@@ -259,7 +259,7 @@ void batchnorm2d_backward(const BatchNorm2dGeometry& g, const float* dy, const f
                           float* dbias) {
   if (g.C == 0) return;
   run_first_applicable(
-      "batchnorm2d_bwd", kBwdImpls, g, g.name(),
+      "batchnorm2d_bwd", kBwdImpls, g,
       BnBwdArgs{dy, x, weight, save_mean, save_invstd, y_relu, training, dx, dweight, dbias});
 }
 

@@ -183,7 +183,7 @@ void run_bwd_data_rows_flat_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
 }
 void run_bwd_weight_rows_avx512(const Conv2dGeometry& g, const ConvArgs& a) {
   backward_weight_rows(kRowsWeightAvx512, g, a.dy, a.x, a.dw, a.db);
-  if (a.db) note_kernel("conv2d_bwd_bias", kBiasInRowsWeight, g.name());
+  if (a.db) note_kernel_for("conv2d_bwd_bias", kBiasInRowsWeight, g);
 }
 // Channels in lanes: 32-channel panels and row tiles of up to 14 positions.
 // Measured against the AVX2 positions-in-lanes tiles (1 thread): 1.15-1.35x
@@ -244,7 +244,7 @@ void run_bwd_weight_clanes(const Conv2dGeometry& g, const ConvArgs& a) {
                                            conv2d_bwd_weight_f32_pack_dy_clanes__avx512,
                                            conv2d_pad_planes_f32_s1__avx512};
   backward_weight_clanes(uk, g, a.dy, a.x, a.dw, a.db);
-  if (a.db) note_kernel("conv2d_bwd_bias", kBiasInClanesWeight, g.name());
+  if (a.db) note_kernel_for("conv2d_bwd_bias", kBiasInClanesWeight, g);
 }
 #endif
 
@@ -329,13 +329,12 @@ const ConvImpl kBwdBiasImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
 void run_fwd_winograd(const Conv2dGeometry& g, const ConvArgs& a) {
   if (!forward_winograd(kWinogradAvx512, g, a.x, a.w, a.b, a.y, a.relu))
-    run_next_applicable("conv2d_fwd", kFwdImpls, "conv2d_fwd_f32_winograd_f2x3_8x32__avx512", g,
-                        g.name(), a);
+    run_next_applicable("conv2d_fwd", kFwdImpls, "conv2d_fwd_f32_winograd_f2x3_8x32__avx512", g, a);
 }
 void run_bwd_data_winograd(const Conv2dGeometry& g, const ConvArgs& a) {
   if (!backward_data_winograd(kWinogradAvx512, g, a.dy, a.w, a.dx))
     run_next_applicable("conv2d_bwd_data", kBwdDataImpls,
-                        "conv2d_bwd_data_f32_winograd_f2x3_8x32__avx512", g, g.name(), a);
+                        "conv2d_bwd_data_f32_winograd_f2x3_8x32__avx512", g, a);
 }
 #endif
 
@@ -351,6 +350,7 @@ void run_bwd_data_winograd(const Conv2dGeometry& g, const ConvArgs& a) {
 struct ConvPoolProblem {
   Conv2dGeometry conv;
   Pool2dGeometry pool;
+  std::string name() const { return conv.name() + " then " + pool.name(); }
 };
 struct ConvPoolArgs {
   const float* x;
@@ -366,7 +366,7 @@ bool rows_selected(const ConvPoolProblem& p) {
   return select_impl(kFwdImpls, p.conv).run == run_fwd_rows_avx512;
 }
 void run_fwd_rows_pool_avx512(const ConvPoolProblem& p, const ConvPoolArgs& a) {
-  note_kernel("conv2d_fwd", select_impl(kFwdImpls, p.conv).name, p.conv.name());
+  note_kernel_for("conv2d_fwd", select_impl(kFwdImpls, p.conv).name, p.conv);
   const PoolPlanesFn pool = maxpool2d_forward_offsets_planes(p.pool);
   const int64_t K = p.conv.K, img = K * p.pool.P * p.pool.Q;
   forward_rows_per_image(
@@ -403,7 +403,7 @@ void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, con
   a.b = b;
   a.y = y;
   a.relu = relu;
-  run_first_applicable("conv2d_fwd", kFwdImpls, g, g.name(), a);
+  run_first_applicable("conv2d_fwd", kFwdImpls, g, a);
 }
 
 void conv2d_relu_maxpool2d_forward(const Conv2dGeometry& g, const Pool2dGeometry& pool,
@@ -411,13 +411,13 @@ void conv2d_relu_maxpool2d_forward(const Conv2dGeometry& g, const Pool2dGeometry
                                    uint8_t* off) {
   if (g.N == 0) return;
   run_first_applicable("conv2d_relu_maxpool2d_fwd", kFwdPoolImpls, ConvPoolProblem{g, pool},
-                       g.name() + " then " + pool.name(), ConvPoolArgs{x, w, b, y, off});
+                       ConvPoolArgs{x, w, b, y, off});
 }
 
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.N == 0) return;
   run_first_applicable(
-      "conv2d_bwd_data", kBwdDataImpls, g, g.name(),
+      "conv2d_bwd_data", kBwdDataImpls, g,
       ConvArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr, nullptr, false, nullptr, nullptr});
 }
 
@@ -430,7 +430,7 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const float* dy, const floa
   }
   // One decision for both: whether the selected kernel sums the bias.
   const bool in_kernel = db && conv2d_weight_gradient_sums_bias(g);
-  run_first_applicable("conv2d_bwd_weight", kBwdWeightImpls, g, g.name(),
+  run_first_applicable("conv2d_bwd_weight", kBwdWeightImpls, g,
                        ConvArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw,
                                 in_kernel ? db : nullptr, false, nullptr, nullptr});
   if (db && !in_kernel) conv2d_backward_bias(g, dy, db);
@@ -449,14 +449,14 @@ bool conv2d_weight_gradient_sums_bias(const Conv2dGeometry& g) {
 }
 
 void conv2d_backward_bias(const Conv2dGeometry& g, const float* dy, float* db) {
-  run_first_applicable("conv2d_bwd_bias", kBwdBiasImpls, g, g.name(),
+  run_first_applicable("conv2d_bwd_bias", kBwdBiasImpls, g,
                        ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db, false,
                                 nullptr, nullptr});
 }
 
 void conv2d_relu_backward_bias(const Conv2dGeometry& g, float* dy, const float* y, float* db) {
   run_first_applicable(
-      "conv2d_bwd_bias", kBwdBiasImpls, g, g.name(),
+      "conv2d_bwd_bias", kBwdBiasImpls, g,
       ConvArgs{nullptr, nullptr, nullptr, dy, nullptr, nullptr, nullptr, db, false, y, dy});
 }
 

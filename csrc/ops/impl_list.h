@@ -45,12 +45,13 @@ const Impl<Problem, Args>& select_impl(const Impl<Problem, Args> (&impls)[L], co
   return impls[L - 1];
 }
 
-// Selects, records (note_kernel: verbose log and last_kernel) and runs.
+// Selects, records (note_kernel_for: last_kernel, and the verbose log with
+// the problem's name()) and runs.
 template <class Problem, class Args, std::size_t L>
 void run_first_applicable(const char* op, const Impl<Problem, Args> (&impls)[L], const Problem& p,
-                          const std::string& problem_name, const Args& args) {
+                          const Args& args) {
   const Impl<Problem, Args>& impl = select_impl(impls, p);
-  note_kernel(op, impl.name, problem_name);
+  note_kernel_for(op, impl.name, p);
   impl.run(p, args);
 }
 
@@ -59,7 +60,7 @@ void run_first_applicable(const char* op, const Impl<Problem, Args> (&impls)[L],
 // would have been selected had `self` not applied, and records it.
 template <class Problem, class Args, std::size_t L>
 void run_next_applicable(const char* op, const Impl<Problem, Args> (&impls)[L], const char* self,
-                         const Problem& p, const std::string& problem_name, const Args& args) {
+                         const Problem& p, const Args& args) {
   const Isa cap = active_isa();
   std::size_t i = 0;
   while (i < L && std::string(impls[i].name) != self) ++i;
@@ -69,7 +70,7 @@ void run_next_applicable(const char* op, const Impl<Problem, Args> (&impls)[L], 
       chosen = &impls[i];
       break;
     }
-  note_kernel(op, chosen->name, problem_name);
+  note_kernel_for(op, chosen->name, p);
   chosen->run(p, args);
 }
 

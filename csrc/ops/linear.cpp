@@ -147,19 +147,19 @@ const LinearImpl kBwdWeightImpls[] = {
 void linear_forward(const LinearGeometry& g, const float* x, const float* w, const float* b,
                     float* y, bool relu) {
   if (g.M == 0 || g.N == 0) return;
-  run_first_applicable("linear_fwd", kFwdImpls, g, g.name(),
+  run_first_applicable("linear_fwd", kFwdImpls, g,
                        LinearArgs{x, w, b, nullptr, y, nullptr, nullptr, relu});
 }
 
 void linear_backward_data(const LinearGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.M == 0 || g.K == 0) return;
-  run_first_applicable("linear_bwd_data", kBwdDataImpls, g, g.name(),
+  run_first_applicable("linear_bwd_data", kBwdDataImpls, g,
                        LinearArgs{nullptr, w, nullptr, dy, nullptr, dx, nullptr, false});
 }
 
 void linear_backward_weight(const LinearGeometry& g, const float* dy, const float* x, float* dw) {
   if (g.N == 0) return;
-  run_first_applicable("linear_bwd_weight", kBwdWeightImpls, g, g.name(),
+  run_first_applicable("linear_bwd_weight", kBwdWeightImpls, g,
                        LinearArgs{x, nullptr, nullptr, dy, nullptr, nullptr, dw, false});
 }
 

@@ -284,14 +284,14 @@ const OffsetsImpl kBwdOffsetsImpls[] = {
 
 void maxpool2d_forward(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx) {
   if (g.planes() == 0) return;
-  run_first_applicable("maxpool2d_fwd", kFwdImpls, g, g.name(),
+  run_first_applicable("maxpool2d_fwd", kFwdImpls, g,
                        PoolArgs{x, y, idx, nullptr, nullptr, nullptr});
 }
 
 void maxpool2d_backward(const Pool2dGeometry& g, const float* dy, const int64_t* idx, float* dx,
                         const float* relu_y) {
   if (g.planes() == 0) return;
-  run_first_applicable("maxpool2d_bwd", kBwdImpls, g, g.name(),
+  run_first_applicable("maxpool2d_bwd", kBwdImpls, g,
                        PoolArgs{nullptr, nullptr, nullptr, dy, idx, dx, relu_y});
 }
 
@@ -301,13 +301,13 @@ bool maxpool2d_offsets_fit(const Pool2dGeometry& g) {
 
 void maxpool2d_forward_offsets(const Pool2dGeometry& g, const float* x, float* y, uint8_t* off) {
   if (g.planes() == 0) return;
-  run_first_applicable("maxpool2d_fwd_offsets", kFwdOffsetsImpls, g, g.name(),
+  run_first_applicable("maxpool2d_fwd_offsets", kFwdOffsetsImpls, g,
                        OffsetsArgs{x, y, off, nullptr, nullptr, nullptr, nullptr, 0});
 }
 
 PoolPlanesFn maxpool2d_forward_offsets_planes(const Pool2dGeometry& g) {
   const OffsetsImpl& impl = select_impl(kFwdOffsetsImpls, g);
-  note_kernel("maxpool2d_fwd_offsets", impl.name, g.name());
+  note_kernel_for("maxpool2d_fwd_offsets", impl.name, g);
   return [&impl, g](int64_t planes, const float* x, float* y, uint8_t* off) {
     Pool2dGeometry part = g;
     part.N = 1;
@@ -319,7 +319,7 @@ PoolPlanesFn maxpool2d_forward_offsets_planes(const Pool2dGeometry& g) {
 void maxpool2d_backward_offsets(const Pool2dGeometry& g, const float* dy, const uint8_t* off,
                                 float* dx, const float* y) {
   if (g.planes() == 0) return;
-  run_first_applicable("maxpool2d_bwd_offsets", kBwdOffsetsImpls, g, g.name(),
+  run_first_applicable("maxpool2d_bwd_offsets", kBwdOffsetsImpls, g,
                        OffsetsArgs{nullptr, nullptr, nullptr, dy, off, y, dx, 0});
 }
 

@@ -101,13 +101,13 @@ const SgdImpl kSgdImpls[] = {
 void adam_step(int64_t n, const AdamConstants& k, float* p, const float* g, float* m, float* v) {
   if (n <= 0) return;
   const OptimProblem pr{n};
-  run_first_applicable("adam_step", kAdamImpls, pr, pr.name(), AdamArgs{&k, p, g, m, v});
+  run_first_applicable("adam_step", kAdamImpls, pr, AdamArgs{&k, p, g, m, v});
 }
 
 void sgd_step(int64_t n, const SgdConstants& k, float* p, const float* g, float* buf) {
   if (n <= 0) return;
   const OptimProblem pr{n};
-  run_first_applicable("sgd_step", kSgdImpls, pr, pr.name(), SgdArgs{&k, p, g, buf});
+  run_first_applicable("sgd_step", kSgdImpls, pr, SgdArgs{&k, p, g, buf});
 }
 
 std::vector<std::string> adam_step_impl_names() { return impl_names(kAdamImpls); }

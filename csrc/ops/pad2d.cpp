@@ -105,14 +105,12 @@ const PadImpl kBwdImpls[] = {
 
 void pad2d_forward(const Pad2dGeometry& g, const float* x, float* y, float value) {
   if (g.planes == 0 || g.OH * g.OW == 0) return;
-  run_first_applicable("pad2d_fwd", kFwdImpls, g, pad_mode_name(g.mode),
-                       PadArgs{x, y, value, nullptr, nullptr});
+  run_first_applicable("pad2d_fwd", kFwdImpls, g, PadArgs{x, y, value, nullptr, nullptr});
 }
 
 void pad2d_backward(const Pad2dGeometry& g, const float* dy, float* dx) {
   if (g.planes == 0 || g.H * g.W == 0) return;
-  run_first_applicable("pad2d_bwd", kBwdImpls, g, pad_mode_name(g.mode),
-                       PadArgs{nullptr, nullptr, 0.0f, dy, dx});
+  run_first_applicable("pad2d_bwd", kBwdImpls, g, PadArgs{nullptr, nullptr, 0.0f, dy, dx});
 }
 
 std::vector<std::string> pad2d_fwd_impl_names() { return impl_names(kFwdImpls); }

@@ -71,7 +71,7 @@ int64_t gemm_workspace_floats(int64_t M, int64_t N, int64_t K) {
 
 void gemm_f32(gemm_ukernel_fn ukernel, int64_t M, int64_t N, int64_t K, const float* A,
               int64_t a_rs, int64_t a_cs, const float* B, int64_t b_rs, int64_t b_cs, float* C,
-              int64_t ldc, bool accumulate, float* work) {
+              int64_t ldc, bool accumulate, float* work, bool copy_a) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -80,6 +80,8 @@ void gemm_f32(gemm_ukernel_fn ukernel, int64_t M, int64_t N, int64_t K, const fl
   }
   const int64_t kc_max = std::min(KC, K);
   const int64_t mc_max = std::min(MC, round_up(M, kGemmMR));
+  // In place, A must be read with unit stride along one of its dimensions.
+  const bool pack = copy_a || (a_rs != 1 && a_cs != 1);
   float* a_pack = work;
   float* b_pack = work + kc_max * mc_max;
   for (int64_t jc = 0; jc < N; jc += NC) {
@@ -90,14 +92,19 @@ void gemm_f32(gemm_ukernel_fn ukernel, int64_t M, int64_t N, int64_t K, const fl
       pack_b(B + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, b_pack);
       for (int64_t ic = 0; ic < M; ic += MC) {
         const int64_t mc = std::min(MC, M - ic);
-        pack_a(A + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc, a_pack);
+        const float* a_block = A + ic * a_rs + pc * a_cs;
+        if (pack) pack_a(a_block, a_rs, a_cs, mc, kc, a_pack);
         for (int64_t jr = 0; jr < nc; jr += kGemmNR) {
           const int64_t nr = std::min(kGemmNR, nc - jr);
           const float* bp = b_pack + (jr / kGemmNR) * kc * kGemmNR;
           for (int64_t ir = 0; ir < mc; ir += kGemmMR) {
             const int64_t mr = std::min(kGemmMR, mc - ir);
-            ukernel(kc, a_pack + (ir / kGemmMR) * kc * kGemmMR, bp, C + (ic + ir) * ldc + jc + jr,
-                    ldc, mr, nr, acc);
+            float* c = C + (ic + ir) * ldc + jc + jr;
+            if (pack)
+              ukernel(kc, a_pack + (ir / kGemmMR) * kc * kGemmMR, 1, kGemmMR, bp, c, ldc, mr, nr,
+                      acc);
+            else
+              ukernel(kc, a_block + ir * a_rs, a_rs, a_cs, bp, c, ldc, mr, nr, acc);
           }
         }
       }

@@ -62,7 +62,7 @@ void gemm_blocks(gemm_ukernel_fn uk, int64_t M, int64_t N, int64_t K, const floa
       const int64_t j0 = by_columns ? lo : 0, j1 = by_columns ? hi : N;
       float* work = thread_scratch(0).floats(gemm_workspace_floats(i1 - i0, j1 - j0, K));
       gemm_f32(uk, i1 - i0, j1 - j0, K, A + i0 * a_rs, a_rs, a_cs, B + j0 * b_cs, b_rs, b_cs,
-               C + i0 * ldc + j0, ldc, false, work);
+               C + i0 * ldc + j0, ldc, false, work, /*copy_a=*/false);
       epilogue(i0, i1, j0, j1);
     });
   errors.rethrow();

@@ -2,8 +2,8 @@
 //
 // Register budget: 12 ymm accumulators (6 rows x 2 vectors of 8), 2 for the
 // B row, 1 for the broadcast A element: 15 of 16.  Each step streams 64 bytes
-// of B and 24 of A from the packed panels (L1/L2 resident) for 12 FMAs, which
-// keeps both FMA pipes busy.
+// of B from the packed panel and 6 A elements (six row pointers and one
+// offset: packed or in place) for 12 FMAs, which keeps both FMA pipes busy.
 //
 // This file is compiled with -mavx2 -mfma and must stay self-contained
 // (intrinsics and raw pointers only, no shared inline helpers or templates),
@@ -18,36 +18,44 @@
 
 namespace convcore {
 
-void gemm_ukernel_f32_6x16__avx2(int64_t kc, const float* __restrict a, const float* __restrict b,
-                                 float* c, int64_t ldc, int64_t mr, int64_t nr, bool accumulate) {
+void gemm_ukernel_f32_6x16__avx2(int64_t kc, const float* __restrict a, int64_t a_rs, int64_t a_cs,
+                                 const float* __restrict b, float* c, int64_t ldc, int64_t mr,
+                                 int64_t nr, bool accumulate) {
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
   __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
   __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-  for (int64_t p = 0; p < kc; ++p) {
+  // Rows past mr read row 0 again (their sums are never stored), so an A
+  // read in place is never read past its last row.
+  const float* a0 = a;
+  const float* a1 = a + (mr > 1 ? a_rs : 0);
+  const float* a2 = a + (mr > 2 ? 2 * a_rs : 0);
+  const float* a3 = a + (mr > 3 ? 3 * a_rs : 0);
+  const float* a4 = a + (mr > 4 ? 4 * a_rs : 0);
+  const float* a5 = a + (mr > 5 ? 5 * a_rs : 0);
+  for (int64_t p = 0, o = 0; p < kc; ++p, o += a_cs) {
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + 8);
-    __m256 ai = _mm256_broadcast_ss(a + 0);
+    __m256 ai = _mm256_broadcast_ss(a0 + o);
     c00 = _mm256_fmadd_ps(ai, b0, c00);
     c01 = _mm256_fmadd_ps(ai, b1, c01);
-    ai = _mm256_broadcast_ss(a + 1);
+    ai = _mm256_broadcast_ss(a1 + o);
     c10 = _mm256_fmadd_ps(ai, b0, c10);
     c11 = _mm256_fmadd_ps(ai, b1, c11);
-    ai = _mm256_broadcast_ss(a + 2);
+    ai = _mm256_broadcast_ss(a2 + o);
     c20 = _mm256_fmadd_ps(ai, b0, c20);
     c21 = _mm256_fmadd_ps(ai, b1, c21);
-    ai = _mm256_broadcast_ss(a + 3);
+    ai = _mm256_broadcast_ss(a3 + o);
     c30 = _mm256_fmadd_ps(ai, b0, c30);
     c31 = _mm256_fmadd_ps(ai, b1, c31);
-    ai = _mm256_broadcast_ss(a + 4);
+    ai = _mm256_broadcast_ss(a4 + o);
     c40 = _mm256_fmadd_ps(ai, b0, c40);
     c41 = _mm256_fmadd_ps(ai, b1, c41);
-    ai = _mm256_broadcast_ss(a + 5);
+    ai = _mm256_broadcast_ss(a5 + o);
     c50 = _mm256_fmadd_ps(ai, b0, c50);
     c51 = _mm256_fmadd_ps(ai, b1, c51);
-    a += 6;
     b += 16;
   }
   if (mr == 6 && nr == 16) {

@@ -5,15 +5,14 @@
 
 namespace convcore {
 
-void gemm_ukernel_f32_6x16__portable(int64_t kc, const float* __restrict a,
-                                     const float* __restrict b, float* c, int64_t ldc, int64_t mr,
-                                     int64_t nr, bool accumulate) {
+void gemm_ukernel_f32_6x16__portable(int64_t kc, const float* __restrict a, int64_t a_rs,
+                                     int64_t a_cs, const float* __restrict b, float* c, int64_t ldc,
+                                     int64_t mr, int64_t nr, bool accumulate) {
   float acc[kGemmMR][kGemmNR] = {};
   for (int64_t p = 0; p < kc; ++p) {
     const float* bp = b + p * kGemmNR;
-    const float* ap = a + p * kGemmMR;
-    for (int64_t i = 0; i < kGemmMR; ++i) {
-      const float ai = ap[i];
+    for (int64_t i = 0; i < mr; ++i) {
+      const float ai = a[i * a_rs + p * a_cs];
       for (int64_t j = 0; j < kGemmNR; ++j) acc[i][j] += ai * bp[j];
     }
   }

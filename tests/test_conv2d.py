@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import (
     U32,
+    assert_bitwise,
     available_isas,
     check,
     conv_case,
@@ -407,6 +408,49 @@ BIAS_CASES.update(
     rows_k7_pad4=((2, 1, 4, 5), (7, 1, 3, 3), dict(padding=4), BIAS_IN_ROWS),
     rows_k13_dil2=((2, 2, 11, 13), (13, 2, 3, 3), dict(padding=2, dilation=2), BIAS_IN_ROWS),
 )
+
+
+def _lanes16_sum(plane: np.ndarray) -> np.float32:
+    """One plane's sum as the bias kernels add it: float32, element i + l of
+    each whole 16 into lane l, the tail into lanes 0, 1, ..., then pairwise
+    lanes[l] += lanes[l + w] for w = 8, 4, 2, 1."""
+    lanes = np.zeros(16, np.float32)
+    n16 = plane.size // 16 * 16
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in range(0, n16, 16):
+            lanes += plane[i : i + 16]
+        lanes[: plane.size - n16] += plane[n16:]
+        for w in (8, 4, 2, 1):
+            lanes[:w] += lanes[w : 2 * w]
+    return lanes[0]
+
+
+@pytest.mark.parametrize("kind", ["normal", "special"])
+@pytest.mark.parametrize(
+    "xs,ws",
+    [
+        ((1, 1, 28, 28), (6, 1, 5, 5)),  # the tutorial's first layer: 576 = 36 x 16
+        ((1, 6, 12, 12), (12, 6, 5, 5)),  # the second: 64
+        ((1, 1, 5, 19), (13, 1, 3, 3)),  # 3 x 17: a tail of 3; 13 planes = 3 fours and 1
+        ((1, 2, 3, 17), (5, 2, 3, 3)),  # 1 x 15: no whole 16
+        ((1, 1, 4, 18), (7, 1, 3, 3)),  # 2 x 16
+        ((1, 3, 3, 3), (3, 3, 3, 3)),  # 1 x 1
+    ],
+)
+def test_rows_bias_sums_each_plane_in_16_lanes(xs, ws, kind):
+    # The row-segment weight gradient sums the bias of each image's planes
+    # several at a time with AVX-512 (conv2d_bwd_bias_planes_f32__avx512):
+    # bitwise the 16-lane order of the portable kernel, plane by plane.  One
+    # image is one chunk, so db[k] is +0 + that plane's sum.
+    if "avx512" not in available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    x, w = rand(xs, 1), rand(ws, 2)
+    go = rand((1, ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1), 3, kind)
+    with isa_cap("avx512"):
+        _, _, gb = convcore.conv2d_backward(go, x, w, output_mask=(False, True, True))
+        assert convcore.last_kernel("conv2d_bwd_bias") == BIAS_IN_ROWS
+    want = np.array([np.float32(0) + _lanes16_sum(go[0, k].ravel()) for k in range(ws[0])])
+    assert_bitwise("conv2d.grad_bias (rows planes vs 16 lanes)", gb, want, f"{xs} {ws}", "lanes")
 
 
 @pytest.mark.parametrize("name", BIAS_CASES)

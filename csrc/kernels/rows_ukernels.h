@@ -42,6 +42,12 @@ using conv_rows_wgrad_ukernel_fn = void (*)(int64_t images, const float* dy, int
                                             const int64_t* taps, const RowSegment* seg,
                                             int64_t nseg, int64_t kn, float* out, int64_t ldo);
 
+// The bias gradient's per-plane sums beside the weight gradient: sums[i] =
+// the sum of plane i (`planes` consecutive planes of PQ floats), in 16 lanes
+// then pairwise across them -- bitwise conv2d_bwd_bias_f32__portable of one
+// plane (kernels/direct_ukernels.h), several planes at a time.
+using conv_bias_planes_fn = void (*)(int64_t planes, int64_t PQ, const float* dy, float* sums);
+
 // Data-gradient tile on tap columns (stride 1): the dx of one row is the sum
 // over the kernel's columns s of dy rows shifted by s, so the kernel keeps one
 // unshifted accumulator per (channel, s) and adds the shifts afterwards
@@ -96,6 +102,7 @@ void conv2d_tapcols_ukernel_f32_10x3__avx512(int64_t, int64_t, const float*, int
                                              const float*, int64_t, float*, int64_t, int64_t);
 void conv2d_tapcols_combine_f32__avx512(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
                                         int64_t, float*);
+void conv2d_bwd_bias_planes_f32__avx512(int64_t planes, int64_t PQ, const float* dy, float* sums);
 // Weight gradient: KB channels x TB taps (at most 27 accumulators).
 void conv2d_rows_wgrad_ukernel_f32_2x9__avx512(int64_t, const float*, int64_t, int64_t,
                                                const float*, int64_t, const int64_t*,

@@ -158,13 +158,15 @@ const RowsKernels kRowsAvx512 = {{
     {conv2d_rows_ukernel_f32_3x8__avx512, 3, 8},
     {conv2d_rows_ukernel_f32_2x12__avx512, 2, 12},
 }};
-const RowsWeightKernels kRowsWeightAvx512 = {{
-    {conv2d_rows_wgrad_ukernel_f32_2x9__avx512, 2, 9},
-    {conv2d_rows_wgrad_ukernel_f32_2x12__avx512, 2, 12},
-    {conv2d_rows_wgrad_ukernel_f32_3x8__avx512, 3, 8},
-    {conv2d_rows_wgrad_ukernel_f32_4x6__avx512, 4, 6},
-    {conv2d_rows_wgrad_ukernel_f32_3x9__avx512, 3, 9},
-}};
+const RowsWeightKernels kRowsWeightAvx512 = {
+    {
+        {conv2d_rows_wgrad_ukernel_f32_2x9__avx512, 2, 9},
+        {conv2d_rows_wgrad_ukernel_f32_2x12__avx512, 2, 12},
+        {conv2d_rows_wgrad_ukernel_f32_3x8__avx512, 3, 8},
+        {conv2d_rows_wgrad_ukernel_f32_4x6__avx512, 4, 6},
+        {conv2d_rows_wgrad_ukernel_f32_3x9__avx512, 3, 9},
+    },
+    conv2d_bwd_bias_planes_f32__avx512};
 const TapcolsKernels kTapcolsAvx512 = {
     {conv2d_tapcols_ukernel_f32_30x1__avx512, conv2d_tapcols_ukernel_f32_15x2__avx512,
      conv2d_tapcols_ukernel_f32_10x3__avx512},

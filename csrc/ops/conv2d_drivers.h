@@ -231,6 +231,7 @@ struct RowsWeightKernel {
 };
 struct RowsWeightKernels {
   RowsWeightKernel tiles[5];
+  conv_bias_planes_fn bias_planes;  // the bias gradient's per-plane sums
 };
 // Forward and data gradient: one group, stride 1, at most 8 channels on one
 // side and 64 on the other.

@@ -362,10 +362,11 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
       // The bias from the same dy, while it is in cache: each plane summed
       // in 16 lanes, then into the chunk's sum of its channel.
       if (db)
-        for (int64_t i = 0; i < images; ++i)
-          for (int64_t k = 0; k < g.K; ++k)
-            part[w_size + k] +=
-                conv2d_bwd_bias_f32__portable(1, 1, PQ, dy + ((nb + i) * g.K + k) * PQ, 0);
+        for (int64_t i = 0; i < images; ++i) {
+          float sums[64];  // K <= 64 (rows_weight_applicable)
+          ks.bias_planes(g.K, PQ, dy + (nb + i) * g.K * PQ, sums);
+          for (int64_t k = 0; k < g.K; ++k) part[w_size + k] += sums[k];
+        }
     }
   });
   if (db)

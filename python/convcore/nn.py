@@ -311,6 +311,11 @@ def _accumulate(p: Parameter, g) -> None:
     backend_of(p.grad).add_(p.grad, g)
 
 
+def _frozen(v):
+    """A list argument as a tuple (so a cache key cannot change under it)."""
+    return tuple(v) if isinstance(v, list) else v
+
+
 class Conv2d(Module):
     """2-D convolution layer, as ``torch.nn.Conv2d``.
 
@@ -380,6 +385,7 @@ class Conv2d(Module):
         )
         self.bias = self._param("bias", rng.uniform(-bound, bound, out_channels)) if bias else None
         self._x = None
+        self._args_key = self._args = None
 
     def _pads_lrtb(self) -> tuple[int, int, int, int]:
         if self.padding == "valid":
@@ -396,6 +402,17 @@ class Conv2d(Module):
     def _conv_padding(self):
         return 0 if self._explicit_pad is not None else self.padding
 
+    def _backend_args(self, x, w):
+        """(stride, padding, dilation, groups) as the backend's conv ops take
+        them, for a 4-D ``x``; parsed once per setting and weight shape
+        (parsing was a third of a small layer call's time)."""
+        key = (self.stride, self.padding, self.dilation, self.groups, w.shape)
+        if key != getattr(self, "_args_key", None):
+            pads = self._conv_padding()
+            self._args = _conv_args(x, w, self.stride, pads, self.dilation, self.groups)
+            self._args_key = key
+        return self._args
+
     def forward(self, x, *, relu: bool = False):
         """The convolution of ``x``; with ``relu``, ``max(conv, 0)`` fused
         into the kernels' store (:func:`convcore.conv2d_relu`), which is how
@@ -404,11 +421,16 @@ class Conv2d(Module):
             self._in_shape = x.shape
             x = pad(x, self._explicit_pad, self.padding_mode)
         self._x = x
+        w = self.weight.data
         b = self.bias.data if self.bias is not None else None
+        if type(x) is np.ndarray and x.ndim == 4 and type(w) is np.ndarray:
+            # The host's common case straight to the backend (the binding
+            # checks the arrays and names them as the functional API does).
+            be = HOST
+            run = be.conv2d_relu_forward if relu else be.conv2d_forward
+            return run(x, w, b, *self._backend_args(x, w))
         op = conv2d_relu if relu else conv2d
-        return op(
-            x, self.weight.data, b, self.stride, self._conv_padding(), self.dilation, self.groups
-        )
+        return op(x, w, b, self.stride, self._conv_padding(), self.dilation, self.groups)
 
     def _forward_relu_pool(self, x, pool: MaxPool2d, pool_args):
         """``pool(relu(self(x)))`` as one op (the backend's
@@ -425,7 +447,7 @@ class Conv2d(Module):
         be = backend_of(x, w, b)
         x = be.float_input(x, "input")
         w = be.float_input(w, "weight", "input")
-        args = _conv_args(x, w, self.stride, self._conv_padding(), self.dilation, self.groups)
+        args = self._backend_args(x, w)
         sh, sw, pt, pb, pl, pr, dh, dw = args[:8]
         conv_shape = (
             x.shape[0],
@@ -446,11 +468,26 @@ class Conv2d(Module):
             raise RuntimeError("Conv2d.backward: call forward first")
         w, b = self.weight, self.bias
         mask = (self.input_grad, w.requires_grad, b is not None and b.requires_grad)
-        args = (self._x, w.data, self.stride, self._conv_padding(), self.dilation, self.groups)
-        if relu_output is None:
-            gi, gw, gb = conv2d_backward(grad_output, *args, output_mask=mask)
+        x = self._x
+        if (
+            type(x) is np.ndarray
+            and x.ndim == 4
+            and type(grad_output) is np.ndarray
+            and type(w.data) is np.ndarray
+            and (relu_output is None or type(relu_output) is np.ndarray)
+        ):
+            # As in forward: the host's common case straight to the backend.
+            args = (x, w.data, *self._backend_args(x, w.data), *mask)
+            if relu_output is None:
+                gi, gw, gb = HOST.conv2d_backward(grad_output, *args)
+            else:
+                gi, gw, gb = HOST.conv2d_relu_backward(grad_output, relu_output, *args)
         else:
-            gi, gw, gb = conv2d_relu_backward(grad_output, relu_output, *args, output_mask=mask)
+            args = (x, w.data, self.stride, self._conv_padding(), self.dilation, self.groups)
+            if relu_output is None:
+                gi, gw, gb = conv2d_backward(grad_output, *args, output_mask=mask)
+            else:
+                gi, gw, gb = conv2d_relu_backward(grad_output, relu_output, *args, output_mask=mask)
         if gw is not None:
             _accumulate(w, gw)
         if gb is not None:
@@ -497,13 +534,22 @@ class MaxPool2d(Module):
     def _train_args(self, x):
         """(kh, kw, sh, sw, ph, pw, ceil_mode) when the training path's
         workspace holds this pool on ``x`` (4-D, dilation 1, at most 256
-        taps a window), else None."""
-        kh, kw, sh, sw, ph, pw, dh, dw = _pool_args(
-            self.kernel_size, self.stride, self.padding, self.dilation
-        )
-        if getattr(x, "ndim", None) != 4 or (dh, dw) != (1, 1) or kh * kw > 256:
+        taps a window), else None.  Parsed once per setting."""
+        if getattr(x, "ndim", None) != 4:
             return None
-        return kh, kw, sh, sw, ph, pw, bool(self.ceil_mode)
+        key = (
+            _frozen(self.kernel_size),
+            _frozen(self.stride),
+            _frozen(self.padding),
+            _frozen(self.dilation),
+            self.ceil_mode,
+        )
+        if key != getattr(self, "_args_key", None):
+            kh, kw, sh, sw, ph, pw, dh, dw = _pool_args(*key[:4])
+            ok = (dh, dw) == (1, 1) and kh * kw <= 256
+            self._train = (kh, kw, sh, sw, ph, pw, bool(self.ceil_mode)) if ok else None
+            self._args_key = key
+        return self._train
 
     def forward(self, x):
         args = self._train_args(x)
@@ -881,7 +927,6 @@ class Sequential(Module):
         layers = self.layers
         if (
             i + 2 < len(layers)
-            and type(layers[i]) is Conv2d
             and type(layers[i + 2]) is MaxPool2d
             and self._fusable(i)
             and getattr(x, "ndim", None) == 4
@@ -895,7 +940,7 @@ class Sequential(Module):
         self._pooled = set()
         i = 0
         while i < len(layers):
-            pool_args = self._pool_args(i, x)
+            pool_args = self._pool_args(i, x) if type(layers[i]) is Conv2d else None
             if pool_args is not None:
                 x = layers[i]._forward_relu_pool(x, layers[i + 2], pool_args)
                 layers[i + 1]._y = None  # not kept: the pool's mask stands for it

@@ -448,6 +448,41 @@ def test_conv_relu_pool_is_one_op_bitwise_the_three(name, kind, isa):
     assert_bitwise("conv+relu+pool.grad_weight", conv.weight.grad, rgw, case, "three ops")
     if conv.bias is not None:
         assert_bitwise("conv+relu+pool.grad_bias", conv.bias.grad, rgb, case, "three ops")
+    # As a first layer (no input gradient) the weight gradient is computed
+    # from the pool's gradient directly, the full-size one never made.
+    seq.zero_grad()
+    seq.input_grad = False
+    assert seq.backward(g.copy()) is None
+    through = convcore.last_kernel("conv2d_bwd_weight_maxpool2d")
+    if conv._explicit_pad is None:
+        rows_wgrad = convcore.last_kernel("conv2d_bwd_weight").startswith(
+            "conv2d_bwd_weight_f32_rows"
+        )
+        assert through.endswith("_rows_8w__avx512" if rows_wgrad else "_unfused"), through
+    assert_bitwise("conv+relu+pool.grad_weight (first layer)", conv.weight.grad, rgw, case, "ops")
+    if conv.bias is not None:
+        assert_bitwise("conv+relu+pool.grad_bias (first layer)", conv.bias.grad, rgb, case, "ops")
+
+
+def test_conv_pool_weight_backward_errors():
+    x, w, b = rand((2, 1, 10, 10), 1), rand((3, 1, 3, 3), 2), rand((3,), 3)
+    args = (1, 1, 0, 0, 0, 0, 1, 1, 1)
+    pool = (2, 2, 2, 2, 0, 0, False)
+    y, off = convcore._core.conv2d_relu_max_pool2d_forward(x, w, b, *args, *pool)
+    back = convcore._core.conv2d_max_pool2d_weight_backward
+    g = rand(y.shape, 4)
+    gw, gb = back(g, off, y, x, w, *args, *pool, True, False)
+    assert gw.shape == w.shape and gb is None
+    with pytest.raises(ValueError, match=r"grad_output: expected shape \(2, 3, 4, 4\)"):
+        back(g[:, :2].copy(), off, y, x, w, *args, *pool, True, True)
+    with pytest.raises(TypeError, match="offsets: expected a uint8 array"):
+        back(g, off.astype(np.int64), y, x, w, *args, *pool, True, True)
+    with pytest.raises(ValueError, match=r"output: expected shape \(2, 3, 4, 4\)"):
+        back(g, off, y[:1].copy(), x, w, *args, *pool, True, True)
+    bad = off.copy()
+    bad[1, 1, 0, 0] = 7
+    with pytest.raises(ValueError, match="offsets: plane 4 holds a window tap outside"):
+        back(g, bad, y, x, w, *args, *pool, True, True)
 
 
 def test_conv_relu_pool_unfused_when_the_row_kernel_is_disabled():

@@ -276,6 +276,17 @@ py::array_t<uint8_t> new_offsets(const convcore::Pool2dGeometry& g) {
   return py::array_t<uint8_t>(std::vector<py::ssize_t>{g.N, g.C, g.P, g.Q});
 }
 
+// The training pool's window offsets: a uint8 array of `shape`, C-contiguous.
+const uint8_t* offsets_input(const py::array& offsets, const int64_t shape[4]) {
+  if (!offsets.dtype().equal(py::dtype::of<uint8_t>()))
+    throw py::type_error(
+        "offsets: expected a uint8 array (max_pool2d_offsets_forward's), got dtype " +
+        py::str(offsets.dtype()).cast<std::string>());
+  convcore::bindings::check_ndim(offsets, "offsets", 4);
+  require_shape(offsets, "offsets", shape, 4);
+  return static_cast<const uint8_t*>(offsets.data());
+}
+
 py::tuple max_pool2d_offsets_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh,
                                      int64_t sw, int64_t ph, int64_t pw, bool ceil_mode) {
   const float* x = float_input(input, "input", 4);
@@ -307,13 +318,7 @@ py::array_t<float> max_pool2d_offsets_backward(const py::array& grad_output,
   const auto g = offsets_pool_geometry(input_shape.data(), kh, kw, sh, sw, ph, pw, ceil_mode);
   const int64_t out_shape[4] = {g.N, g.C, g.P, g.Q};
   require_shape(grad_output, "grad_output", out_shape, 4);
-  if (!offsets.dtype().equal(py::dtype::of<uint8_t>()))
-    throw py::type_error(
-        "offsets: expected a uint8 array (max_pool2d_offsets_forward's), got dtype " +
-        py::str(offsets.dtype()).cast<std::string>());
-  convcore::bindings::check_ndim(offsets, "offsets", 4);
-  require_shape(offsets, "offsets", out_shape, 4);
-  const uint8_t* o = static_cast<const uint8_t*>(offsets.data());
+  const uint8_t* o = offsets_input(offsets, out_shape);
   const float* y = nullptr;
   if (output) {
     y = float_input(*output, "output", 4);
@@ -350,6 +355,40 @@ py::tuple conv2d_relu_max_pool2d_forward(const py::array& input, const py::array
     convcore::conv2d_relu_maxpool2d_forward(g, pg, x, w, b, y, o);
   }
   return py::make_tuple(out, off);
+}
+
+// The weight and bias gradients of conv2d_relu_max_pool2d_forward's
+// convolution from the pool's gradient (grad_output, offsets and output, the
+// pool's output: the ReLU's mask), without its input gradient.
+py::tuple conv2d_max_pool2d_weight_backward(const py::array& grad_output, const py::array& offsets,
+                                            const std::optional<py::array>& output,
+                                            const py::array& input, const py::array& weight,
+                                            int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                                            int64_t pl, int64_t pr, int64_t dil_h, int64_t dil_w,
+                                            int64_t groups, int64_t kh, int64_t kw, int64_t psh,
+                                            int64_t psw, int64_t pph, int64_t ppw, bool ceil_mode,
+                                            bool need_weight, bool need_bias) {
+  const auto g = conv_geometry(input, weight, sh, sw, pt, pb, pl, pr, dil_h, dil_w, groups);
+  const int64_t conv_out[4] = {g.N, g.K, g.P, g.Q};
+  const auto pg = offsets_pool_geometry(conv_out, kh, kw, psh, psw, pph, ppw, ceil_mode);
+  const int64_t pooled[4] = {pg.N, pg.C, pg.P, pg.Q};
+  const float* dy = float_input(grad_output, "grad_output", 4);
+  require_shape(grad_output, "grad_output", pooled, 4);
+  const uint8_t* o = offsets_input(offsets, pooled);
+  const float* y = nullptr;
+  if (output) {
+    y = float_input(*output, "output", 4);
+    require_shape(*output, "output", pooled, 4);
+  }
+  const float* x = static_cast<const float*>(input.data());
+  float *dwp, *db;
+  py::object gw = optional_float(need_weight, {g.K, g.Cg(), g.R, g.S}, &dwp);
+  py::object gb = optional_float(need_bias, {g.K}, &db);
+  {
+    py::gil_scoped_release release;
+    convcore::conv2d_backward_weight_through_maxpool2d(g, pg, dy, o, y, x, dwp, db);
+  }
+  return py::make_tuple(gw, gb);
 }
 
 py::array_t<float> pad_forward(const py::array& input, int64_t l, int64_t r, int64_t t, int64_t b,
@@ -632,6 +671,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"), py::arg("kernel_h"),
         py::arg("kernel_w"), py::arg("pool_stride_h"), py::arg("pool_stride_w"),
         py::arg("pool_pad_h"), py::arg("pool_pad_w"), py::arg("ceil_mode"));
+  m.def("conv2d_max_pool2d_weight_backward", &conv2d_max_pool2d_weight_backward,
+        py::arg("grad_output"), py::arg("offsets"), py::arg("output"), py::arg("input"),
+        py::arg("weight"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
+        py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dilation_h"),
+        py::arg("dilation_w"), py::arg("groups"), py::arg("kernel_h"), py::arg("kernel_w"),
+        py::arg("pool_stride_h"), py::arg("pool_stride_w"), py::arg("pool_pad_h"),
+        py::arg("pool_pad_w"), py::arg("ceil_mode"), py::arg("need_weight"), py::arg("need_bias"));
   m.def("pad_forward", &pad_forward, py::arg("input"), py::arg("left"), py::arg("right"),
         py::arg("top"), py::arg("bottom"), py::arg("mode"), py::arg("value"));
   m.def("pad_backward", &pad_backward, py::arg("grad_output"), py::arg("input_shape"),

@@ -394,6 +394,64 @@ const ConvPoolImpl kFwdPoolImpls[] = {
     {"conv2d_relu_maxpool2d_fwd_f32_unfused", Isa::Scalar, always, run_fwd_pool_unfused},
 };
 
+// The weight gradient of the fused triple's convolution from the pool's
+// gradient (conv2d_backward_weight_through_maxpool2d, ops.h).
+struct ConvPoolGradProblem {
+  Conv2dGeometry conv;
+  Pool2dGeometry pool;
+  bool weight, bias;
+  std::string name() const { return conv.name() + " through " + pool.name(); }
+};
+struct ConvPoolGradArgs {
+  const float* dy_pool;
+  const uint8_t* off;
+  const float* y;
+  const float* x;
+  float* dw;
+  float* db;
+};
+using ConvPoolGradImpl = Impl<ConvPoolGradProblem, ConvPoolGradArgs>;
+
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+// The row-segment weight gradient would run, summing the bias itself.
+bool rows_weight_through_pool(const ConvPoolGradProblem& p) {
+  return p.weight && p.conv.N > 0 &&
+         select_impl(kBwdWeightImpls, p.conv).run == run_bwd_weight_rows_avx512 &&
+         (!p.bias || conv2d_weight_gradient_sums_bias(p.conv));
+}
+void run_bwd_weight_rows_pool_avx512(const ConvPoolGradProblem& p, const ConvPoolGradArgs& a) {
+  note_kernel_for("conv2d_bwd_weight", select_impl(kBwdWeightImpls, p.conv).name, p.conv);
+  if (a.db) note_kernel_for("conv2d_bwd_bias", kBiasInRowsWeight, p.conv);
+  const PoolBackwardPlanesFn pool = maxpool2d_backward_offsets_planes(p.pool);
+  const int64_t K = p.conv.K, pooled = K * p.pool.P * p.pool.Q;
+  const ConvDyFn make_dy = [&](int64_t n0, int64_t images, float* dy) {
+    pool(n0 * K, images * K, a.dy_pool + n0 * pooled, a.off + n0 * pooled,
+         a.y ? a.y + n0 * pooled : nullptr, dy);
+  };
+  backward_weight_rows(kRowsWeightAvx512, p.conv, nullptr, a.x, a.dw, a.db, &make_dy);
+}
+#endif
+
+void run_bwd_weight_pool_unfused(const ConvPoolGradProblem& p, const ConvPoolGradArgs& a) {
+  const Conv2dGeometry& g = p.conv;
+  std::unique_ptr<float[]> dy(new float[size_t(g.N * g.K * g.P * g.Q)]);
+  maxpool2d_backward_offsets(p.pool, a.dy_pool, a.off, dy.get(), a.y);
+  if (a.dw)
+    conv2d_backward_weight(g, dy.get(), a.x, a.dw, a.db);
+  else if (a.db)
+    conv2d_backward_bias(g, dy.get(), a.db);
+}
+
+const ConvPoolGradImpl kBwdWeightPoolImpls[] = {
+#if defined(CONVCORE_HAVE_AVX512_KERNELS)
+    {"conv2d_bwd_weight_maxpool2d_f32_rows_8w__avx512", Isa::Avx512, rows_weight_through_pool,
+     run_bwd_weight_rows_pool_avx512},
+#endif
+    // The pool's backward into a full-size gradient, then the weight
+    // gradient the list picks (and the reference that ends the list).
+    {"conv2d_bwd_weight_maxpool2d_f32_unfused", Isa::Scalar, always, run_bwd_weight_pool_unfused},
+};
+
 }  // namespace
 
 void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, const float* b,
@@ -414,6 +472,16 @@ void conv2d_relu_maxpool2d_forward(const Conv2dGeometry& g, const Pool2dGeometry
   if (g.N == 0) return;
   run_first_applicable("conv2d_relu_maxpool2d_fwd", kFwdPoolImpls, ConvPoolProblem{g, pool},
                        ConvPoolArgs{x, w, b, y, off});
+}
+
+void conv2d_backward_weight_through_maxpool2d(const Conv2dGeometry& g, const Pool2dGeometry& pool,
+                                              const float* dy_pool, const uint8_t* off,
+                                              const float* y, const float* x, float* dw,
+                                              float* db) {
+  if (!dw && !db) return;
+  run_first_applicable("conv2d_bwd_weight_maxpool2d", kBwdWeightPoolImpls,
+                       ConvPoolGradProblem{g, pool, dw != nullptr, db != nullptr},
+                       ConvPoolGradArgs{dy_pool, off, y, x, dw, db});
 }
 
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx) {
@@ -468,6 +536,9 @@ std::vector<std::string> conv2d_bwd_weight_impl_names() { return impl_names(kBwd
 std::vector<std::string> conv2d_bwd_bias_impl_names() { return impl_names(kBwdBiasImpls); }
 std::vector<std::string> conv2d_relu_maxpool2d_fwd_impl_names() {
   return impl_names(kFwdPoolImpls);
+}
+std::vector<std::string> conv2d_bwd_weight_maxpool2d_impl_names() {
+  return impl_names(kBwdWeightPoolImpls);
 }
 
 }  // namespace convcore

@@ -267,8 +267,13 @@ bool tapcols_data_applicable(const Conv2dGeometry& g);
 void backward_data_tapcols(const TapcolsKernels& ks, const Conv2dGeometry& g, const float* dy,
                            const float* w, float* dx);
 // db (may be null): the bias gradient too, summed per chunk from the same dy.
+// make_dy (may be null; dy is then unused): writes the dy of `images` images
+// from image n0 (images x K x P x Q) where the kernels read it, in a
+// per-thread buffer, so a full-size dy never exists (the fused backward of a
+// first Conv2d + ReLU + MaxPool2d).  Bitwise the same as reading dy.
+using ConvDyFn = std::function<void(int64_t n0, int64_t images, float* dy)>;
 void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,
-                          const float* x, float* dw, float* db);
+                          const float* x, float* dw, float* db, const ConvDyFn* make_dy = nullptr);
 
 // Winograd F(2x2, 3x3) family (ops/conv2d_winograd.cpp,
 // kernels/winograd_ukernels.h): forward and data gradient of 3x3, stride-1,

@@ -315,7 +315,7 @@ void backward_data_rows_flat(const RowsKernels& ks, const Conv2dGeometry& g, con
 }
 
 void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, const float* dy,
-                          const float* x, float* dw, float* db) {
+                          const float* x, float* dw, float* db, const ConvDyFn* make_dy) {
   const DirectConv d = direct_forward_problem(g, x, nullptr, nullptr);
   const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q;
   // The tile with the least work: padded (channel, tap) slots, each an FMA
@@ -347,24 +347,30 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
     const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
     const int64_t ib = split.images_per_call(chunk, x_img + g.K * PQ);
     float* xpad = thread_scratch(1).floats(ib * x_img + kLanes);
+    // dy from memory, or made here for each call's images (make_dy).
+    float* dy_made = make_dy ? thread_scratch(2).floats(ib * g.K * PQ) : nullptr;
     for (int64_t nb = n0; nb < n1; nb += ib) {
       const int64_t images = std::min(ib, n1 - nb);
+      const float* dyb = dy + nb * g.K * PQ;
+      if (make_dy) {
+        (*make_dy)(nb, images, dy_made);
+        dyb = dy_made;
+      }
       for (int64_t i = 0; i < images; ++i)
         pad_planes(d.pp, g.C, x + (nb + i) * g.C * g.H * g.W, xpad + i * x_img);
       std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
       for (int64_t b = 0; b < kblocks; ++b) {
         const int64_t k0 = b * kb;
         for (int64_t t0 = 0; t0 < ldo; t0 += tb)
-          uk->fn(images, dy + (nb * g.K + k0) * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0,
-                 segs.data(), int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0,
-                 ldo);
+          uk->fn(images, dyb + k0 * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0, segs.data(),
+                 int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0, ldo);
       }
       // The bias from the same dy, while it is in cache: each plane summed
       // in 16 lanes, then into the chunk's sum of its channel.
       if (db)
         for (int64_t i = 0; i < images; ++i) {
           float sums[64];  // K <= 64 (rows_weight_applicable)
-          ks.bias_planes(g.K, PQ, dy + (nb + i) * g.K * PQ, sums);
+          ks.bias_planes(g.K, PQ, dyb + i * g.K * PQ, sums);
           for (int64_t k = 0; k < g.K; ++k) part[w_size + k] += sums[k];
         }
     }

@@ -95,6 +95,7 @@ std::vector<std::string> maxpool2d_bwd_impl_names();
 std::vector<std::string> maxpool2d_fwd_offsets_impl_names();
 std::vector<std::string> maxpool2d_bwd_offsets_impl_names();
 std::vector<std::string> conv2d_relu_maxpool2d_fwd_impl_names();
+std::vector<std::string> conv2d_bwd_weight_maxpool2d_impl_names();
 std::vector<std::string> pad2d_fwd_impl_names();
 std::vector<std::string> pad2d_bwd_impl_names();
 std::vector<std::string> batchnorm2d_fwd_impl_names();

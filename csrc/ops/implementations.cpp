@@ -28,6 +28,7 @@ const OpLists kOps[] = {
     {"maxpool2d_fwd_offsets", maxpool2d_fwd_offsets_impl_names},
     {"maxpool2d_bwd_offsets", maxpool2d_bwd_offsets_impl_names},
     {"conv2d_relu_maxpool2d_fwd", conv2d_relu_maxpool2d_fwd_impl_names},
+    {"conv2d_bwd_weight_maxpool2d", conv2d_bwd_weight_maxpool2d_impl_names},
     {"pad2d_fwd", pad2d_fwd_impl_names},
     {"pad2d_bwd", pad2d_bwd_impl_names},
     {"batchnorm2d_fwd", batchnorm2d_fwd_impl_names},

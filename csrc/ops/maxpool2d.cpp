@@ -196,7 +196,8 @@ struct OffsetsArgs {
   const uint8_t* off_in;
   const float* y_in;  // the forward's output, through a ReLU; else null
   float* dx;
-  int threads;  // 0: pool_threads
+  int threads;         // 0: pool_threads
+  int64_t plane0 = 0;  // the first plane's number in the caller's array (errors)
 };
 using OffsetsImpl = Impl<Pool2dGeometry, OffsetsArgs>;
 
@@ -216,7 +217,7 @@ void run_bwd_offsets_plane_ref(const Pool2dGeometry& g, const OffsetsArgs& a, in
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   if (!maxpool2d_bwd_f32_offsets__ref(g, a.dy + i * PQ, a.off_in + i * PQ,
                                       a.y_in ? a.y_in + i * PQ : nullptr, a.dx + i * HW))
-    bad_offset(g, i);
+    bad_offset(g, a.plane0 + i);
 }
 
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
@@ -313,6 +314,18 @@ PoolPlanesFn maxpool2d_forward_offsets_planes(const Pool2dGeometry& g) {
     part.N = 1;
     part.C = planes;
     impl.run(part, OffsetsArgs{x, y, off, nullptr, nullptr, nullptr, nullptr, 1});
+  };
+}
+
+PoolBackwardPlanesFn maxpool2d_backward_offsets_planes(const Pool2dGeometry& g) {
+  const OffsetsImpl& impl = select_impl(kBwdOffsetsImpls, g);
+  note_kernel_for("maxpool2d_bwd_offsets", impl.name, g);
+  return [&impl, g](int64_t plane0, int64_t planes, const float* dy, const uint8_t* off,
+                    const float* y, float* dx) {
+    Pool2dGeometry part = g;
+    part.N = 1;
+    part.C = planes;
+    impl.run(part, OffsetsArgs{nullptr, nullptr, nullptr, dy, off, y, dx, 1, plane0});
   };
 }
 

@@ -29,6 +29,16 @@ void conv2d_forward(const Conv2dGeometry& g, const float* x, const float* w, con
 void conv2d_relu_maxpool2d_forward(const Conv2dGeometry& g, const Pool2dGeometry& pool,
                                    const float* x, const float* w, const float* b, float* y,
                                    uint8_t* off);
+// dw and db (either may be null) of a convolution whose output went through
+// a ReLU and a max pool, from the pool's gradient dy_pool, its offsets and
+// its output y (the ReLU's mask; may be null: no ReLU): the first layer of a
+// training step, which needs no input gradient.  Bitwise
+// maxpool2d_backward_offsets then conv2d_backward_weight; where the
+// row-segment kernel runs the weight gradient, the convolution's gradient is
+// made a few images at a time where the kernel reads it, never full size.
+void conv2d_backward_weight_through_maxpool2d(const Conv2dGeometry& g, const Pool2dGeometry& pool,
+                                              const float* dy_pool, const uint8_t* off,
+                                              const float* y, const float* x, float* dw, float* db);
 // dx (N x C x H x W) from dy (N x K x P x Q) and w.
 void conv2d_backward_data(const Conv2dGeometry& g, const float* dy, const float* w, float* dx);
 // dw (K x C/G x R x S) from dy and x.  Bitwise identical for any thread
@@ -95,6 +105,12 @@ PoolPlanesFn maxpool2d_forward_offsets_planes(const Pool2dGeometry& g);
 // kernel or the input.
 void maxpool2d_backward_offsets(const Pool2dGeometry& g, const float* dy, const uint8_t* off,
                                 float* dx, const float* y = nullptr);
+// The entry maxpool2d_backward_offsets would run on g, recorded once, as a
+// function that runs it on the calling thread over `planes` planes, the first
+// of them plane number plane0 of g's (the one an error names).
+using PoolBackwardPlanesFn = std::function<void(int64_t plane0, int64_t planes, const float* dy,
+                                                const uint8_t* off, const float* y, float* dx)>;
+PoolBackwardPlanesFn maxpool2d_backward_offsets_planes(const Pool2dGeometry& g);
 
 void pad2d_forward(const Pad2dGeometry& g, const float* x, float* y, float value);
 void pad2d_backward(const Pad2dGeometry& g, const float* dy, float* dx);

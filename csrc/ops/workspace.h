@@ -40,7 +40,8 @@ class ScratchBuffer {
 // Slot 0: GEMM packing.  Slot 1: the padded input of the direct and
 // weight-gradient drivers, the columns of the GEMM data gradient (before
 // col2im), or the partial rows of the tap-column data gradient.  Slot 2:
-// the weight-gradient driver's rearranged grad_output.  Slot 3: one image's
+// the weight-gradient drivers' rearranged grad_output, or the one the
+// row-segment driver makes from a pool's gradient.  Slot 3: one image's
 // output of a forward with a per-image epilogue (the fused conv + pool).
 inline ScratchBuffer& thread_scratch(int slot) {
   thread_local ScratchBuffer buffers[4];

@@ -78,3 +78,16 @@ def output_mask(mask) -> tuple[bool, bool, bool]:
     if len(bits) != 3:
         raise ValueError(f"output_mask: expected 3 bools (input, weight, bias), got {len(bits)}")
     return bits
+
+
+def conv_output_shape(x_shape, w_shape, args) -> tuple[int, int, int, int]:
+    """(N, K, P, Q) of a convolution of a 4-D input, from the backend's
+    arguments (stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
+    dilation_h, dilation_w, ...) once the geometry has accepted them."""
+    sh, sw, pt, pb, pl, pr, dh, dw = args[:8]
+    return (
+        x_shape[0],
+        w_shape[0],
+        (x_shape[2] + pt + pb - dh * (w_shape[2] - 1) - 1) // sh + 1,
+        (x_shape[3] + pl + pr - dw * (w_shape[3] - 1) - 1) // sw + 1,
+    )

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ._args import conv_output_shape
 from ._backend import HOST, backend_of, device_backend, resolve_device
 from ._parameter import Parameter, ParameterPack
 from .functional import (
@@ -448,17 +449,36 @@ class Conv2d(Module):
         x = be.float_input(x, "input")
         w = be.float_input(w, "weight", "input")
         args = self._backend_args(x, w)
-        sh, sw, pt, pb, pl, pr, dh, dw = args[:8]
-        conv_shape = (
-            x.shape[0],
-            w.shape[0],
-            (x.shape[2] + pt + pb - dh * (w.shape[2] - 1) - 1) // sh + 1,
-            (x.shape[3] + pl + pr - dw * (w.shape[3] - 1) - 1) // sw + 1,
-        )
         out, ws = be.conv2d_relu_max_pool2d_train_forward(x, w, b, *args, *pool_args)
-        pool._in_shape = conv_shape
+        pool._in_shape = conv_output_shape(x.shape, w.shape, args)
         pool._keep(pool_args, out, ws)
         return out
+
+    def _backward_weight_through_pool(self, grad_output, pool: MaxPool2d) -> None:
+        """The weight and bias gradients after :meth:`_forward_relu_pool`,
+        from the pool's gradient, when no input gradient is wanted (the
+        first layer): the backend's ``conv2d_relu_max_pool2d_weight_backward``
+        never makes the full-size gradient.  Bitwise ``pool.backward(g,
+        relu=True)`` then :meth:`backward`."""
+        w, b = self.weight, self.bias
+        x = self._x
+        be = backend_of(grad_output, x, w.data)
+        g = be.float_input(grad_output, "grad_output")
+        gw, gb = be.conv2d_relu_max_pool2d_weight_backward(
+            g,
+            pool._ws,
+            pool._y,
+            x,
+            w.data,
+            *self._backend_args(x, w.data),
+            *pool._args,
+            w.requires_grad,
+            b is not None and b.requires_grad,
+        )
+        if gw is not None:
+            _accumulate(w, gw)
+        if gb is not None:
+            _accumulate(b, gb)
 
     def backward(self, grad_output, *, relu_output=None):
         """Given ``relu_output`` (what ``forward(x, relu=True)`` returned),
@@ -966,12 +986,17 @@ class Sequential(Module):
             layer = layers[i]
             if i in self._pooled:
                 # The fused Conv2d + ReLU + MaxPool2d: the pool's backward
-                # takes the ReLU's mask from its own output.
+                # takes the ReLU's mask from its own output; for a first
+                # layer without input gradient, inside the weight gradient.
+                conv = layers[i - 2]
+                if i == 2 and not self.input_grad and conv._explicit_pad is None:
+                    conv._backward_weight_through_pool(g, layer)
+                    return None
                 layer.input_grad = True
                 g = layer.backward(g, relu=True)
-                before, i = layers[i - 2], i - 2
-                before.input_grad = True if i > 0 else self.input_grad
-                g = before.backward(g)
+                i -= 2
+                conv.input_grad = True if i > 0 else self.input_grad
+                g = conv.backward(g)
             elif i - 1 in self._fused and type(layer) is MaxPool2d:
                 # Pool, fused ReLU, conv (or linear): the pool passes its
                 # gradient back through the ReLU (its input is the ReLU's

@@ -188,7 +188,9 @@ inline bool window_masks(const int64_t* ip, __mmask8 sm, __m512i at, int64_t W, 
 }
 // From one byte per window, its tap 0..3.
 inline bool window_masks(const uint8_t* op, __mmask8 sm, __m512i, int64_t, __mmask8 m[4]) {
-  const __m256i tap = _mm256_cvtepu8_epi32(_mm_maskz_loadu_epi8(sm, op));
+  const __m128i bytes = sm == 0xFF ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(op))
+                                   : _mm_maskz_loadu_epi8(sm, op);
+  const __m256i tap = _mm256_cvtepu8_epi32(bytes);
   for (int k = 0; k < 4; ++k) m[k] = _mm256_cmpeq_epi32_mask(tap, _mm256_set1_epi32(k));
   return __mmask8((m[0] | m[1] | m[2] | m[3]) & sm) == sm;
 }
@@ -201,7 +203,8 @@ inline __m256 window_grad(__m256 g, const float* y, __mmask8 sm) {
   const __m256 zero = _mm256_setzero_ps();
   g = _mm256_add_ps(g, zero);
   if (y) {
-    const __mmask8 pos = _mm256_cmp_ps_mask(_mm256_maskz_loadu_ps(sm, y), zero, _CMP_GT_OQ);
+    const __m256 yv = sm == 0xFF ? _mm256_loadu_ps(y) : _mm256_maskz_loadu_ps(sm, y);
+    const __mmask8 pos = _mm256_cmp_ps_mask(yv, zero, _CMP_GT_OQ);
     g = _mm256_mask_mov_ps(_mm256_mul_ps(g, zero), pos, g);
   }
   return g;
@@ -266,12 +269,19 @@ int64_t bwd_planes(int64_t planes, int64_t H, int64_t W, const float* dy, const 
         if (!window_masks(ip + p * Q + q0, sm,
                           _mm512_add_epi64(lane2, _mm512_set1_epi64(2 * p * W + 2 * q0)), W, m))
           return pl;
-        const __m256 g = window_grad(_mm256_maskz_loadu_ps(sm, gp + p * Q + q0),
-                                     yp ? yp + p * Q + q0 : nullptr, sm);
-        _mm512_mask_storeu_ps(d0 + 2 * q0, wm,
-                              _mm512_permutex2var_ps(routed(m[0], g), zip, routed(m[1], g)));
-        _mm512_mask_storeu_ps(d1 + 2 * q0, wm,
-                              _mm512_permutex2var_ps(routed(m[2], g), zip, routed(m[3], g)));
+        const bool full = n == 8;  // plain loads and stores where no mask is needed
+        const __m256 g = window_grad(
+            full ? _mm256_loadu_ps(gp + p * Q + q0) : _mm256_maskz_loadu_ps(sm, gp + p * Q + q0),
+            yp ? yp + p * Q + q0 : nullptr, sm);
+        const __m512 top = _mm512_permutex2var_ps(routed(m[0], g), zip, routed(m[1], g));
+        const __m512 bottom = _mm512_permutex2var_ps(routed(m[2], g), zip, routed(m[3], g));
+        if (full) {
+          _mm512_storeu_ps(d0 + 2 * q0, top);
+          _mm512_storeu_ps(d1 + 2 * q0, bottom);
+        } else {
+          _mm512_mask_storeu_ps(d0 + 2 * q0, wm, top);
+          _mm512_mask_storeu_ps(d1 + 2 * q0, wm, bottom);
+        }
       }
       if (W & 1) d0[W - 1] = d1[W - 1] = 0.0f;
     }

@@ -67,6 +67,7 @@ OPS = (
     "max_pool2d_train_forward",
     "max_pool2d_train_backward",
     "conv2d_relu_max_pool2d_train_forward",
+    "conv2d_relu_max_pool2d_weight_backward",
     # the rest of a training step
     "relu",
     "relu_backward",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from .._args import conv_output_shape
 
 #: The compiled GPU module; None when convcore was built without CUDA.
 EXT = getattr(_core, "cuda", None)
@@ -210,6 +211,15 @@ class GpuBackend:
         # The conv2d_forward arguments (input to groups), then the pool's.
         y = self.conv2d_relu_forward(*args[:12])
         return self.max_pool2d_train_forward(y, *args[12:])
+
+    def conv2d_relu_max_pool2d_weight_backward(self, *args):
+        # grad_output, workspace, output, input, weight, the nine conv2d
+        # arguments, the seven pool arguments, need_weight, need_bias.
+        g, ws, out, x, w = args[:5]
+        conv, pool, (need_w, need_b) = args[5:14], args[14:21], args[21:]
+        shape = conv_output_shape(x.shape, w.shape, conv)
+        dy = self.max_pool2d_train_backward(g, ws, shape, *pool, out)
+        return self.conv2d_backward(dy, x, w, *conv, False, need_w, need_b)[1:]
 
     def pad_forward(self, *args):
         return self.ext.pad_forward(*args)

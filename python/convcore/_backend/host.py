@@ -207,6 +207,14 @@ class HostBackend:
         full-size activation is never written (ops/conv2d.cpp)."""
         return _core.conv2d_relu_max_pool2d_forward(*args)
 
+    def conv2d_relu_max_pool2d_weight_backward(self, *args):
+        """(grad weight, grad bias) of that convolution from the pool's
+        gradient, workspace and output, with no input gradient (a first
+        layer): where the row-segment kernel runs the weight gradient, the
+        convolution's gradient is made a few images at a time where the
+        kernel reads it, never full size (ops/conv2d.cpp)."""
+        return _core.conv2d_max_pool2d_weight_backward(*args)
+
     def pad_forward(self, *args):
         return _core.pad_forward(*args)
 

@@ -240,10 +240,10 @@ def worker(
             "isa": bi.get("isa_active"),
         }
 
-        def step(x, y):
+        def step(x, y):  # the same calls as the torch worker's
             logits = model(x)
             loss = loss_fn(logits, y)
-            model.zero_grad()
+            opt.zero_grad()
             model.backward(loss_fn.backward())
             opt.step()
             return float(loss)

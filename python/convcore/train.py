@@ -378,7 +378,7 @@ def run(
                 if not np.isfinite(loss):
                     raise _Stop(f"the loss became {loss} in epoch {epoch}; try a smaller --lr")
                 correct += int(np.count_nonzero(loss_fn.predictions() == y))
-                model.zero_grad()
+                opt.zero_grad()  # the packed gradient in one fill
                 model.backward(loss_fn.backward())
                 opt.step()
                 if schedule is not None:

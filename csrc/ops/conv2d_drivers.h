@@ -65,6 +65,11 @@ struct PaddedPlanes {
   int64_t tap(int64_t r_off, int64_t s_off) const {
     return ((r_off % sh) * sw + s_off % sw) * Hh() * Wh() + (r_off / sh) * Wh() + s_off / sw;
   }
+  // No padding, crop or stride: the padded planes are the source's, which
+  // a driver may then read in place instead of copying.
+  bool identity() const {
+    return pad_top == 0 && pad_left == 0 && Hp == H && Wp == W && sh == 1 && sw == 1;
+  }
 };
 
 // dst[c][a][b][i][j] = src[c][i*sh + a - pad_top][j*sw + b - pad_left], zero

@@ -119,13 +119,21 @@ void run_rows(const RowsKernels& ks, const DirectConv& problem, const float* w,
   }
   const int64_t in_img = d.Cin * d.pp.H * d.pp.W, out_img = d.Kout * d.P * d.Q;
   const int64_t PQ = d.P * d.Q;
+  // Unpadded planes are read in place; the kernels read up to 7 floats past
+  // an image's last row, which for every image but the last is the next one
+  // (those lanes are never stored), so only the last is copied with slack.
+  const bool in_place = d.pp.identity();
   TaskErrors errors;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int64_t n = 0; n < d.N; ++n)
     errors.run([&] {
-      float* xpad = thread_scratch(1).floats(d.Cin * plane + kLanes);
-      pad_planes(d.pp, d.Cin, d.in + n * in_img, xpad);
-      std::fill(xpad + d.Cin * plane, xpad + d.Cin * plane + kLanes, 0.0f);
+      const float* xpad = d.in + n * in_img;
+      if (!in_place || n + 1 == d.N) {
+        float* copy = thread_scratch(1).floats(d.Cin * plane + kLanes);
+        pad_planes(d.pp, d.Cin, d.in + n * in_img, copy);
+        std::fill(copy + d.Cin * plane, copy + d.Cin * plane + kLanes, 0.0f);
+        xpad = copy;
+      }
       float* out = image ? thread_scratch(3).floats(out_img) : d.out + n * out_img;
       for (int64_t b = 0; b < kblocks; ++b) {
         const int64_t k0 = b * kb, kn = std::min(kb, d.Kout - k0);
@@ -346,7 +354,10 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
   for_each_chunk_partial(split, partials.data(), part_size, nt, [&](int64_t chunk, float* part) {
     const int64_t n0 = split.begin(chunk), n1 = split.end(chunk);
     const int64_t ib = split.images_per_call(chunk, x_img + g.K * PQ);
-    float* xpad = thread_scratch(1).floats(ib * x_img + kLanes);
+    // Unpadded planes are read in place (the kernel reads no lane past a
+    // segment's row: plain loads for whole segments, masked for the rest).
+    const bool in_place = d.pp.identity();
+    float* xpad = in_place ? nullptr : thread_scratch(1).floats(ib * x_img + kLanes);
     // dy from memory, or made here for each call's images (make_dy).
     float* dy_made = make_dy ? thread_scratch(2).floats(ib * g.K * PQ) : nullptr;
     for (int64_t nb = n0; nb < n1; nb += ib) {
@@ -356,13 +367,17 @@ void backward_weight_rows(const RowsWeightKernels& ks, const Conv2dGeometry& g, 
         (*make_dy)(nb, images, dy_made);
         dyb = dy_made;
       }
-      for (int64_t i = 0; i < images; ++i)
-        pad_planes(d.pp, g.C, x + (nb + i) * g.C * g.H * g.W, xpad + i * x_img);
-      std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
+      const float* xb = x + nb * g.C * g.H * g.W;
+      if (!in_place) {
+        for (int64_t i = 0; i < images; ++i)
+          pad_planes(d.pp, g.C, x + (nb + i) * g.C * g.H * g.W, xpad + i * x_img);
+        std::fill(xpad + images * x_img, xpad + images * x_img + kLanes, 0.0f);
+        xb = xpad;
+      }
       for (int64_t b = 0; b < kblocks; ++b) {
         const int64_t k0 = b * kb;
         for (int64_t t0 = 0; t0 < ldo; t0 += tb)
-          uk->fn(images, dyb + k0 * PQ, g.K * PQ, PQ, xpad, x_img, taps.data() + t0, segs.data(),
+          uk->fn(images, dyb + k0 * PQ, g.K * PQ, PQ, xb, x_img, taps.data() + t0, segs.data(),
                  int64_t(segs.size()), std::min(kb, g.K - k0), part + k0 * ldo + t0, ldo);
       }
       // The bias from the same dy, while it is in cache: each plane summed

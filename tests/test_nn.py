@@ -414,6 +414,12 @@ def test_cross_entropy_predictions_are_numpys_argmax_and_errors_are_named():
         convcore._core.cross_entropy(logits, np.array([0, 3, 1, 1]), 1.0)
     with pytest.raises(TypeError, match="target: expected an int64 array"):
         convcore._core.cross_entropy(logits, y.astype(np.int32), 1.0)
+    # Through the layer: any integer labels, the range checked by the binding.
+    for bad, at in (([0, 3, 1, 1], "got 3 at index 1"), ([0, 1, -1, 1], "got -1 at index 2")):
+        with pytest.raises(ValueError, match=rf"target: labels must be in \[0, 3\), {at}"):
+            loss_fn(logits, np.array(bad, np.int32))
+    with pytest.raises(ValueError, match="target: expected 4 integer labels, got float64"):
+        loss_fn(logits, y.astype(np.float64))
     with pytest.raises(ValueError, match=r"target: expected shape \(4,\)"):
         convcore._core.cross_entropy(logits, y[:2], 1.0)
     with pytest.raises(ValueError, match="logits: expected at least one class"):

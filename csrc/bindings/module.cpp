@@ -207,6 +207,15 @@ py::tuple cross_entropy(const py::array& logits, const py::array& target, float 
   return py::make_tuple(grad, total, pred);
 }
 
+// An optional float32 array of exactly `shape` (4-D); null for None.
+const float* optional_input(const std::optional<py::array>& a, const char* name,
+                            const int64_t shape[4]) {
+  if (!a) return nullptr;
+  const float* p = float_input(*a, name, 4);
+  require_shape(*a, name, shape, 4);
+  return p;
+}
+
 py::tuple max_pool2d_forward(const py::array& input, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                              int64_t ph, int64_t pw, int64_t dil_h, int64_t dil_w, bool ceil_mode,
                              bool return_indices) {
@@ -241,12 +250,8 @@ py::array_t<float> max_pool2d_backward(const py::array& grad_output, const py::a
   const std::vector<int64_t> go(grad_output.shape(), grad_output.shape() + 4);
   const auto g = convcore::make_pool2d_backward_geometry(input_shape, go);
   require_shape(indices, "indices", go.data(), 4);
-  const float* relu_y = nullptr;
-  if (relu_input) {
-    relu_y = float_input(*relu_input, "relu_input", 4);
-    const int64_t in_shape[4] = {g.N, g.C, g.H, g.W};
-    require_shape(*relu_input, "relu_input", in_shape, 4);
-  }
+  const int64_t in_shape[4] = {g.N, g.C, g.H, g.W};
+  const float* relu_y = optional_input(relu_input, "relu_input", in_shape);
   auto out = new_float({g.N, g.C, g.H, g.W});
   float* dx = out.mutable_data();
   {
@@ -319,11 +324,7 @@ py::array_t<float> max_pool2d_offsets_backward(const py::array& grad_output,
   const int64_t out_shape[4] = {g.N, g.C, g.P, g.Q};
   require_shape(grad_output, "grad_output", out_shape, 4);
   const uint8_t* o = offsets_input(offsets, out_shape);
-  const float* y = nullptr;
-  if (output) {
-    y = float_input(*output, "output", 4);
-    require_shape(*output, "output", out_shape, 4);
-  }
+  const float* y = optional_input(output, "output", out_shape);
   auto out = new_float({g.N, g.C, g.H, g.W});
   float* dx = out.mutable_data();
   {
@@ -375,11 +376,7 @@ py::tuple conv2d_max_pool2d_weight_backward(const py::array& grad_output, const 
   const float* dy = float_input(grad_output, "grad_output", 4);
   require_shape(grad_output, "grad_output", pooled, 4);
   const uint8_t* o = offsets_input(offsets, pooled);
-  const float* y = nullptr;
-  if (output) {
-    y = float_input(*output, "output", 4);
-    require_shape(*output, "output", pooled, 4);
-  }
+  const float* y = optional_input(output, "output", pooled);
   const float* x = static_cast<const float*>(input.data());
   float *dwp, *db;
   py::object gw = optional_float(need_weight, {g.K, g.Cg(), g.R, g.S}, &dwp);

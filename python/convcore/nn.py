@@ -425,16 +425,20 @@ class Conv2d(Module):
             self._args_key = key
         return self._args
 
-    def forward(self, x, *, relu: bool = False):
-        """The convolution of ``x``; with ``relu``, ``max(conv, 0)`` fused
-        into the kernels' store (:func:`convcore.conv2d_relu`), which is how
-        :class:`Sequential` runs a Conv2d followed by ``ReLU(inplace=True)``."""
+    def _inputs(self, x):
+        """(input, weight, bias) of a forward: x padded first for a non-zero
+        padding mode, and kept for backward."""
         if self._explicit_pad is not None:
             self._in_shape = x.shape
             x = pad(x, self._explicit_pad, self.padding_mode)
         self._x = x
-        w = self.weight.data
-        b = self.bias.data if self.bias is not None else None
+        return x, self.weight.data, self.bias.data if self.bias is not None else None
+
+    def forward(self, x, *, relu: bool = False):
+        """The convolution of ``x``; with ``relu``, ``max(conv, 0)`` fused
+        into the kernels' store (:func:`convcore.conv2d_relu`), which is how
+        :class:`Sequential` runs a Conv2d followed by ``ReLU(inplace=True)``."""
+        x, w, b = self._inputs(x)
         if type(x) is np.ndarray and x.ndim == 4 and type(w) is np.ndarray:
             # The host's common case straight to the backend (the binding
             # checks the arrays and names them as the functional API does).
@@ -450,12 +454,7 @@ class Conv2d(Module):
         the full-size activation is not kept, so backward goes through
         ``pool.backward(g, relu=True)`` and then this layer's ``backward(g)``.
         Bitwise the three layers."""
-        if self._explicit_pad is not None:
-            self._in_shape = x.shape
-            x = pad(x, self._explicit_pad, self.padding_mode)
-        self._x = x
-        w = self.weight.data
-        b = self.bias.data if self.bias is not None else None
+        x, w, b = self._inputs(x)
         be = backend_of(x, w, b)
         x = be.float_input(x, "input")
         w = be.float_input(w, "weight", "input")

@@ -122,6 +122,31 @@ def conv2d_relu_max_pool2d_forward(
     pool_pad_w: int,
     ceil_mode: bool,
 ) -> tuple[F32, U8]: ...
+def conv2d_max_pool2d_weight_backward(
+    grad_output: F32,
+    offsets: U8,
+    output: F32 | None,
+    input: F32,
+    weight: F32,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_bottom: int,
+    pad_left: int,
+    pad_right: int,
+    dilation_h: int,
+    dilation_w: int,
+    groups: int,
+    kernel_h: int,
+    kernel_w: int,
+    pool_stride_h: int,
+    pool_stride_w: int,
+    pool_pad_h: int,
+    pool_pad_w: int,
+    ceil_mode: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[F32 | None, F32 | None]: ...
 def pad_forward(
     input: F32, left: int, right: int, top: int, bottom: int, mode: str, value: float
 ) -> F32: ...

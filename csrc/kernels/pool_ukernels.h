@@ -11,6 +11,14 @@ namespace convcore {
 // the reference: scan order, strict '>', NaN takes over; indices h*W + w
 // (idx may be null: values only).
 void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* y, int64_t* idx);
+// The same with each window's maximum as one byte, its tap 0..3 (off may be
+// null), as maxpool2d_fwd_f32_offsets_2x2s2__avx512.
+void maxpool2d_fwd_f32_offsets_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* y,
+                                           uint8_t* off);
+// Its backward, as maxpool2d_bwd_f32_offsets_2x2s2__avx512 (the planes done
+// returned; a tap above 3 stops it).
+int64_t maxpool2d_bwd_f32_offsets_2x2s2__avx2(int64_t planes, int64_t H, int64_t W, const float* dy,
+                                              const uint8_t* off, const float* y, float* dx);
 #endif
 
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)

@@ -246,6 +246,35 @@ void run_bwd_offsets_2x2s2_avx512(const Pool2dGeometry& g, const OffsetsArgs& a)
 }
 #endif
 
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+void run_fwd_offsets_2x2s2_avx2(const Pool2dGeometry& g, const OffsetsArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      maxpool2d_fwd_f32_offsets_2x2s2__avx2(g.H, g.W, a.x + i * HW, a.y + i * PQ,
+                                            a.off ? a.off + i * PQ : nullptr);
+  });
+}
+#endif
+
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+void run_bwd_offsets_2x2s2_avx2(const Pool2dGeometry& g, const OffsetsArgs& a) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  TaskErrors errors;
+  for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
+    errors.run([&] {
+      for (int64_t i = i0; i < i1; ++i) {
+        i += maxpool2d_bwd_f32_offsets_2x2s2__avx2(
+            i1 - i, g.H, g.W, a.dy + i * PQ, a.off_in + i * PQ, a.y_in ? a.y_in + i * PQ : nullptr,
+            a.dx + i * HW);
+        if (i < i1) run_bwd_offsets_plane_ref(g, a, i);  // a tap above 3: names it
+      }
+    });
+  });
+  errors.rethrow();
+}
+#endif
+
 void run_fwd_offsets_ref(const Pool2dGeometry& g, const OffsetsArgs& a) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
@@ -270,6 +299,9 @@ const OffsetsImpl kFwdOffsetsImpls[] = {
     {"maxpool2d_fwd_f32_offsets_2x2s2__avx512", Isa::Avx512, is_2x2s2,
      run_fwd_offsets_2x2s2_avx512},
 #endif
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"maxpool2d_fwd_f32_offsets_2x2s2__avx2", Isa::Avx2, is_2x2s2, run_fwd_offsets_2x2s2_avx2},
+#endif
     {"maxpool2d_fwd_f32_offsets__ref", Isa::Scalar, always, run_fwd_offsets_ref},
 };
 
@@ -277,6 +309,9 @@ const OffsetsImpl kBwdOffsetsImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
     {"maxpool2d_bwd_f32_offsets_2x2s2__avx512", Isa::Avx512, is_2x2s2,
      run_bwd_offsets_2x2s2_avx512},
+#endif
+#if defined(CONVCORE_HAVE_AVX2_KERNELS)
+    {"maxpool2d_bwd_f32_offsets_2x2s2__avx2", Isa::Avx2, is_2x2s2, run_bwd_offsets_2x2s2_avx2},
 #endif
     {"maxpool2d_bwd_f32_offsets__ref", Isa::Scalar, always, run_bwd_offsets_ref},
 };

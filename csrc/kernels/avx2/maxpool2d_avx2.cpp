@@ -3,7 +3,8 @@
 // the reference's scan order (top-left, top-right, bottom-left,
 // bottom-right) with "greater, or unordered (NaN)" so ties and NaN resolve
 // exactly as in PyTorch.  Memory-bound: reads 2 rows, writes y and int64 idx
-// (a null idx skips the index stream).
+// (a null idx skips the index stream), or, for the training path, one byte
+// per window, its tap.
 //
 // Compiled with -mavx2 -mfma; self-contained (no shared inline helpers).
 #ifndef __AVX2__
@@ -82,6 +83,126 @@ void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* 
       if (ip) ip[q] = bi;
     }
   }
+}
+
+void maxpool2d_fwd_f32_offsets_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* y,
+                                           uint8_t* off) {
+  // The same scan as above with the window position kept as its tap 0..3.
+  const int64_t P = H / 2, Q = W / 2;
+  const __m256i tap_tr = _mm256_set1_epi32(1);
+  const __m256i tap_bl = _mm256_set1_epi32(2);
+  const __m256i tap_br = _mm256_set1_epi32(3);
+  // Byte 0 of each 32-bit lane to the low 4 bytes of its 128-bit half.
+  const __m256i low_bytes =
+      _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                       -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  for (int64_t p = 0; p < P; ++p) {
+    const float* r0 = x + 2 * p * W;
+    const float* r1 = r0 + W;
+    float* yp = y + p * Q;
+    uint8_t* op = off ? off + p * Q : nullptr;
+    int64_t q = 0;
+    for (; q + 8 <= Q; q += 8) {
+      const __m256 a0 = _mm256_loadu_ps(r0 + 2 * q), a1 = _mm256_loadu_ps(r0 + 2 * q + 8);
+      const __m256 b0 = _mm256_loadu_ps(r1 + 2 * q), b1 = _mm256_loadu_ps(r1 + 2 * q + 8);
+      const __m256 tl = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0x88)), 0xD8));
+      const __m256 tr = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0xDD)), 0xD8));
+      const __m256 bl = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0x88)), 0xD8));
+      const __m256 br = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0xDD)), 0xD8));
+      __m256 best = tl;
+      __m256i tap = _mm256_setzero_si256();
+      __m256 m =
+          _mm256_or_ps(_mm256_cmp_ps(tr, best, _CMP_GT_OQ), _mm256_cmp_ps(tr, tr, _CMP_UNORD_Q));
+      best = _mm256_blendv_ps(best, tr, m);
+      tap = _mm256_blendv_epi8(tap, tap_tr, _mm256_castps_si256(m));
+      m = _mm256_or_ps(_mm256_cmp_ps(bl, best, _CMP_GT_OQ), _mm256_cmp_ps(bl, bl, _CMP_UNORD_Q));
+      best = _mm256_blendv_ps(best, bl, m);
+      tap = _mm256_blendv_epi8(tap, tap_bl, _mm256_castps_si256(m));
+      m = _mm256_or_ps(_mm256_cmp_ps(br, best, _CMP_GT_OQ), _mm256_cmp_ps(br, br, _CMP_UNORD_Q));
+      best = _mm256_blendv_ps(best, br, m);
+      tap = _mm256_blendv_epi8(tap, tap_br, _mm256_castps_si256(m));
+      _mm256_storeu_ps(yp + q, best);
+      if (!op) continue;
+      const __m256i b = _mm256_shuffle_epi8(tap, low_bytes);
+      const __m128i eight =
+          _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(op + q), eight);
+    }
+    for (; q < Q; ++q) {
+      const float v[4] = {r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]};
+      float best = v[0];
+      uint8_t bi = 0;
+      for (uint8_t i = 1; i < 4; ++i) {
+        if (v[i] > best || v[i] != v[i]) {
+          best = v[i];
+          bi = i;
+        }
+      }
+      yp[q] = best;
+      if (op) op[q] = bi;
+    }
+  }
+}
+
+int64_t maxpool2d_bwd_f32_offsets_2x2s2__avx2(int64_t planes, int64_t H, int64_t W, const float* dy,
+                                              const uint8_t* off, const float* y, float* dx) {
+  // dx written densely, 8 windows (16 columns of two rows) per step: each
+  // window's value 0 + dy (times 0 where y is not > 0) at its tap, +0 at
+  // the other three -- what the reference's zero fill, scatter and mask give.
+  const int64_t P = H / 2, Q = W / 2;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i t0 = _mm256_setzero_si256(), t1 = _mm256_set1_epi32(1);
+  const __m256i t2 = _mm256_set1_epi32(2), t3 = _mm256_set1_epi32(3);
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const float* gp = dy + pl * P * Q;
+    const float* yp = y ? y + pl * P * Q : nullptr;
+    const uint8_t* op = off + pl * P * Q;
+    float* xp = dx + pl * H * W;
+    for (int64_t p = 0; p < P; ++p) {
+      float* d0 = xp + 2 * p * W;
+      float* d1 = d0 + W;
+      int64_t q = 0;
+      for (; q + 8 <= Q; q += 8) {
+        const __m256i tap =
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(op + p * Q + q)));
+        if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(tap, t3))) != 0) return pl;
+        __m256 g = _mm256_add_ps(_mm256_loadu_ps(gp + p * Q + q), zero);
+        if (yp) {
+          const __m256 pos = _mm256_cmp_ps(_mm256_loadu_ps(yp + p * Q + q), zero, _CMP_GT_OQ);
+          g = _mm256_blendv_ps(_mm256_mul_ps(g, zero), g, pos);
+        }
+        const auto at = [&](__m256i t) {
+          return _mm256_blendv_ps(zero, g, _mm256_castsi256_ps(_mm256_cmpeq_epi32(tap, t)));
+        };
+        const __m256 tl = at(t0), tr = at(t1), bl = at(t2), br = at(t3);
+        // (a0 b0 a1 b1 ...) from a and b: unpack within halves, then order the halves.
+        const __m256 tlo = _mm256_unpacklo_ps(tl, tr), thi = _mm256_unpackhi_ps(tl, tr);
+        const __m256 blo = _mm256_unpacklo_ps(bl, br), bhi = _mm256_unpackhi_ps(bl, br);
+        _mm256_storeu_ps(d0 + 2 * q, _mm256_permute2f128_ps(tlo, thi, 0x20));
+        _mm256_storeu_ps(d0 + 2 * q + 8, _mm256_permute2f128_ps(tlo, thi, 0x31));
+        _mm256_storeu_ps(d1 + 2 * q, _mm256_permute2f128_ps(blo, bhi, 0x20));
+        _mm256_storeu_ps(d1 + 2 * q + 8, _mm256_permute2f128_ps(blo, bhi, 0x31));
+      }
+      for (; q < Q; ++q) {
+        const uint8_t t = op[p * Q + q];
+        if (t > 3) return pl;
+        float g = 0.0f + gp[p * Q + q];
+        if (yp && !(yp[p * Q + q] > 0.0f)) g *= 0.0f;
+        d0[2 * q] = t == 0 ? g : 0.0f;
+        d0[2 * q + 1] = t == 1 ? g : 0.0f;
+        d1[2 * q] = t == 2 ? g : 0.0f;
+        d1[2 * q + 1] = t == 3 ? g : 0.0f;
+      }
+      if (W & 1) d0[W - 1] = d1[W - 1] = 0.0f;
+    }
+    if (H & 1)
+      for (int64_t w = 0; w < W; ++w) xp[(H - 1) * W + w] = 0.0f;
+  }
+  return planes;
 }
 
 }  // namespace convcore

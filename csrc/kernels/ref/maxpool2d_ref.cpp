@@ -8,8 +8,8 @@ namespace convcore {
 
 namespace {
 
-// The scan of every window of one plane; store(o, value, h, w) gets output
-// o's maximum and its position.
+// The scan of every window of one plane; store(p, q, value, h, w) gets
+// output (p, q)'s maximum and its position.
 template <class Store>
 void scan_windows(const Pool2dGeometry& g, const float* x, Store store) {
   for (int64_t p = 0; p < g.P; ++p) {
@@ -46,7 +46,7 @@ void scan_windows(const Pool2dGeometry& g, const float* x, Store store) {
         best_h = h0 + i0 * g.dil_h;
         best_w = w0 + j0 * g.dil_w;
       }
-      store(p * g.Q + q, best, best_h, best_w);
+      store(p, q, best, best_h, best_w);
     }
   }
 }
@@ -54,21 +54,19 @@ void scan_windows(const Pool2dGeometry& g, const float* x, Store store) {
 }  // namespace
 
 void maxpool2d_fwd_f32__ref(const Pool2dGeometry& g, const float* x, float* y, int64_t* idx) {
-  scan_windows(g, x, [&](int64_t o, float v, int64_t h, int64_t w) {
-    y[o] = v;
-    if (idx) idx[o] = h * g.W + w;
+  scan_windows(g, x, [&](int64_t p, int64_t q, float v, int64_t h, int64_t w) {
+    y[p * g.Q + q] = v;
+    if (idx) idx[p * g.Q + q] = h * g.W + w;
   });
 }
 
 void maxpool2d_fwd_f32_offsets__ref(const Pool2dGeometry& g, const float* x, float* y,
                                     uint8_t* off) {
-  scan_windows(g, x, [&](int64_t o, float v, int64_t h, int64_t w) {
-    y[o] = v;
-    if (off) {
-      const int64_t p = o / g.Q, q = o % g.Q;
-      off[o] =
+  scan_windows(g, x, [&](int64_t p, int64_t q, float v, int64_t h, int64_t w) {
+    y[p * g.Q + q] = v;
+    if (off)
+      off[p * g.Q + q] =
           uint8_t((h - (p * g.stride_h - g.pad_h)) * g.kernel_w + (w - (q * g.stride_w - g.pad_w)));
-    }
   });
 }
 
@@ -80,26 +78,43 @@ void maxpool2d_bwd_f32__ref(int64_t out_size, int64_t in_size, const float* dy, 
 
 bool maxpool2d_bwd_f32_offsets__ref(const Pool2dGeometry& g, const float* dy, const uint8_t* off,
                                     const float* y, float* dx) {
-  const int64_t PQ = g.P * g.Q;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  // A tap's row and column in its window (taps <= 256): no division per window.
+  int32_t row_of[256] = {}, col_of[256] = {};
+  for (int64_t t = 0; t < std::min<int64_t>(taps, 256); ++t) {
+    row_of[t] = int32_t(t / g.kernel_w);
+    col_of[t] = int32_t(t % g.kernel_w);
+  }
+  // Each window's tap as a position in the plane (h, w), visited row by row.
+  auto each = [&](auto f) {
+    for (int64_t p = 0, o = 0; p < g.P; ++p) {
+      const int64_t h0 = p * g.stride_h - g.pad_h;
+      for (int64_t q = 0; q < g.Q; ++q, ++o) {
+        const int64_t t = off[o];
+        if (!f(o, t, h0 + row_of[t], q * g.stride_w - g.pad_w + col_of[t])) return false;
+      }
+    }
+    return true;
+  };
   // Positions first: a tap outside the kernel or the input is reported
   // before anything is written.
-  for (int64_t o = 0; o < PQ; ++o) {
-    const int64_t h = (o / g.Q) * g.stride_h - g.pad_h + off[o] / g.kernel_w;
-    const int64_t w = (o % g.Q) * g.stride_w - g.pad_w + off[o] % g.kernel_w;
-    if (off[o] >= g.kernel_h * g.kernel_w || h < 0 || h >= g.H || w < 0 || w >= g.W) return false;
-  }
+  if (!each([&](int64_t, int64_t t, int64_t h, int64_t w) {
+        return t < taps && h >= 0 && h < g.H && w >= 0 && w < g.W;
+      }))
+    return false;
   for (int64_t i = 0; i < g.H * g.W; ++i) dx[i] = 0.0f;
-  auto at = [&](int64_t o) {
-    return ((o / g.Q) * g.stride_h - g.pad_h + off[o] / g.kernel_w) * g.W + (o % g.Q) * g.stride_w -
-           g.pad_w + off[o] % g.kernel_w;
-  };
-  for (int64_t o = 0; o < PQ; ++o) dx[at(o)] += dy[o];
+  each([&](int64_t o, int64_t, int64_t h, int64_t w) {
+    dx[h * g.W + w] += dy[o];
+    return true;
+  });
   // Through the ReLU: the sum at each maximum times 0 where its value (y)
   // is not > 0.  Windows that share a maximum share its value, and v * 0 *
   // 0 is v * 0, so this is the mask applied once per position.
   if (y)
-    for (int64_t o = 0; o < PQ; ++o)
-      if (!(y[o] > 0.0f)) dx[at(o)] *= 0.0f;
+    each([&](int64_t o, int64_t, int64_t h, int64_t w) {
+      if (!(y[o] > 0.0f)) dx[h * g.W + w] *= 0.0f;
+      return true;
+    });
   return true;
 }
 

@@ -229,21 +229,6 @@ void run_fwd_offsets_2x2s2_avx512(const Pool2dGeometry& g, const OffsetsArgs& a)
   });
 }
 
-void run_bwd_offsets_2x2s2_avx512(const Pool2dGeometry& g, const OffsetsArgs& a) {
-  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-  TaskErrors errors;
-  for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
-    errors.run([&] {
-      for (int64_t i = i0; i < i1; ++i) {
-        i += maxpool2d_bwd_f32_offsets_2x2s2__avx512(
-            i1 - i, g.H, g.W, a.dy + i * PQ, a.off_in + i * PQ, a.y_in ? a.y_in + i * PQ : nullptr,
-            a.dx + i * HW);
-        if (i < i1) run_bwd_offsets_plane_ref(g, a, i);  // a tap above 3: names it
-      }
-    });
-  });
-  errors.rethrow();
-}
 #endif
 
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
@@ -257,23 +242,26 @@ void run_fwd_offsets_2x2s2_avx2(const Pool2dGeometry& g, const OffsetsArgs& a) {
 }
 #endif
 
-#if defined(CONVCORE_HAVE_AVX2_KERNELS)
-void run_bwd_offsets_2x2s2_avx2(const Pool2dGeometry& g, const OffsetsArgs& a) {
+// The dense 2x2/2 backward kernels (AVX-512, AVX2): each returns the planes
+// it did; a plane it stops at (a tap above 3) goes to the reference, which
+// names it.
+using PoolBwdOffsetsKernel = int64_t (*)(int64_t planes, int64_t H, int64_t W, const float* dy,
+                                         const uint8_t* off, const float* y, float* dx);
+template <PoolBwdOffsetsKernel K>
+void run_bwd_offsets_2x2s2(const Pool2dGeometry& g, const OffsetsArgs& a) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   TaskErrors errors;
   for_plane_ranges(g.planes(), offsets_threads(g, a), [&](int64_t i0, int64_t i1) {
     errors.run([&] {
       for (int64_t i = i0; i < i1; ++i) {
-        i += maxpool2d_bwd_f32_offsets_2x2s2__avx2(
-            i1 - i, g.H, g.W, a.dy + i * PQ, a.off_in + i * PQ, a.y_in ? a.y_in + i * PQ : nullptr,
-            a.dx + i * HW);
-        if (i < i1) run_bwd_offsets_plane_ref(g, a, i);  // a tap above 3: names it
+        i += K(i1 - i, g.H, g.W, a.dy + i * PQ, a.off_in + i * PQ,
+               a.y_in ? a.y_in + i * PQ : nullptr, a.dx + i * HW);
+        if (i < i1) run_bwd_offsets_plane_ref(g, a, i);
       }
     });
   });
   errors.rethrow();
 }
-#endif
 
 void run_fwd_offsets_ref(const Pool2dGeometry& g, const OffsetsArgs& a) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
@@ -308,10 +296,11 @@ const OffsetsImpl kFwdOffsetsImpls[] = {
 const OffsetsImpl kBwdOffsetsImpls[] = {
 #if defined(CONVCORE_HAVE_AVX512_KERNELS)
     {"maxpool2d_bwd_f32_offsets_2x2s2__avx512", Isa::Avx512, is_2x2s2,
-     run_bwd_offsets_2x2s2_avx512},
+     run_bwd_offsets_2x2s2<maxpool2d_bwd_f32_offsets_2x2s2__avx512>},
 #endif
 #if defined(CONVCORE_HAVE_AVX2_KERNELS)
-    {"maxpool2d_bwd_f32_offsets_2x2s2__avx2", Isa::Avx2, is_2x2s2, run_bwd_offsets_2x2s2_avx2},
+    {"maxpool2d_bwd_f32_offsets_2x2s2__avx2", Isa::Avx2, is_2x2s2,
+     run_bwd_offsets_2x2s2<maxpool2d_bwd_f32_offsets_2x2s2__avx2>},
 #endif
     {"maxpool2d_bwd_f32_offsets__ref", Isa::Scalar, always, run_bwd_offsets_ref},
 };

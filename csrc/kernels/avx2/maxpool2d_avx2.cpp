@@ -6,7 +6,8 @@
 // (a null idx skips the index stream), or, for the training path, one byte
 // per window, its tap.
 //
-// Compiled with -mavx2 -mfma; self-contained (no shared inline helpers).
+// Compiled with -mavx2 -mfma; self-contained (its inline helpers are in an
+// anonymous namespace, never shared with another ISA's file).
 #ifndef __AVX2__
 #error "maxpool2d_avx2.cpp must be compiled with -mavx2 -mfma"
 #endif
@@ -16,6 +17,40 @@
 #include "kernels/pool_ukernels.h"
 
 namespace convcore {
+
+namespace {
+
+// The maxima of the 8 windows of columns 2q .. 2q + 15 of rows r0, r1, in
+// the reference's scan order, and each one's position code: 0 (top left) or
+// c_tr, c_bl, c_br (the int64 path's 1, W, W + 1, or taps 1, 2, 3).
+inline __m256 window_max8(const float* r0, const float* r1, __m256i c_tr, __m256i c_bl,
+                          __m256i c_br, __m256i* code) {
+  const __m256 a0 = _mm256_loadu_ps(r0), a1 = _mm256_loadu_ps(r0 + 8);
+  const __m256 b0 = _mm256_loadu_ps(r1), b1 = _mm256_loadu_ps(r1 + 8);
+  // shuffle keeps 128-bit lanes; permute4x64 (0, 2, 1, 3) restores order.
+  const __m256 tl = _mm256_castpd_ps(
+      _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0x88)), 0xD8));
+  const __m256 tr = _mm256_castpd_ps(
+      _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0xDD)), 0xD8));
+  const __m256 bl = _mm256_castpd_ps(
+      _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0x88)), 0xD8));
+  const __m256 br = _mm256_castpd_ps(
+      _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0xDD)), 0xD8));
+  __m256 best = tl;
+  __m256i c = _mm256_setzero_si256();
+  __m256 m = _mm256_or_ps(_mm256_cmp_ps(tr, best, _CMP_GT_OQ), _mm256_cmp_ps(tr, tr, _CMP_UNORD_Q));
+  best = _mm256_blendv_ps(best, tr, m);
+  c = _mm256_blendv_epi8(c, c_tr, _mm256_castps_si256(m));
+  m = _mm256_or_ps(_mm256_cmp_ps(bl, best, _CMP_GT_OQ), _mm256_cmp_ps(bl, bl, _CMP_UNORD_Q));
+  best = _mm256_blendv_ps(best, bl, m);
+  c = _mm256_blendv_epi8(c, c_bl, _mm256_castps_si256(m));
+  m = _mm256_or_ps(_mm256_cmp_ps(br, best, _CMP_GT_OQ), _mm256_cmp_ps(br, br, _CMP_UNORD_Q));
+  best = _mm256_blendv_ps(best, br, m);
+  *code = _mm256_blendv_epi8(c, c_br, _mm256_castps_si256(m));
+  return best;
+}
+
+}  // namespace
 
 void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* y, int64_t* idx) {
   const int64_t P = H / 2, Q = W / 2;
@@ -31,29 +66,8 @@ void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* 
     const int64_t row_base = 2 * p * W;
     int64_t q = 0;
     for (; q + 8 <= Q; q += 8) {
-      const __m256 a0 = _mm256_loadu_ps(r0 + 2 * q), a1 = _mm256_loadu_ps(r0 + 2 * q + 8);
-      const __m256 b0 = _mm256_loadu_ps(r1 + 2 * q), b1 = _mm256_loadu_ps(r1 + 2 * q + 8);
-      // shuffle keeps 128-bit lanes; permute4x64 (0, 2, 1, 3) restores order.
-      const __m256 tl = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0x88)), 0xD8));
-      const __m256 tr = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0xDD)), 0xD8));
-      const __m256 bl = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0x88)), 0xD8));
-      const __m256 br = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0xDD)), 0xD8));
-      __m256 best = tl;
-      __m256i off = _mm256_setzero_si256();
-      __m256 m =
-          _mm256_or_ps(_mm256_cmp_ps(tr, best, _CMP_GT_OQ), _mm256_cmp_ps(tr, tr, _CMP_UNORD_Q));
-      best = _mm256_blendv_ps(best, tr, m);
-      off = _mm256_blendv_epi8(off, off_tr, _mm256_castps_si256(m));
-      m = _mm256_or_ps(_mm256_cmp_ps(bl, best, _CMP_GT_OQ), _mm256_cmp_ps(bl, bl, _CMP_UNORD_Q));
-      best = _mm256_blendv_ps(best, bl, m);
-      off = _mm256_blendv_epi8(off, off_bl, _mm256_castps_si256(m));
-      m = _mm256_or_ps(_mm256_cmp_ps(br, best, _CMP_GT_OQ), _mm256_cmp_ps(br, br, _CMP_UNORD_Q));
-      best = _mm256_blendv_ps(best, br, m);
-      off = _mm256_blendv_epi8(off, off_br, _mm256_castps_si256(m));
+      __m256i off;
+      const __m256 best = window_max8(r0 + 2 * q, r1 + 2 * q, off_tr, off_bl, off_br, &off);
       _mm256_storeu_ps(yp + q, best);
       if (!ip) continue;
       // index = row_base + 2q + 2*lane + off, widened to int64 in two halves.
@@ -103,28 +117,8 @@ void maxpool2d_fwd_f32_offsets_2x2s2__avx2(int64_t H, int64_t W, const float* x,
     uint8_t* op = off ? off + p * Q : nullptr;
     int64_t q = 0;
     for (; q + 8 <= Q; q += 8) {
-      const __m256 a0 = _mm256_loadu_ps(r0 + 2 * q), a1 = _mm256_loadu_ps(r0 + 2 * q + 8);
-      const __m256 b0 = _mm256_loadu_ps(r1 + 2 * q), b1 = _mm256_loadu_ps(r1 + 2 * q + 8);
-      const __m256 tl = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0x88)), 0xD8));
-      const __m256 tr = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0xDD)), 0xD8));
-      const __m256 bl = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0x88)), 0xD8));
-      const __m256 br = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(b0, b1, 0xDD)), 0xD8));
-      __m256 best = tl;
-      __m256i tap = _mm256_setzero_si256();
-      __m256 m =
-          _mm256_or_ps(_mm256_cmp_ps(tr, best, _CMP_GT_OQ), _mm256_cmp_ps(tr, tr, _CMP_UNORD_Q));
-      best = _mm256_blendv_ps(best, tr, m);
-      tap = _mm256_blendv_epi8(tap, tap_tr, _mm256_castps_si256(m));
-      m = _mm256_or_ps(_mm256_cmp_ps(bl, best, _CMP_GT_OQ), _mm256_cmp_ps(bl, bl, _CMP_UNORD_Q));
-      best = _mm256_blendv_ps(best, bl, m);
-      tap = _mm256_blendv_epi8(tap, tap_bl, _mm256_castps_si256(m));
-      m = _mm256_or_ps(_mm256_cmp_ps(br, best, _CMP_GT_OQ), _mm256_cmp_ps(br, br, _CMP_UNORD_Q));
-      best = _mm256_blendv_ps(best, br, m);
-      tap = _mm256_blendv_epi8(tap, tap_br, _mm256_castps_si256(m));
+      __m256i tap;
+      const __m256 best = window_max8(r0 + 2 * q, r1 + 2 * q, tap_tr, tap_bl, tap_br, &tap);
       _mm256_storeu_ps(yp + q, best);
       if (!op) continue;
       const __m256i b = _mm256_shuffle_epi8(tap, low_bytes);

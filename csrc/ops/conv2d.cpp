@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "common/cpu.h"
@@ -21,6 +20,7 @@
 #include "ops/conv2d_drivers.h"
 #include "ops/impl_list.h"
 #include "ops/ops.h"
+#include "ops/workspace.h"
 
 namespace convcore {
 namespace {
@@ -377,19 +377,12 @@ void run_fwd_rows_pool_avx512(const ConvPoolProblem& p, const ConvPoolArgs& a) {
 }
 #endif
 
-// The full-size activation or gradient of an unfused entry, kept for the
-// next call of the same size: a fresh allocation each step page-faulted its
-// megabytes in again (0.45 ms a tutorial step under CONVCORE_MAX_ISA=avx2).
-float* unfused_buffer(int which, size_t floats) {
-  static thread_local std::vector<float> buffers[2];
-  std::vector<float>& b = buffers[which];
-  if (b.size() < floats) b.resize(floats);
-  return b.data();
-}
-
 void run_fwd_pool_unfused(const ConvPoolProblem& p, const ConvPoolArgs& a) {
   const Conv2dGeometry& g = p.conv;
-  float* out = unfused_buffer(0, size_t(g.N * g.K * g.P * g.Q));
+  // Kept for the next call (ops/workspace.h): a fresh allocation each step
+  // page-faulted its megabytes in again (0.45 ms a tutorial step under
+  // CONVCORE_MAX_ISA=avx2).
+  float* out = thread_scratch(4).floats(g.N * g.K * g.P * g.Q);
   conv2d_forward(g, a.x, a.w, a.b, out, true);
   maxpool2d_forward_offsets(p.pool, out, a.y, a.off);
 }
@@ -444,7 +437,7 @@ void run_bwd_weight_rows_pool_avx512(const ConvPoolGradProblem& p, const ConvPoo
 
 void run_bwd_weight_pool_unfused(const ConvPoolGradProblem& p, const ConvPoolGradArgs& a) {
   const Conv2dGeometry& g = p.conv;
-  float* dy = unfused_buffer(1, size_t(g.N * g.K * g.P * g.Q));
+  float* dy = thread_scratch(5).floats(g.N * g.K * g.P * g.Q);  // as above
   maxpool2d_backward_offsets(p.pool, a.dy_pool, a.off, dy, a.y);
   if (a.dw)
     conv2d_backward_weight(g, dy, a.x, a.dw, a.db);

@@ -43,8 +43,11 @@ class ScratchBuffer {
 // the weight-gradient drivers' rearranged grad_output, or the one the
 // row-segment driver makes from a pool's gradient.  Slot 3: one image's
 // output of a forward with a per-image epilogue (the fused conv + pool).
+// Slots 4 and 5: the full-size activation and gradient of the unfused conv
+// + pool entries, held by the calling thread across the ops they call
+// (whose parallel regions use slots 0-3, the calling thread among them).
 inline ScratchBuffer& thread_scratch(int slot) {
-  thread_local ScratchBuffer buffers[4];
+  thread_local ScratchBuffer buffers[6];
   return buffers[slot];
 }
 

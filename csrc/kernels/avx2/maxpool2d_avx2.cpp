@@ -50,96 +50,80 @@ inline __m256 window_max8(const float* r0, const float* r1, __m256i c_tr, __m256
   return best;
 }
 
-}  // namespace
-
-void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* y, int64_t* idx) {
-  const int64_t P = H / 2, Q = W / 2;
-  const __m256i off_tr = _mm256_set1_epi32(1);
-  const __m256i off_bl = _mm256_set1_epi32(int(W));
-  const __m256i off_br = _mm256_set1_epi32(int(W + 1));
-  const __m256i lane2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-  for (int64_t p = 0; p < P; ++p) {
-    const float* r0 = x + 2 * p * W;
-    const float* r1 = r0 + W;
-    float* yp = y + p * Q;
-    int64_t* ip = idx ? idx + p * Q : nullptr;
-    const int64_t row_base = 2 * p * W;
-    int64_t q = 0;
-    for (; q + 8 <= Q; q += 8) {
-      __m256i off;
-      const __m256 best = window_max8(r0 + 2 * q, r1 + 2 * q, off_tr, off_bl, off_br, &off);
-      _mm256_storeu_ps(yp + q, best);
-      if (!ip) continue;
-      // index = row_base + 2q + 2*lane + off, widened to int64 in two halves.
-      const __m256i rel =
-          _mm256_add_epi32(_mm256_add_epi32(lane2, off), _mm256_set1_epi32(int(2 * q)));
-      const __m256i base = _mm256_set1_epi64x(row_base);
-      _mm256_storeu_si256(
-          reinterpret_cast<__m256i*>(ip + q),
-          _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(rel))));
-      _mm256_storeu_si256(
-          reinterpret_cast<__m256i*>(ip + q + 4),
-          _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(rel, 1))));
-    }
-    for (; q < Q; ++q) {
-      const float v[4] = {r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]};
-      const int64_t at[4] = {row_base + 2 * q, row_base + 2 * q + 1, row_base + W + 2 * q,
-                             row_base + W + 2 * q + 1};
-      float best = v[0];
-      int64_t bi = at[0];
-      for (int i = 1; i < 4; ++i) {
-        if (v[i] > best || v[i] != v[i]) {  // v != v: NaN, without a shared inline helper
-          best = v[i];
-          bi = at[i];
-        }
-      }
-      yp[q] = best;
-      if (ip) ip[q] = bi;
-    }
-  }
+// Where each window's maximum is kept: an int64 flat index h*W + w
+// (PyTorch's), or one byte, its tap 0..3 (the training path's).  `lower`
+// is the bottom-left window position's code; `at` the flat index of the
+// first window's top-left element.
+inline int lower_row(const int64_t*, int64_t W) { return int(W); }
+inline int lower_row(const uint8_t*, int64_t) { return 2; }
+inline void store8(int64_t* ip, __m256i code, int64_t at) {
+  // index = at + 2*lane + code, widened to int64 in two halves.
+  const __m256i rel = _mm256_add_epi32(_mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), code);
+  const __m256i base = _mm256_set1_epi64x(at);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ip),
+                      _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(rel))));
+  _mm256_storeu_si256(
+      reinterpret_cast<__m256i*>(ip + 4),
+      _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(rel, 1))));
 }
-
-void maxpool2d_fwd_f32_offsets_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* y,
-                                           uint8_t* off) {
-  // The same scan as above with the window position kept as its tap 0..3.
-  const int64_t P = H / 2, Q = W / 2;
-  const __m256i tap_tr = _mm256_set1_epi32(1);
-  const __m256i tap_bl = _mm256_set1_epi32(2);
-  const __m256i tap_br = _mm256_set1_epi32(3);
+inline void store8(uint8_t* op, __m256i code, int64_t) {
   // Byte 0 of each 32-bit lane to the low 4 bytes of its 128-bit half.
   const __m256i low_bytes =
       _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i b = _mm256_shuffle_epi8(code, low_bytes);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(op),
+                   _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+}
+inline void store1(int64_t* ip, int code, int64_t at) { *ip = at + code; }
+inline void store1(uint8_t* op, int code, int64_t) { *op = uint8_t(code); }
+
+// Both forward kernels: maxima of one plane and (unless idx is null) their
+// positions as Index.
+template <class Index>
+void fwd_plane(int64_t H, int64_t W, const float* x, float* y, Index* idx) {
+  const int64_t P = H / 2, Q = W / 2;
+  const int lower = lower_row(idx, W);
+  const __m256i c_tr = _mm256_set1_epi32(1);
+  const __m256i c_bl = _mm256_set1_epi32(lower);
+  const __m256i c_br = _mm256_set1_epi32(lower + 1);
   for (int64_t p = 0; p < P; ++p) {
     const float* r0 = x + 2 * p * W;
     const float* r1 = r0 + W;
     float* yp = y + p * Q;
-    uint8_t* op = off ? off + p * Q : nullptr;
+    Index* ip = idx ? idx + p * Q : nullptr;
     int64_t q = 0;
     for (; q + 8 <= Q; q += 8) {
-      __m256i tap;
-      const __m256 best = window_max8(r0 + 2 * q, r1 + 2 * q, tap_tr, tap_bl, tap_br, &tap);
+      __m256i code;
+      const __m256 best = window_max8(r0 + 2 * q, r1 + 2 * q, c_tr, c_bl, c_br, &code);
       _mm256_storeu_ps(yp + q, best);
-      if (!op) continue;
-      const __m256i b = _mm256_shuffle_epi8(tap, low_bytes);
-      const __m128i eight =
-          _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(op + q), eight);
+      if (ip) store8(ip + q, code, 2 * p * W + 2 * q);
     }
     for (; q < Q; ++q) {
       const float v[4] = {r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1]};
       float best = v[0];
-      uint8_t bi = 0;
-      for (uint8_t i = 1; i < 4; ++i) {
-        if (v[i] > best || v[i] != v[i]) {
+      int at = 0;
+      for (int i = 1; i < 4; ++i) {
+        if (v[i] > best || v[i] != v[i]) {  // v != v: NaN
           best = v[i];
-          bi = i;
+          at = i;
         }
       }
       yp[q] = best;
-      if (op) op[q] = bi;
+      if (ip) store1(ip + q, (at >> 1) * lower + (at & 1), 2 * p * W + 2 * q);
     }
   }
+}
+
+}  // namespace
+
+void maxpool2d_fwd_f32_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* y, int64_t* idx) {
+  fwd_plane(H, W, x, y, idx);
+}
+
+void maxpool2d_fwd_f32_offsets_2x2s2__avx2(int64_t H, int64_t W, const float* x, float* y,
+                                           uint8_t* off) {
+  fwd_plane(H, W, x, y, off);
 }
 
 int64_t maxpool2d_bwd_f32_offsets_2x2s2__avx2(int64_t planes, int64_t H, int64_t W, const float* dy,

@@ -29,6 +29,13 @@ namespace {
 // kWhole: every one of the NS segments is a whole 8 lanes and all KB
 // channels are there, so the results go out with plain stores (masked
 // stores cost 5 % of the tutorial's first layer on Zen 4).
+// Whether every segment is a whole 8 lanes.
+inline bool all_whole(const RowSegment* seg, int64_t nseg) {
+  for (int64_t j = 0; j < nseg; ++j)
+    if (seg[j].lanes != 8) return false;
+  return true;
+}
+
 template <int NS, int KB, bool kWhole>
 void rows_tile_impl(int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,
                     const RowSegment* seg, int64_t nseg, float* y, int64_t ldk, int64_t kn,
@@ -86,9 +93,7 @@ template <int NS, int KB>
 void rows_tile(int64_t p0, int64_t p1, const float* w, const int64_t* offsets, const float* x,
                const RowSegment* seg, int64_t nseg, float* y, int64_t ldk, int64_t kn,
                const float* bias, bool relu) {
-  bool whole = nseg == NS && kn == KB;
-  for (int64_t j = 0; j < nseg; ++j) whole = whole && seg[j].lanes == 8;
-  if (whole)
+  if (nseg == NS && kn == KB && all_whole(seg, nseg))
     rows_tile_impl<NS, KB, true>(p0, p1, w, offsets, x, seg, nseg, y, ldk, kn, bias, relu);
   else
     rows_tile_impl<NS, KB, false>(p0, p1, w, offsets, x, seg, nseg, y, ldk, kn, bias, relu);
@@ -156,9 +161,7 @@ template <int KB, int TB>
 void rows_wgrad(int64_t images, const float* dy, int64_t dy_img, int64_t ldk, const float* x,
                 int64_t x_img, const int64_t* taps, const RowSegment* seg, int64_t nseg, int64_t kn,
                 float* out, int64_t ldo) {
-  bool full = true;
-  for (int64_t j = 0; j < nseg; ++j) full = full && seg[j].lanes == 8;
-  if (full)
+  if (all_whole(seg, nseg))
     rows_wgrad_tile<KB, TB, true>(images, dy, dy_img, ldk, x, x_img, taps, seg, nseg, kn, out, ldo);
   else
     rows_wgrad_tile<KB, TB, false>(images, dy, dy_img, ldk, x, x_img, taps, seg, nseg, kn, out,

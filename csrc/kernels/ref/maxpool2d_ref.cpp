@@ -80,30 +80,29 @@ bool maxpool2d_bwd_f32_offsets__ref(const Pool2dGeometry& g, const float* dy, co
                                     const float* y, float* dx) {
   const int64_t taps = g.kernel_h * g.kernel_w;
   // A tap's row and column in its window (taps <= 256): no division per window.
-  int32_t row_of[256] = {}, col_of[256] = {};
+  int32_t row_of[256], col_of[256];
   for (int64_t t = 0; t < std::min<int64_t>(taps, 256); ++t) {
     row_of[t] = int32_t(t / g.kernel_w);
     col_of[t] = int32_t(t % g.kernel_w);
   }
-  // Each window's tap as a position in the plane (h, w), visited row by row.
+  // Each window's tap as a position in the plane (h, w), visited row by
+  // row; false at once for a tap outside the kernel.
   auto each = [&](auto f) {
     for (int64_t p = 0, o = 0; p < g.P; ++p) {
       const int64_t h0 = p * g.stride_h - g.pad_h;
       for (int64_t q = 0; q < g.Q; ++q, ++o) {
         const int64_t t = off[o];
-        if (!f(o, t, h0 + row_of[t], q * g.stride_w - g.pad_w + col_of[t])) return false;
+        if (t >= taps || !f(o, h0 + row_of[t], q * g.stride_w - g.pad_w + col_of[t])) return false;
       }
     }
     return true;
   };
   // Positions first: a tap outside the kernel or the input is reported
   // before anything is written.
-  if (!each([&](int64_t, int64_t t, int64_t h, int64_t w) {
-        return t < taps && h >= 0 && h < g.H && w >= 0 && w < g.W;
-      }))
+  if (!each([&](int64_t, int64_t h, int64_t w) { return h >= 0 && h < g.H && w >= 0 && w < g.W; }))
     return false;
   for (int64_t i = 0; i < g.H * g.W; ++i) dx[i] = 0.0f;
-  each([&](int64_t o, int64_t, int64_t h, int64_t w) {
+  each([&](int64_t o, int64_t h, int64_t w) {
     dx[h * g.W + w] += dy[o];
     return true;
   });
@@ -111,7 +110,7 @@ bool maxpool2d_bwd_f32_offsets__ref(const Pool2dGeometry& g, const float* dy, co
   // is not > 0.  Windows that share a maximum share its value, and v * 0 *
   // 0 is v * 0, so this is the mask applied once per position.
   if (y)
-    each([&](int64_t o, int64_t, int64_t h, int64_t w) {
+    each([&](int64_t o, int64_t h, int64_t w) {
       if (!(y[o] > 0.0f)) dx[h * g.W + w] *= 0.0f;
       return true;
     });
